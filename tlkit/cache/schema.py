@@ -1,0 +1,80 @@
+"""The HDF5 feature-cache contract (schema version 1), in one place.
+
+Layout (see README, "The cache file")::
+
+    /<split>/features   float32 (N, 512)   one row per image
+    /<split>/labels     int64   (N,)       index into the root attribute class_names
+    /<split>/paths      utf-8   (N,)       image path relative to the data root, sorted
+    /skipped/paths, /skipped/splits, /skipped/reasons   utf-8   files that could not be decoded
+
+Root attributes: ``format``, ``schema_version``, ``complete``, ``splits``,
+``class_names`` and the provenance fields of :class:`Provenance`.
+A reader must refuse a file whose ``complete`` attribute is not true.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+import h5py
+
+FORMAT = "tlkit-feature-cache"
+PART_FORMAT = "tlkit-feature-part"  # an atomic piece of an unfinished embed (cache.h5.parts/)
+SCHEMA_VERSION = 1
+FEATURE_DIM = 512
+SKIPPED_GROUP = "skipped"
+CHUNK_ROWS = 256  # 256 rows x 2 KiB = 512 KiB chunks: inside HDF5's sweet spot of 10 KiB to 1 MiB
+
+STR_DTYPE = h5py.string_dtype(encoding="utf-8")
+
+# The fields whose equality means "the same feature space": caches that differ in
+# any of them must never be appended to or merged with each other.
+FEATURE_SPACE_FIELDS = ("backbone", "layer", "weights_sha256", "transform", "feature_dim")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the features came from; stored as root attributes of the cache."""
+
+    backbone: str
+    layer: str
+    weights_id: str
+    weights_sha256: str
+    transform: str  # TransformSpec.to_json()
+    feature_dim: int
+    tlkit_version: str
+    torch_version: str
+    torchvision_version: str
+    created: str  # ISO 8601, UTC, when the first rows were written
+    data_root: str
+
+    def to_attrs(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_attrs(cls, attrs) -> "Provenance":
+        values = {}
+        for f in fields(cls):
+            value = attrs[f.name]
+            values[f.name] = int(value) if f.type == "int" else str(value)
+        return cls(**values)
+
+    def feature_space_mismatch(self, other: "Provenance") -> list[str]:
+        """Names of the feature-space fields that differ, with both values."""
+        out = []
+        for name in FEATURE_SPACE_FIELDS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                out.append(f"{name}: {_short(theirs)} vs {_short(mine)}")
+        return out
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["transform"] = json.loads(self.transform)
+        return out
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."

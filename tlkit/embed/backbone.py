@@ -1,0 +1,42 @@
+"""The frozen feature extractor: torchvision's ResNet-18 with its fc layer removed."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from tlkit.errors import WeightsError
+
+BACKBONE = "resnet18"
+LAYER = "avgpool"  # the flattened 512-d global-average-pooled output, fc = Identity
+FEATURE_DIM = 512
+
+
+def build_backbone(state_dict: dict) -> nn.Module:
+    """ResNet-18 with ``fc`` replaced by identity, weights loaded, frozen, in eval mode."""
+    model = torchvision.models.resnet18(weights=None)
+    # The fc layer is dropped anyway, so a state_dict with another head (or none) is fine.
+    body = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    model.fc = nn.Identity()
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})")
+        raise WeightsError("weights are not a ResNet-18 state_dict: " + ", ".join(parts))
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise WeightsError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
