@@ -19,6 +19,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray]'
 	touch $(STAMP)
 
+# Real photos for the tests; CI sets TLKIT_HYMENOPTERA itself (see .ci/run).
+export TLKIT_HYMENOPTERA ?= $(abspath ../shared/datasets/hymenoptera_data)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

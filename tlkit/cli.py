@@ -107,5 +107,11 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
     click.echo(result.summary())
 
 
+# Commands that live with their feature; each module defines one click command.
+# (One line per command: add yours here.)
+from tlkit.commands import register_all  # noqa: E402
+
+register_all(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real hymenoptera photos and a cache embedded from them.
+
+The photos come from the environment variable TLKIT_HYMENOPTERA (``.ci/run``
+and ``make test`` set it). Under CI a missing data set fails the run; on a
+developer machine without it, the tests that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+HYMENOPTERA_ENV = "TLKIT_HYMENOPTERA"
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    """The ants/bees data set: train/ and val/, each with ants/ and bees/."""
+    value = os.environ.get(HYMENOPTERA_ENV, "")
+    path = Path(value) if value else None
+    if path is None or not (path / "train").is_dir():
+        message = f"{HYMENOPTERA_ENV} must point at hymenoptera_data (got {value!r})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def make_subset(source: Path, target: Path, per_class: dict[str, int]) -> Path:
+    """Copy the first N images of each class of each split: a small, real data set."""
+    for split, n in per_class.items():
+        for class_dir in sorted((source / split).iterdir()):
+            if not class_dir.is_dir():
+                continue
+            out = target / split / class_dir.name
+            out.mkdir(parents=True, exist_ok=True)
+            for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})[:n]:
+                shutil.copy2(image, out / image.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_small(hymenoptera, tmp_path_factory) -> Path:
+    """A real subset: 8 train and 5 val images per class (26 images)."""
+    return make_subset(hymenoptera, tmp_path_factory.mktemp("hym_small"), {"train": 8, "val": 5})
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_cache(hymenoptera, tmp_path_factory) -> Path:
+    """The whole hymenoptera set (245 train / 153 val) embedded once with --weights random."""
+    from tlkit.embed import embed
+
+    out = tmp_path_factory.mktemp("hym_cache") / "feats.h5"
+    embed(hymenoptera, out, weights="random", seed=0, batch_size=32, workers=2, progress=False, echo=lambda *_: None)
+    return out
