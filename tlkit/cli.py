@@ -54,8 +54,8 @@ def _default_workers() -> int:
 
 
 @main.command()
-@click.argument("data_dir", type=click.Path(file_okay=False, path_type=str))
-@click.argument("cache", type=click.Path(dir_okay=False, path_type=str), default="cache/feats.h5", required=False)
+@click.argument("data_dir", type=click.Path(path_type=str))
+@click.argument("cache", type=click.Path(path_type=str), default="cache/feats.h5", required=False)
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, downloaded once into $TORCH_HOME), "
                    "'random' (seeded initialisation), or a path to a ResNet-18 state_dict file.")
@@ -69,6 +69,9 @@ def _default_workers() -> int:
               help="Fail before writing anything if any image cannot be decoded (default: skip and report it).")
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Treat larger images as decompression bombs [default: PIL's limit, about 89 megapixels].")
+@click.option("--checkpoint-every", default=2048, show_default=True, type=click.IntRange(1),
+              help="Rows per atomic part file: an interruption loses at most this many embedded images "
+                   "(parts are also written every 30 s).")
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: this machine; ray: shards on a Ray cluster (pip install 'tlkit[ray]').")
 @click.option("--ray-address", default=None, help="Ray cluster address (--backend ray); default: start or join a local one.")
@@ -76,7 +79,7 @@ def _default_workers() -> int:
 @click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0),
               help="GPUs each Ray actor reserves (--backend ray); 0 runs actors on CPUs.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
-def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, backend,
+def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, checkpoint_every, backend,
           ray_address, shards, gpus_per_worker, progress):
     """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
 
@@ -96,7 +99,7 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
 
     result = run_embed(
         data_dir, cache, weights=weights, seed=seed, batch_size=batch_size, workers=workers, device=device,
-        strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend,
+        strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
         backend_options={"address": ray_address, "shards": shards, "gpus_per_worker": gpus_per_worker},
         progress=progress, echo=lambda msg: click.echo(msg, err=True),
     )

@@ -31,12 +31,13 @@ class EmbedJob:
     workers: int
     device: str
     max_pixels: int | None
+    rows_per_part: int = 2048  # rows per atomic part file: the most an interruption can lose
     options: dict = field(default_factory=dict)  # backend-specific (--ray-address, --shards, ...)
 
 
 def run_local(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], None]) -> ShardStats:
     mapper = FeatureMapper(job.state_dict, select_device(job.device))
-    writer = PartWriter(job.parts_dir, job.class_names)
+    writer = PartWriter(job.parts_dir, job.class_names, rows_per_part=job.rows_per_part)
     return run_shard(items, mapper, writer, job.spec, job.batch_size, job.workers, job.max_pixels, on_progress)
 
 

@@ -155,6 +155,7 @@ def embed(
     strict: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     backend: str = "local",
+    rows_per_part: int = 2048,
     backend_options: dict | None = None,
     progress: bool | None = None,
     echo=print,
@@ -224,7 +225,7 @@ def embed(
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
-                options=backend_options or {},
+                rows_per_part=rows_per_part, options=backend_options or {},
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 stats = distribute(job, pending, bar.update)
