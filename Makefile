@@ -25,9 +25,37 @@ export TLKIT_HYMENOPTERA ?= $(abspath ../shared/datasets/hymenoptera_data)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# make demo       the main job on a fresh machine: without DATA=, download the hymenoptera photos
+#                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg and quantum heads,
+#                 write the report to $(RUNS)/report/.
+# make reproduce  the seed paper's whole table: demo plus the 30-epoch ResNet-18-from-scratch baseline,
+#                 reported as the baseline of the relative changes.
+# DATA=, WEIGHTS= (imagenet, random or a state_dict file), CACHE= and RUNS= override the defaults;
+# SCRATCH_FLAGS= passes options to train-scratch (e.g. --epochs 5). Finished runs are kept, so an
+# interrupted make picks up where it stopped (an unfinished scratch run is resumed).
+RUNS          ?= runs/demo-$(notdir $(basename $(WEIGHTS)))
+SCRATCH_FLAGS ?=
+DEMO_DATA      = $(if $(DATA),$(DATA),data/hymenoptera_data)
+DEMO_HEADS     = linear logreg quantum
+
 demo: $(STAMP)
-	@test -n "$(DATA)" || { echo "error: set DATA=path/to/images (ROOT/<split>/<class>/<image>)"; exit 2; }
-	$(BIN)/tlkit embed "$(DATA)" $(CACHE) --weights $(WEIGHTS)
+	@test -n "$(DATA)" || $(BIN)/python scripts/fetch_hymenoptera.py data
+	$(BIN)/tlkit embed "$(DEMO_DATA)" "$(CACHE)" --weights $(WEIGHTS)
+	@for head in $(DEMO_HEADS); do \
+	  if [ -f "$(RUNS)/$$head/metrics.json" ]; then echo "$(RUNS)/$$head is finished: kept"; \
+	  else echo "$(BIN)/tlkit fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head"; \
+	    $(BIN)/tlkit fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" || exit 1; fi; \
+	done
+	$(BIN)/tlkit report $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report"
+
+.PHONY: reproduce
+reproduce: demo
+	@if [ -f "$(RUNS)/scratch/metrics.json" ]; then echo "$(RUNS)/scratch is finished: kept"; \
+	else resume=; [ -f "$(RUNS)/scratch/config.json" ] && resume=--resume; \
+	  echo "$(BIN)/tlkit train-scratch $(DEMO_DATA) --out $(RUNS)/scratch $(SCRATCH_FLAGS) $$resume"; \
+	  $(BIN)/tlkit train-scratch "$(DEMO_DATA)" --out "$(RUNS)/scratch" $(SCRATCH_FLAGS) $$resume || exit 1; fi
+	$(BIN)/tlkit report "$(RUNS)/scratch" $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" \
+	  --baseline "$(RUNS)/scratch"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

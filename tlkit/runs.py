@@ -54,6 +54,11 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (model weights and other binary run files)."""
+    _atomic_bytes(Path(path), data)
+
+
 def write_json(path: Path, obj) -> None:
     _atomic_bytes(Path(path), (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 

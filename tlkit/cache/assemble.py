@@ -5,48 +5,141 @@ cache plus the part files of this run), the Ray backend (one file per
 shard) and ``tlkit merge``. Rows are de-duplicated by path (the first
 source wins), sorted by path within each split, and their labels remapped
 by class *name*, so sources with different class lists combine correctly.
-Features are copied in chunks: peak memory does not grow with the row count.
+
+Everything streams, so peak memory does not grow with the row count:
+finished caches keep their paths sorted (see :mod:`tlkit.cache.schema`),
+so a k-way merge of the sources' path blocks gives the output order and
+the duplicates; features are then copied a block at a time. A source whose
+paths are not sorted (a part file, written in arrival order) is sorted in
+memory, which only costs memory in proportion to that one small source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from tlkit.cache.reader import class_names_of, read_paths, split_names
+from tlkit.cache.reader import (
+    CONTENT_DIGEST_ATTR,
+    H5_LOCKING,
+    PATHS_DIGEST_ATTR,
+    PathsDigest,
+    class_names_of,
+    content_digest,
+    split_names,
+    stored_digest,
+)
+from tlkit.errors import CacheError
 from tlkit.cache.schema import FORMAT, SCHEMA_VERSION
 from tlkit.cache.writer import atomic_h5, create_split, write_root_attrs, write_skipped
 from tlkit.data.discovery import ALL_SPLIT, SPLIT_NAMES
 
 COPY_ROWS = 4096  # rows gathered per write: 8 MiB of features
+PATH_BLOCK = 16384  # paths read per step from each source (one chunk of the paths dataset)
+
+Block = tuple[np.ndarray, np.ndarray]  # (paths as an object array of str, their row numbers in the source)
 
 
-@dataclass
-class _Rows:
-    """Which (source, row) lands at each output row of one split, in output order."""
-
-    paths: list[str]
-    source: np.ndarray
-    row: np.ndarray
+def _path_blocks(group: h5py.Group) -> Iterator[np.ndarray]:
+    ds = group["paths"]
+    for start in range(0, len(ds), PATH_BLOCK):
+        yield ds.asstr()[start:start + PATH_BLOCK]
 
 
-def _plan_split(files: Sequence[h5py.File], split: str) -> _Rows:
-    seen: dict[str, tuple[int, int]] = {}
-    for s, f in enumerate(files):
-        if split not in f:
+def _is_sorted(group: h5py.Group) -> bool:
+    """Whether the split's paths are in non-decreasing order (read a block at a time).
+
+    Checks them against their recorded digest on the way, so a damaged source
+    never passes its paths on.
+    """
+    last, ordered = None, True
+    digest = PathsDigest()
+    for paths in _path_blocks(group):
+        if len(paths) == 0:
             continue
-        for r, p in enumerate(read_paths(f[split]).tolist()):
-            seen.setdefault(p, (s, r))
-    order = sorted(seen)
-    return _Rows(
-        paths=order,
-        source=np.array([seen[p][0] for p in order], dtype=np.int64),
-        row=np.array([seen[p][1] for p in order], dtype=np.int64),
-    )
+        digest.update(paths)
+        if (last is not None and paths[0] < last) or not np.all(paths[1:] >= paths[:-1]):
+            ordered = False
+        last = paths[-1]
+    stored = stored_digest(group["paths"])
+    if stored is not None and stored != digest.hexdigest():
+        raise CacheError(f"{group.file.filename} is damaged: the paths of split {group.name.strip('/')!r} "
+                         f"do not match their sha256 digest; check it with `tlkit verify`")
+    return ordered
+
+
+def _sorted_blocks(group: h5py.Group) -> Iterator[Block]:
+    """The split's (path, row) pairs in path order, in blocks."""
+    if _is_sorted(group):
+        start = 0
+        for paths in _path_blocks(group):
+            yield paths, np.arange(start, start + len(paths), dtype=np.int64)
+            start += len(paths)
+    else:
+        paths = np.concatenate(list(_path_blocks(group))) if len(group["paths"]) else np.array([], dtype=object)
+        order = np.argsort(paths, kind="stable")  # stable: of equal paths the first row wins
+        yield paths[order], order.astype(np.int64)
+
+
+def _merge_sorted(streams: Sequence[Iterator[Block]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """k-way merge of path-sorted streams: (paths, source, row) blocks, in path order, each path once.
+
+    Each round takes, from every source, the rows up to the smallest of the
+    sources' current block ends: every row with such a path is then in hand,
+    so the round can be sorted on its own. The sort is stable over sources
+    listed in order, so of equal paths the earliest source wins.
+    """
+    buffers: list[Block | None] = [None] * len(streams)
+    done = [False] * len(streams)
+    last = None
+    while True:
+        for s, stream in enumerate(streams):
+            while not done[s] and (buffers[s] is None or len(buffers[s][0]) == 0):
+                nxt = next(stream, None)
+                if nxt is None:
+                    done[s] = True
+                else:
+                    buffers[s] = nxt
+        active = [s for s in range(len(streams)) if buffers[s] is not None and len(buffers[s][0])]
+        if not active:
+            return
+        bound = min(buffers[s][0][-1] for s in active)
+        paths, sources, rows = [], [], []
+        for s in active:
+            block_paths, block_rows = buffers[s]
+            n = int(np.searchsorted(block_paths, bound, side="right"))
+            paths.append(block_paths[:n])
+            rows.append(block_rows[:n])
+            sources.append(np.full(n, s, dtype=np.int64))
+            buffers[s] = (block_paths[n:], block_rows[n:])
+        paths, sources, rows = np.concatenate(paths), np.concatenate(sources), np.concatenate(rows)
+        order = np.argsort(paths, kind="stable")
+        paths, sources, rows = paths[order], sources[order], rows[order]
+        keep = np.ones(len(paths), dtype=bool)
+        keep[1:] = paths[1:] != paths[:-1]
+        if last is not None and paths[0] == last:
+            keep[0] = False
+        last = paths[-1]
+        yield paths[keep], sources[keep], rows[keep]
+
+
+def _rechunk(blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], size: int):
+    """Regroup (paths, source, row) blocks into blocks of exactly ``size`` rows (the last may be short)."""
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    held = 0
+    for block in blocks:
+        pending.append(block)
+        held += len(block[0])
+        while held >= size:
+            merged = [np.concatenate(col) for col in zip(*pending)]
+            yield tuple(col[:size] for col in merged)
+            pending = [tuple(col[size:] for col in merged)]
+            held -= size
+    if held:
+        yield tuple(np.concatenate(col) for col in zip(*pending))
 
 
 def _gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
@@ -72,9 +165,14 @@ def assemble(
     skipped: Sequence[tuple[str, str, str]] = (),
     on_rows: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    """Write the union of ``sources`` to ``out_path`` atomically; return rows per split."""
+    """Write the union of ``sources`` to ``out_path`` atomically; return rows per split.
+
+    ``skipped`` entries (path, split, reason) whose path has a row in the
+    output are dropped: an image that one source could not decode and another
+    embedded is not skipped.
+    """
     label_of = {name: i for i, name in enumerate(class_names)}
-    files = [h5py.File(p, "r") for p in sources]
+    files = [h5py.File(p, "r", locking=H5_LOCKING) for p in sources]
     try:
         remaps = []
         for p, f in zip(sources, files):
@@ -85,6 +183,8 @@ def assemble(
             remaps.append(np.array([label_of[n] for n in names], dtype=np.int64))
         present = {s for f in files for s in split_names(f)}
         splits = [s for s in (*SPLIT_NAMES, ALL_SPLIT) if s in present]
+        skipped_paths = {e[0] for e in skipped}
+        embedded_skipped: set[str] = set()
         counts: dict[str, int] = {}
         with atomic_h5(out_path) as out:
             write_root_attrs(
@@ -92,11 +192,15 @@ def assemble(
                 splits=splits, class_names=list(class_names), **attrs,
             )
             for split in splits:
-                plan = _plan_split(files, split)
-                group = create_split(out, split, len(plan.paths))
-                for start in range(0, len(plan.paths), COPY_ROWS):
-                    stop = min(start + COPY_ROWS, len(plan.paths))
-                    src, row = plan.source[start:stop], plan.row[start:stop]
+                holders = [s for s, f in enumerate(files) if split in f]
+                upper = sum(len(files[s][split]["paths"]) for s in holders)  # before de-duplication
+                group = create_split(out, split, upper)
+                streams = [_sorted_blocks(files[s][split]) for s in holders]
+                written = PathsDigest()
+                start = 0
+                for paths, which, row in _rechunk(_merge_sorted(streams), COPY_ROWS):
+                    src = np.asarray(holders, dtype=np.int64)[which]
+                    stop = start + len(paths)
                     feats = np.empty((stop - start, group["features"].shape[1]), dtype=np.float32)
                     labels = np.empty(stop - start, dtype=np.int64)
                     for s in np.unique(src):
@@ -106,12 +210,21 @@ def assemble(
                         labels[mask] = remaps[s][_gather(g["labels"], row[mask])]
                     group["features"][start:stop] = feats
                     group["labels"][start:stop] = labels
-                    group["paths"][start:stop] = np.array(plan.paths[start:stop], dtype=object)
+                    group["paths"][start:stop] = paths
+                    written.update(paths)
+                    if skipped_paths:
+                        embedded_skipped.update(p for p in paths.tolist() if p in skipped_paths)
                     if on_rows:
                         on_rows(stop - start)
-                counts[split] = len(plan.paths)
-            write_skipped(out, list(skipped))
-            out.attrs["complete"] = True  # last write before the atomic rename
+                    start = stop
+                if start < upper:  # duplicates were dropped
+                    for name in ("features", "labels", "paths"):
+                        group[name].resize(start, axis=0)
+                group["paths"].attrs[PATHS_DIGEST_ATTR] = np.bytes_(written.hexdigest())
+                counts[split] = start
+            write_skipped(out, [e for e in skipped if e[0] not in embedded_skipped])
+            out.attrs["complete"] = True
+            out.attrs[CONTENT_DIGEST_ATTR] = np.bytes_(content_digest(out))  # last write before the atomic rename
         return counts
     finally:
         for f in files:

@@ -52,3 +52,52 @@ class CacheLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_path(cache_path: Path) -> Path:
+    return Path(cache_path).with_name(Path(cache_path).name + ".lock")
+
+
+def lock_holder(cache_path: Path) -> int | None:
+    """PID of the process writing ``cache_path`` now, or None.
+
+    Looks the lock up in ``/proc/locks`` (Linux) instead of trying to take
+    it: even a brief probe could make a writer that starts at that moment
+    fail with "being written by". Elsewhere, falls back to the PID recorded
+    in the lock file and whether that process is alive.
+    """
+    path = lock_path(cache_path)
+    try:
+        st = os.stat(path)
+        recorded = path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    pid_in_file = int(recorded.split()[-1]) if recorded.startswith("pid ") and recorded.split()[-1].isdigit() else None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return pid_in_file if pid_in_file and _alive(pid_in_file) else None
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 5287 fe:00:2146467 0 EOF"; waiting requests carry "->" and are skipped
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            pid, same_dev = int(fields[4]), (int(major, 16), int(minor, 16)) == (os.major(st.st_dev), os.minor(st.st_dev))
+        except ValueError:
+            continue
+        # overlay filesystems may report another device number: then the PID must match the file's
+        if int(inode) == st.st_ino and (same_dev or pid == pid_in_file):
+            return pid
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,6 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +20,112 @@ import numpy as np
 
 from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, SKIPPED_GROUP, Provenance
 from tlkit.errors import CacheError
+
+# HDF5 flocks every file it opens (shared for readers, exclusive for writers) for as long as it
+# is open. tlkit never modifies a published file in place (it renames a new one over it), so
+# that lock protects nothing here; "best-effort" keeps it where the filesystem supports it and
+# lets reading work where it does not (some NFS mounts). HDF5_USE_FILE_LOCKING overrides this.
+H5_LOCKING = "best-effort"
+
+PARTS_MANIFEST = "manifest.json"  # <cache>.parts/manifest.json: the provenance and size of an embed in progress
+
+# What h5py raises when the bytes of a file are not what its metadata promise
+# (checksum failure, truncated or overwritten structures).
+H5_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+
+
+# HDF5 checksums chunks of fixed-size data (features, labels: fletcher32) and, in the 1.10
+# format, its own structures -- but not variable-length strings (paths, class names, the
+# provenance). Finished caches therefore carry sha256 digests of that text: one on each
+# split's paths dataset, and one over all root attributes, the skipped lists and those
+# path digests. Files without them (hand-made ones) are read without this check.
+PATHS_DIGEST_ATTR = "sha256"
+CONTENT_DIGEST_ATTR = "content_sha256"
+
+
+class PathsDigest:
+    """sha256 of a list of paths fed a block at a time, in row order (each path ends in NUL, which no path holds)."""
+
+    def __init__(self):
+        self._sha = hashlib.sha256()
+
+    def update(self, block) -> None:
+        if len(block):
+            self._sha.update(("\0".join(block) + "\0").encode("utf-8", "surrogatepass"))
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def paths_digest(blocks) -> str:
+    """sha256 of a split's paths, given as blocks (arrays or lists of str) in row order."""
+    digest = PathsDigest()
+    for block in blocks:
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_digest(obj) -> str | None:
+    """The digest recorded on a paths dataset or a file, None if it has none.
+
+    Not ``attrs.get``: h5py turns some read failures into KeyError, which
+    ``get`` would take for "no digest" on exactly the damaged files.
+    """
+    key = PATHS_DIGEST_ATTR if isinstance(obj, h5py.Dataset) else CONTENT_DIGEST_ATTR
+    return _plain(obj.attrs[key]) if key in obj.attrs else None
+
+
+def content_digest(f: h5py.File) -> str:
+    """sha256 over the root attributes, the skipped lists and each split's paths digest."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in f.attrs if k != CONTENT_DIGEST_ATTR):
+        digest.update(f"{key}={json.dumps(_plain(f.attrs[key]), sort_keys=True)}\n".encode())
+    for split in split_names(f):
+        if split in f and "paths" in f[split]:
+            digest.update(f"{split}:{_plain(f[split]['paths'].attrs.get(PATHS_DIGEST_ATTR, ''))}\n".encode())
+    if SKIPPED_GROUP in f:
+        for name in ("paths", "splits", "reasons"):
+            digest.update(f"{SKIPPED_GROUP}/{name}:{paths_digest([f[SKIPPED_GROUP][name].asstr()[...].tolist()])}\n".encode())
+    return digest.hexdigest()
+
+
+def check_content_digest(f: h5py.File, path) -> None:
+    """Raise :class:`CacheError` if the attributes, skipped lists or path digests were altered."""
+    stored = stored_digest(f)
+    if stored is not None and stored != content_digest(f):
+        raise CacheError(f"{path} is damaged: its attributes or skipped-file lists do not match their sha256 digest; "
+                         f"check it with `tlkit verify {path}`")
+
+
+def check_paths_digest(group: h5py.Group, paths, path) -> None:
+    """Raise :class:`CacheError` if a split's paths do not match their recorded digest."""
+    stored = stored_digest(group["paths"])
+    if stored is not None and stored != paths_digest([paths]):
+        raise CacheError(f"{path} is damaged: the paths of split {group.name.strip('/')!r} do not match their sha256 digest; "
+                         f"check it with `tlkit verify {path}`")
+
+
+def parts_dir_of(cache: str | Path) -> Path:
+    """Where an embed in progress keeps its finished work: ``<cache>.parts/``."""
+    cache = Path(cache)
+    return cache.with_name(cache.name + ".parts")
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reporting_damage(path, what: str = ""):
+    """Turn h5py's low-level read failures inside the block into one-line :class:`CacheError`."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except H5_DAMAGE as exc:
+        where = f" ({what})" if what else ""
+        raise CacheError(f"{path} is damaged{where}: {one_line(exc)}; check it with `tlkit verify {path}`") from None
 
 
 @dataclass
@@ -51,11 +161,12 @@ class FeatureCache:
         return split in self.splits
 
 
-def open_h5(path: str | Path, *, allow_unfinished: bool = False) -> h5py.File:
-    """Open a cache read-only after checking it exists, is HDF5, is ours and is finished."""
+def open_h5(path: str | Path, *, allow_unfinished: bool = False, check_digest: bool = True) -> h5py.File:
+    """Open a cache read-only after checking it exists, is HDF5, is ours, is finished and
+    (``check_digest``) that its attributes and skipped lists match their digest."""
     path = Path(path)
     if not path.exists():
-        parts = path.with_name(path.name + ".parts")
+        parts = parts_dir_of(path)
         if parts.is_dir():
             raise CacheError(f"{path} is unfinished: an embed into it is running or was interrupted ({parts}/ holds its progress); rerun the same `tlkit embed` command to finish it")
         raise CacheError(f"cache {path} does not exist; create it with `tlkit embed DATA_DIR {path}`")
@@ -64,13 +175,21 @@ def open_h5(path: str | Path, *, allow_unfinished: bool = False) -> h5py.File:
     try:
         if not h5py.is_hdf5(path):
             raise CacheError(f"{path} is not an HDF5 file")
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=H5_LOCKING)
     except CacheError:
         raise
     except OSError as exc:
-        raise CacheError(f"{path} cannot be read as HDF5 (truncated or corrupt?): {exc}") from None
+        if exc.errno in (errno.EAGAIN, errno.EACCES) and "lock" in str(exc):
+            raise CacheError(
+                f"{path} is open for writing in another program (HDF5 file lock); tlkit never writes a "
+                f"published cache in place, so close that program's handle (or open it read-only)"
+            ) from None
+        raise CacheError(f"{path} cannot be read as HDF5 (truncated or corrupt?): {one_line(exc)}") from None
     try:
-        check_root(f, path, allow_unfinished=allow_unfinished)
+        with reporting_damage(path, "root attributes"):
+            check_root(f, path, allow_unfinished=allow_unfinished)
+            if check_digest:
+                check_content_digest(f, path)
     except BaseException:
         f.close()
         raise
@@ -121,6 +240,7 @@ def load_cache(path: str | Path, splits: list[str] | None = None) -> FeatureCach
                 arrays[split] = SplitArrays(
                     features=g["features"][...], labels=g["labels"][...], paths=read_paths(g)
                 )
+                check_paths_digest(g, arrays[split].paths.tolist(), path)
                 n = {len(arrays[split].features), len(arrays[split].labels), len(arrays[split].paths)}
                 if len(n) != 1:
                     raise CacheError(f"{path}: split {split!r} has features, labels and paths of different lengths")
@@ -132,8 +252,10 @@ def load_cache(path: str | Path, splits: list[str] | None = None) -> FeatureCach
                 skipped=read_skipped(f),
                 attrs={k: _plain(v) for k, v in f.attrs.items()},
             )
-        except (KeyError, OSError, ValueError) as exc:
-            raise CacheError(f"{path} is damaged: {exc}") from None
+        except CacheError:
+            raise
+        except H5_DAMAGE as exc:
+            raise CacheError(f"{path} is damaged: {one_line(exc)}; check it with `tlkit verify {path}`") from None
 
 
 def _plain(value):

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from tlkit.cache.reader import H5_LOCKING
 from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE
+
+
+# The HDF5 1.10 file format: its object headers, superblock and chunk indexes carry
+# checksums, so a flipped byte in the file's structure is detected instead of silently
+# redirecting a read. Readable by any HDF5 since 1.10 (2017); capped there so older-but-
+# current readers keep working even when the writing library is newer.
+H5_LIBVER = ("v110", "v110")
 
 
 def tmp_name(path: Path) -> Path:
@@ -24,10 +33,46 @@ def tmp_name(path: Path) -> Path:
 
 
 def remove_stale_tmp(path: Path) -> None:
-    """Remove temporary files a killed writer left beside ``path`` (call under the lock)."""
+    """Remove temporary files (and discarded folders) a killed writer left beside ``path`` (call under the lock)."""
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def discard_dir(folder: Path, beside: Path) -> None:
+    """Delete ``folder`` so that it disappears at once, not file by file.
+
+    It is first renamed to a temporary name beside ``beside`` (the cache): a
+    kill during the slow delete then leaves a stale temporary folder, which
+    :func:`remove_stale_tmp` removes, never a half-emptied ``folder`` that a
+    later run or ``tlkit info`` would take for work in progress.
+    """
+    trash = beside.with_name(f".{beside.name}.tmp-{os.getpid()}-{folder.name}")
+    try:
+        os.replace(folder, trash)
+    except FileNotFoundError:
+        return
+    _fsync_dir(beside.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file that readers see whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         with contextlib.suppress(OSError):
-            stale.unlink()
+            tmp.unlink()
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -45,7 +90,7 @@ def atomic_h5(path: Path):
     path = Path(path)
     tmp = tmp_name(path)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=H5_LOCKING, libver=H5_LIBVER) as f:
             yield f
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

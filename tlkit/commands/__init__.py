@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 
 COMMANDS: list[tuple[str, str]] = [
-    # ("tlkit.heads.cli", "fit_head"),
+    ("tlkit.cache.cli", "info"),
+    ("tlkit.cache.cli", "verify"),
+    ("tlkit.cache.cli", "merge"),
+    ("tlkit.heads.cli", "fit_head"),
+    ("tlkit.baseline.cli", "train_scratch"),
+    ("tlkit.report.cli", "report"),
+    ("tlkit.predict.cli", "predict"),
 ]
 
 

@@ -16,7 +16,7 @@ finished parts on disk; the same command then continues where it stopped.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,9 +30,19 @@ from tqdm.auto import tqdm
 import tlkit
 from tlkit.cache.assemble import assemble
 from tlkit.cache.lock import CacheLock
-from tlkit.cache.reader import class_names_of, open_h5, read_paths, read_skipped, split_names
+from tlkit.cache.reader import (
+    H5_LOCKING,
+    PARTS_MANIFEST,
+    check_content_digest,
+    class_names_of,
+    open_h5,
+    parts_dir_of,
+    read_paths,
+    read_skipped,
+    split_names,
+)
 from tlkit.cache.schema import FEATURE_DIM, FORMAT, PART_FORMAT, Provenance
-from tlkit.cache.writer import remove_stale_tmp
+from tlkit.cache.writer import atomic_write_text, discard_dir, remove_stale_tmp
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
@@ -43,7 +53,7 @@ from tlkit.embed.runner import WorkItem
 from tlkit.embed.weights import resolve_weights
 from tlkit.errors import CacheError, DataError
 
-MANIFEST = "manifest.json"
+MANIFEST = PARTS_MANIFEST
 
 
 @dataclass
@@ -67,10 +77,6 @@ class EmbedResult:
         )
 
 
-def parts_dir_of(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
-
-
 def check_output_path(out: Path) -> None:
     """Refuse anything we must not overwrite before doing any work."""
     if out.is_dir():
@@ -79,7 +85,7 @@ def check_output_path(out: Path) -> None:
         if not h5py.is_hdf5(out):
             raise CacheError(f"output {out} exists and is not an HDF5 file; refusing to overwrite it")
         try:
-            with h5py.File(out, "r") as f:
+            with h5py.File(out, "r", locking=H5_LOCKING) as f:
                 fmt = f.attrs.get("format")
         except OSError as exc:
             raise CacheError(f"output {out} exists but cannot be read as HDF5 ({exc}); refusing to overwrite it") from None
@@ -130,7 +136,7 @@ def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[list[Path], set[str]
     files, done, skipped = [], set(), []
     for part in sorted(parts_dir.glob("*.h5")):
         try:
-            with h5py.File(part, "r") as f:
+            with h5py.File(part, "r", locking=H5_LOCKING) as f:
                 if f.attrs.get("format") != PART_FORMAT:
                     continue
                 for split in split_names(f):
@@ -142,6 +148,17 @@ def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[list[Path], set[str]
             raise CacheError(f"part file {part} is damaged ({exc}); delete it and rerun to embed its images again") from None
         files.append(part)
     return files, done, skipped, theirs.created
+
+
+def _start_parts(parts_dir: Path, out: Path, manifest: str) -> None:
+    """Create ``parts_dir`` with its manifest in one step, or rewrite the manifest of an existing one."""
+    if parts_dir.is_dir():
+        atomic_write_text(parts_dir / MANIFEST, manifest)
+        return
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}-parts")  # removed by remove_stale_tmp if we die here
+    staging.mkdir()
+    atomic_write_text(staging / MANIFEST, manifest)
+    os.replace(staging, parts_dir)
 
 
 def embed(
@@ -181,9 +198,10 @@ def embed(
         cached_classes: list[str] = []
         created = None
         if out.exists():
-            with open_h5(out) as f:
+            with open_h5(out, check_digest=False) as f:
                 theirs = Provenance.from_attrs(f.attrs)
-                _refuse_mix(str(out), theirs, ours)
+                _refuse_mix(str(out), theirs, ours)  # "another feature space" says more than "altered"
+                check_content_digest(f, out)  # never carry damaged class names into the new version
                 created = theirs.created
                 cached_classes = class_names_of(f)
                 for split in split_names(f):
@@ -215,8 +233,12 @@ def embed(
                 more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
                 raise DataError(f"--strict: {len(bad)} unreadable image(s), nothing written: {lines}{more}")
 
-        parts_dir.mkdir(exist_ok=True)
-        (parts_dir / MANIFEST).write_text(json.dumps({"provenance": ours.to_attrs()}, indent=1))
+        # The manifest says what the parts belong to and how many images this run covers
+        # (`tlkit info` shows the progress); the folder and the file appear whole or not at all.
+        manifest = json.dumps(
+            {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(part_done), "started": now}, indent=1
+        )
+        _start_parts(parts_dir, out, manifest)
         if pending:
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
@@ -236,6 +258,6 @@ def embed(
         attrs = ours.to_attrs() | {"updated": now}
         result.counts = assemble(out, sources, class_names, attrs, skipped=sorted(set(part_skipped)))
         result.skipped = sorted(set(part_skipped))
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        discard_dir(parts_dir, out)
     result.seconds = time.perf_counter() - start
     return result

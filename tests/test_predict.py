@@ -1,0 +1,119 @@
+"""`tlkit predict`: reproduces each run's own val predictions; bad images reported; refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from test_baseline_helpers import embedded, head_run, scratch_run
+
+from tlkit.cli import main
+from tlkit.metrics import predict_from_proba
+from tlkit.runs import load_run
+
+pytestmark = pytest.mark.slow
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [x for x in result.stderr.strip().splitlines() if not x.startswith("skipped ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _assert_reproduces(run_dir, data, predictions: dict[str, list[float]], labels: dict[str, str]):
+    """``predictions``: probabilities by path relative to the data root, as predict returned them."""
+    run = load_run(run_dir)
+    expected = dict(zip(run.predictions["paths"], run.predictions["proba_final"]))
+    assert sorted(predictions) == sorted(expected)
+    for path, proba in expected.items():
+        np.testing.assert_allclose(predictions[path], proba, atol=1e-6, err_msg=path)
+    names = run.config["class_names"]
+    wanted = predict_from_proba(np.stack(list(expected.values())))
+    assert [labels[p] for p in expected] == [names[i] for i in wanted]
+
+
+def _from_json(text, data):
+    doc = json.loads(text)
+    rel = lambda p: str(p).removeprefix(str(data) + "/")  # noqa: E731
+    probs = {rel(p["path"]): [p["probabilities"][c] for c in doc["class_names"]] for p in doc["predictions"]}
+    return probs, {rel(p["path"]): p["label"] for p in doc["predictions"]}
+
+
+def test_scratch_run_reproduces_its_val_predictions(hymenoptera_small, tmp_path_factory):
+    run_dir = scratch_run(tmp_path_factory, hymenoptera_small, epochs=1)
+    result = _invoke("predict", run_dir, hymenoptera_small / "val", "--format", "json")
+    assert result.exit_code == 0, result.output
+    _assert_reproduces(run_dir, hymenoptera_small, *_from_json(result.stdout, hymenoptera_small))
+
+
+@pytest.mark.parametrize("head", ["linear", "logreg", "quantum"])
+def test_head_runs_reproduce_their_val_predictions(hymenoptera_small, tmp_path_factory, tmp_path, head):
+    run_dir = head_run(tmp_path_factory, embedded(tmp_path_factory, hymenoptera_small), head)
+    out = tmp_path / "pred.csv"
+    result = _invoke("predict", run_dir, hymenoptera_small / "val", "--format", "csv", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    rel = lambda p: p.removeprefix(str(hymenoptera_small) + "/")  # noqa: E731
+    probs = {rel(r["path"]): [float(r["p_ants"]), float(r["p_bees"])] for r in rows}
+    _assert_reproduces(run_dir, hymenoptera_small, probs, {rel(r["path"]): r["label"] for r in rows})
+
+
+def test_cache_from_a_weights_file_needs_that_file(hymenoptera_small, tmp_path_factory, tmp_path):
+    from tlkit.embed.weights import random_weights
+
+    weights = tmp_path_factory.mktemp("weights") / "my-resnet.pt"
+    torch.save(random_weights(5).state_dict, weights)
+    run_dir = head_run(tmp_path_factory, embedded(tmp_path_factory, hymenoptera_small, str(weights)), "linear")
+    images = hymenoptera_small / "val"
+    _one_line_error(_invoke("predict", run_dir, images), "weights file my-resnet.pt", "--weights PATH")
+    other = tmp_path / "other.pt"
+    torch.save(random_weights(6).state_dict, other)
+    _one_line_error(_invoke("predict", run_dir, images, "--weights", other), "are not the ones", "sha256")
+    result = _invoke("predict", run_dir, images, "--weights", weights, "--format", "json")
+    assert result.exit_code == 0, result.output
+    _assert_reproduces(run_dir, hymenoptera_small, *_from_json(result.stdout, hymenoptera_small))
+
+
+def test_bad_images_are_reported_not_fatal(hymenoptera_small, tmp_path_factory, tmp_path):
+    run_dir = scratch_run(tmp_path_factory, hymenoptera_small, epochs=1)
+    good = sorted((hymenoptera_small / "val" / "bees").iterdir())[0]
+    (tmp_path / "notes.jpg").write_text("not an image at all")
+    (tmp_path / "empty.png").write_bytes(b"")
+    result = _invoke("predict", run_dir, good, tmp_path / "notes.jpg", tmp_path / "empty.png", tmp_path / "gone.jpg")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {tmp_path / 'notes.jpg'}: not an image PIL can read" in result.stderr
+    assert f"skipped {tmp_path / 'empty.png'}: empty file (0 bytes)" in result.stderr
+    assert f"skipped {tmp_path / 'gone.jpg'}: no such file or folder" in result.stderr
+    table = result.stdout.strip().splitlines()
+    assert table[0].split() == ["path", "label", "p(ants)", "p(bees)"]
+    assert len(table) == 2 and table[1].startswith(str(good))
+    p_ants, p_bees = map(float, table[1].split()[2:])
+    assert p_ants + p_bees == pytest.approx(1, abs=2e-4)
+
+    result = _invoke("predict", run_dir, tmp_path, "--format", "json")  # a folder with only bad images
+    _one_line_error(result, "no image could be predicted (2 skipped)")
+
+
+def test_folders_that_are_not_runs_are_refused(hymenoptera_small, tmp_path):
+    image = sorted((hymenoptera_small / "val" / "ants").iterdir())[0]
+    _one_line_error(_invoke("predict", tmp_path / "missing", image), "not a run folder")
+    _one_line_error(_invoke("predict", tmp_path, image), "not a run folder (no config.json)")
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "scratch", "class_names": ["a", "b"]}))
+    _one_line_error(_invoke("predict", tmp_path, image), "has no model.pt")
+
+
+def test_help_teaches():
+    text = " ".join(_invoke("predict", "--help").output.split())
+    for fragment in ("Examples:", "--format", "sha256", "cannot be decoded"):
+        assert fragment in text, fragment

@@ -1,0 +1,148 @@
+"""`tlkit report`: the table equals the runs' metrics, valid figures, refusals of incomparable runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from test_baseline_helpers import embedded, fake_run, head_run, proba_with_accuracy, scratch_run
+
+from tlkit.cli import main
+
+BLOCK_KEYS = ("epoch", "loss", "accuracy", "roc_auc", "average_precision", "confusion_matrix")
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 300 and im.height > 200
+
+
+@pytest.fixture()
+def seed_like_runs(tmp_path):
+    """Three runs on the seed paper's 153 val images with its best accuracies: 111, 146 and 147 right."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 70 + [1] * 83)
+    scratch = fake_run(tmp_path / "scratch", labels=labels, proba_final=proba_with_accuracy(labels, 111, rng),
+                       kind="scratch", history_epochs=30, seconds=1000.0)
+    linear = fake_run(tmp_path / "linear", labels=labels, proba_final=proba_with_accuracy(labels, 146, rng),
+                      proba_best=proba_with_accuracy(labels, 150, rng), best_epoch=19, history_epochs=30,
+                      seconds=430.1)
+    logreg = fake_run(tmp_path / "logreg", labels=labels, proba_final=proba_with_accuracy(labels, 147, rng),
+                      head="logreg", history_epochs=0, seconds=2.0)
+    return [scratch, linear, logreg]
+
+
+def test_table_equals_the_runs_metrics_and_figures_are_pngs(seed_like_runs, tmp_path):
+    out = tmp_path / "report"
+    result = _invoke("report", *seed_like_runs, "-o", out)
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "report.json").read_text())
+    assert table["baseline"] == "scratch" and [r["name"] for r in table["runs"]] == ["scratch", "linear", "logreg"]
+    base = json.loads((seed_like_runs[0] / "metrics.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for row, run_dir in zip(table["runs"], seed_like_runs):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for block in ("final", "best"):
+            assert row[block] == {k: metrics[block][k] for k in BLOCK_KEYS}
+            for key in ("accuracy", "roc_auc", "average_precision"):
+                expected = (metrics[block][key] - base[block][key]) / base[block][key] * 100
+                assert row["relative_change"][block][key] == pytest.approx(expected)
+        assert row["training_seconds"] == metrics["training_seconds"]
+        line = next(x for x in markdown.splitlines() if x.startswith(f"| {row['name']} | "))
+        for value in (metrics["final"]["accuracy"], metrics["final"]["roc_auc"], metrics["best"]["accuracy"]):
+            assert f"| {value:.4f} |" in line
+    # The seed paper's own figures: 146 vs 111 right of 153 is its "31.52% improvement" (it divided the rounded
+    # accuracies 0.9542 and 0.7255; exactly it is 35/111 = 31.53%); 430.1 s vs 1000 s is "56.99% less" time.
+    linear_row = next(x for x in markdown.split("## Relative change")[1].splitlines() if x.startswith("| linear |"))
+    assert "| +31.53% |" in linear_row and linear_row.rstrip().endswith("| -56.99% |")
+    assert table["runs"][1]["final"]["accuracy"] == pytest.approx(146 / 153)
+    assert "Quote 'final'" in markdown and "accuracy (best)" in markdown
+
+    _assert_png(out / "curves.png")
+    for name in ("scratch", "linear", "logreg"):
+        _assert_png(out / f"confusion-{name}.png")
+        assert f"(confusion-{name}.png)" in markdown
+    assert table["figures"]["confusion"] == {n: f"confusion-{n}.png" for n in ("scratch", "linear", "logreg")}
+
+
+def test_baseline_option_moves_the_reference(seed_like_runs, tmp_path):
+    result = _invoke("report", *seed_like_runs, "-o", tmp_path / "r", "--baseline", seed_like_runs[1])
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert table["baseline"] == "linear"
+    rows = {r["name"]: r for r in table["runs"]}
+    assert rows["linear"]["relative_change"]["final"]["accuracy"] == 0
+    assert rows["scratch"]["relative_change"]["final"]["accuracy"] == pytest.approx((111 - 146) / 146 * 100)
+    _one_line_error(_invoke("report", *seed_like_runs, "-o", tmp_path / "x", "--baseline", "nope"),
+                    "--baseline nope is not one of the runs")
+
+
+def test_runs_on_other_images_are_refused_and_nothing_is_written(seed_like_runs, tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 70 + [1] * 82)  # one image fewer: e.g. a cache that skipped a file
+    other = fake_run(tmp_path / "other", labels=labels, proba_final=proba_with_accuracy(labels, 140, rng))
+    out = tmp_path / "report"
+    result = _invoke("report", *seed_like_runs, other, "-o", out)
+    _one_line_error(result, "not comparable", str(other), str(seed_like_runs[0]), "152 images", "153 images")
+    assert not out.exists()
+
+
+def test_folders_that_are_not_finished_runs_are_refused(seed_like_runs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(_invoke("report", seed_like_runs[0], empty), "not a finished run folder",
+                    "missing config.json, metrics.json, predictions.npz")
+    _one_line_error(_invoke("report", tmp_path / "missing"), "not a run folder")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps({"kind": "scratch"}))
+    (unfinished / "checkpoint.pt").write_bytes(b"...")
+    _one_line_error(_invoke("report", unfinished), "missing metrics.json, predictions.npz")
+    damaged = fake_run(tmp_path / "damaged", labels=[0, 1], proba_final=[[0.8, 0.2], [0.3, 0.7]])
+    (damaged / "metrics.json").write_text("{ not json")
+    _one_line_error(_invoke("report", damaged), "damaged")
+
+
+@pytest.mark.slow
+def test_real_scratch_and_head_runs_are_comparable(hymenoptera_small, tmp_path_factory, tmp_path):
+    """train-scratch on the images and fit-head on their cache share the eval fingerprint."""
+    cache = embedded(tmp_path_factory, hymenoptera_small)
+    runs = [scratch_run(tmp_path_factory, hymenoptera_small, epochs=2),
+            head_run(tmp_path_factory, cache, "linear"), head_run(tmp_path_factory, cache, "logreg")]
+    result = _invoke("report", *runs, "-o", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["model"] for r in table["runs"]] == ["ResNet-18 from scratch", "linear head", "logreg head"]
+    assert table["runs"][1]["features"] == "frozen ResNet-18 features (random:seed=0)"
+    assert table["n_eval"] == 10
+    for row, run_dir in zip(table["runs"], runs):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["final"]["accuracy"] == metrics["final"]["accuracy"]
+        assert row["epochs"] == len(json.loads((run_dir / "history.json").read_text()))
+    _assert_png(tmp_path / "report" / "curves.png")
+    assert re.search(r"report written to .*report\.md", result.output)
+
+
+def test_help_teaches():
+    text = " ".join(_invoke("report", "--help").output.split())
+    for fragment in ("relative change", "Example:", "--baseline", "curves.png", "eval_fingerprint"):
+        assert fragment in text, fragment

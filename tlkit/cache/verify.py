@@ -1,0 +1,414 @@
+"""Is a cache intact, and does it still match its backbone? (``tlkit verify``)
+
+Two kinds of check:
+
+* **integrity**, from the file alone: every chunk of features and labels is
+  read, which makes HDF5 validate its fletcher32 checksum; features, labels
+  and paths have the same row count; no NaN or inf; labels index the class
+  list; paths are non-empty, sorted and unique (within and across splits);
+  the skipped-file lists agree.
+* **reproduction**, given the data folder: a seeded random sample of rows is
+  embedded again with the recorded weights and transform and compared with
+  the stored features. This catches a cache made with other weights, with a
+  torch/torchvision whose numerics or initialisation changed, or from images
+  that have been edited since.
+
+Each problem is one line; the cache holds only if there are none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from tlkit.cache.reader import (
+    H5_DAMAGE,
+    class_names_of,
+    content_digest,
+    one_line,
+    open_h5,
+    paths_digest,
+    split_names,
+    stored_digest,
+)
+from tlkit.cache.schema import FEATURE_DIM, SKIPPED_GROUP, Provenance
+from tlkit.errors import TlkitError
+
+# Re-embedding on the same kind of hardware reproduces features to ~1e-6: only the
+# order of float32 sums changes with batch size and the convolution algorithm picked.
+# Anything real -- other weights, an edited or re-encoded image, another resize --
+# moves features by 1e-2 or more. 1e-4 sits well between the two.
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_SAMPLE = 32
+SCAN_CHUNKS = 16  # chunks read per step of the integrity scan (4096 rows with the default chunking)
+MAX_ROWS_LISTED = 5  # rows named in one problem line before it summarises
+
+
+@dataclass
+class VerifyReport:
+    """Checks that held (``passed``), problems (one line each) and notes (no effect on the verdict)."""
+
+    path: Path
+    passed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "ok": self.ok, "passed": self.passed, "problems": self.problems, "notes": self.notes}
+
+
+def verify_cache(
+    path: str | Path,
+    data_dir: str | Path | None = None,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    weights: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    device: str = "cpu",
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> VerifyReport:
+    """Run every check on the cache at ``path``; see the module docs."""
+    report = VerifyReport(Path(path))
+    try:
+        f = open_h5(path, check_digest=False)  # checked below, as one problem among the others
+    except TlkitError as exc:
+        report.problems.append(str(exc))
+        return report
+    with f:
+        paths_by_split: dict[str, np.ndarray] = {}
+        try:
+            provenance = _check_integrity(f, report, paths_by_split, progress)
+        except H5_DAMAGE as exc:  # damage where no check expected it: still one line
+            report.problems.append(f"the file is damaged: {one_line(exc)}")
+            provenance = None
+        if data_dir is None:
+            report.notes.append("features not compared with a fresh embedding (pass --data DIR to do so)")
+        elif provenance is None:
+            report.problems.append("cannot re-embed: the provenance is unreadable")
+        elif sample > 0:
+            _check_sample(f, Path(data_dir), paths_by_split, provenance, report, sample, seed, weights, tolerance,
+                          device, batch_size)
+    return report
+
+
+def _check_integrity(f: h5py.File, report: VerifyReport, paths_by_split: dict, progress: bool | None) -> Provenance | None:
+    """Every check that needs only the file; fills ``paths_by_split``; returns the provenance if readable."""
+    provenance = _check_root(f, report)
+    class_names = class_names_of(f)
+    with tqdm(total=_total_rows(f), unit="row", desc="verify", disable=None if progress is None else not progress) as bar:
+        for split in split_names(f):
+            paths = _check_split(f, split, len(class_names), provenance, report, bar.update)
+            if paths is not None:
+                paths_by_split[split] = paths
+    _check_across_splits(paths_by_split, report)
+    _check_skipped(f, paths_by_split, report)
+    return provenance
+
+
+def _total_rows(f: h5py.File) -> int:
+    total = 0
+    for split in split_names(f):
+        try:
+            total += len(f[split]["features"])
+        except H5_DAMAGE:
+            pass
+    return total
+
+
+def _check_root(f: h5py.File, report: VerifyReport) -> Provenance | None:
+    provenance = None
+    try:
+        provenance = Provenance.from_attrs(f.attrs)
+    except KeyError as exc:
+        report.problems.append(f"provenance attribute {exc} is missing")
+    except H5_DAMAGE as exc:
+        report.problems.append(f"provenance attributes are unreadable: {one_line(exc)}")
+    if provenance is not None and provenance.feature_dim != FEATURE_DIM:
+        report.problems.append(f"provenance says feature_dim {provenance.feature_dim}, expected {FEATURE_DIM}")
+    names = class_names_of(f)
+    if not names:
+        report.problems.append("the class_names attribute is empty")
+    elif len(set(names)) != len(names):
+        report.problems.append(f"class_names has duplicates: {names}")
+    listed = split_names(f)
+    extra = [k for k in f.keys() if k not in listed and k != SKIPPED_GROUP]
+    if extra:
+        report.problems.append(f"groups {extra} are not listed in the splits attribute {listed}")
+    stored = stored_digest(f)
+    if stored is None:
+        report.notes.append("the file carries no content digest (not written by tlkit's assemble): "
+                            "attributes and paths cannot be checked against one")
+    elif stored != content_digest(f):
+        report.problems.append("the root attributes, the skipped-file lists or the path digests do not match "
+                               "the content digest: some text in the file was altered")
+    if provenance is not None and not report.problems:
+        report.passed.append(f"file: finished tlkit cache, {len(names)} classes, splits {', '.join(listed) or '(none)'}, "
+                             f"weights {provenance.weights_id}")
+    return provenance
+
+
+def _rows_text(rows: np.ndarray, paths: np.ndarray | None) -> str:
+    named = [f"{r}" + (f" ({paths[r]})" if paths is not None and r < len(paths) else "") for r in rows[:MAX_ROWS_LISTED]]
+    more = f" and {len(rows) - MAX_ROWS_LISTED} more" if len(rows) > MAX_ROWS_LISTED else ""
+    return ", ".join(named) + more
+
+
+def _check_split(
+    f: h5py.File, split: str, n_classes: int, provenance: Provenance | None, report: VerifyReport,
+    advance: Callable[[int], None],
+) -> np.ndarray | None:
+    """Scan one split; return its paths (None when they cannot be read)."""
+    before = len(report.problems)
+    try:
+        group = f[split]
+        feats, labels, paths_ds = group["features"], group["labels"], group["paths"]
+    except H5_DAMAGE as exc:
+        report.problems.append(f"{split}: cannot open its datasets: {one_line(exc)}")
+        return None
+    dim = provenance.feature_dim if provenance else FEATURE_DIM
+    if feats.ndim != 2 or feats.shape[1] != dim or feats.dtype != np.float32:
+        report.problems.append(f"{split}/features is {feats.dtype} {feats.shape}, expected float32 (rows, {dim})")
+        return None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        report.problems.append(f"{split}/labels is {labels.dtype} {labels.shape}, expected integers (rows,)")
+    n = {len(feats), len(labels), len(paths_ds)}
+    if len(n) != 1:
+        report.problems.append(f"{split}: row counts differ: features {len(feats)}, labels {len(labels)}, paths {len(paths_ds)}")
+    for name, ds in (("features", feats), ("labels", labels)):
+        if not ds.fletcher32:
+            report.problems.append(f"{split}/{name} carries no fletcher32 checksums, so its integrity cannot be verified")
+
+    try:
+        paths = paths_ds.asstr()[...] if len(paths_ds) else np.array([], dtype=object)
+    except H5_DAMAGE as exc:
+        report.problems.append(f"{split}/paths cannot be read: {one_line(exc)}")
+        paths = None
+    stored = stored_digest(paths_ds)
+    if paths is not None and stored is not None and stored != paths_digest([paths]):
+        report.problems.append(f"{split}/paths do not match their sha256 digest: some path was altered")
+
+    step = (feats.chunks[0] if feats.chunks else 256) * SCAN_CHUNKS
+    damaged: dict[str, list[tuple[int, int, str]]] = {"features": [], "labels": []}
+    nonfinite, out_of_range = [], []
+    for start in range(0, max(len(feats), len(labels)), step):
+        stop = start + step
+        for offset, block in _read(feats, start, stop, damaged["features"]):
+            bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+            nonfinite.extend((bad + offset).tolist())
+        for offset, block in _read(labels, start, stop, damaged["labels"]):
+            bad = np.flatnonzero((block < 0) | (block >= n_classes))
+            out_of_range.extend((bad + offset).tolist())
+        advance(max(0, min(stop, len(feats)) - start))
+    for name, ranges in damaged.items():
+        for lo, hi, why in _coalesce(ranges):
+            report.problems.append(f"{split}/{name} rows {lo}-{hi - 1} fail their checksum or cannot be read ({why})")
+    if nonfinite:
+        report.problems.append(f"{split}: {len(nonfinite)} feature row(s) hold NaN or inf: rows {_rows_text(np.array(nonfinite), paths)}")
+    if out_of_range:
+        report.problems.append(f"{split}: {len(out_of_range)} label(s) outside 0..{n_classes - 1}: rows {_rows_text(np.array(out_of_range), paths)}")
+    if paths is not None and len(paths):
+        _check_paths(split, paths, report)
+    if len(report.problems) == before:
+        report.passed.append(f"{split}: {len(feats)} rows; checksums valid; row counts agree; no NaN/inf; "
+                             f"labels in 0..{n_classes - 1}; paths unique and sorted")
+    return paths
+
+
+def _read(ds: h5py.Dataset, start: int, stop: int, damaged: list[tuple[int, int, str]]) -> list[tuple[int, np.ndarray]]:
+    """Rows [start, stop) as (first row, array) pieces; a failing read is narrowed down to
+    the chunks that fail, which are recorded in ``damaged`` and left out."""
+    stop = min(stop, len(ds))
+    if start >= stop:
+        return []
+    try:
+        return [(start, ds[start:stop])]
+    except H5_DAMAGE:
+        pass
+    rows = ds.chunks[0] if ds.chunks else stop - start
+    pieces = []
+    for lo in range(start, stop, rows):
+        hi = min(lo + rows, stop)
+        try:
+            pieces.append((lo, ds[lo:hi]))
+        except H5_DAMAGE as exc:
+            damaged.append((lo, hi, one_line(exc)))
+    return pieces
+
+
+def _coalesce(ranges: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    out: list[tuple[int, int, str]] = []
+    for lo, hi, why in sorted(ranges):
+        if out and out[-1][1] == lo and out[-1][2] == why:
+            out[-1] = (out[-1][0], hi, why)
+        else:
+            out.append((lo, hi, why))
+    return out
+
+
+def _check_paths(split: str, paths: np.ndarray, report: VerifyReport) -> None:
+    empty = np.flatnonzero(paths == "")
+    if len(empty):
+        report.problems.append(f"{split}: {len(empty)} empty path(s): rows {_rows_text(empty, None)}")
+    if len(paths) > 1:
+        unsorted = np.flatnonzero(paths[1:] < paths[:-1])
+        if len(unsorted):
+            report.problems.append(f"{split}: paths are not sorted (first at row {unsorted[0] + 1}: {paths[unsorted[0] + 1]!r} after {paths[unsorted[0]]!r})")
+            values, counts = np.unique(paths, return_counts=True)
+            dups = values[counts > 1]
+        else:
+            dups = np.unique(paths[1:][paths[1:] == paths[:-1]])
+        if len(dups):
+            shown = ", ".join(map(str, dups[:MAX_ROWS_LISTED])) + (f" and {len(dups) - MAX_ROWS_LISTED} more" if len(dups) > MAX_ROWS_LISTED else "")
+            report.problems.append(f"{split}: {len(dups)} path(s) appear more than once: {shown}")
+
+
+def _check_across_splits(paths_by_split: dict[str, np.ndarray], report: VerifyReport) -> None:
+    names = list(paths_by_split)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = np.intersect1d(paths_by_split[a], paths_by_split[b])
+            if len(both):
+                report.problems.append(f"{len(both)} path(s) are in both {a} and {b} (a leak between splits), e.g. {both[0]}")
+
+
+def _check_skipped(f: h5py.File, paths_by_split: dict[str, np.ndarray], report: VerifyReport) -> None:
+    if SKIPPED_GROUP not in f:
+        report.problems.append(f"the /{SKIPPED_GROUP} group is missing")
+        return
+    try:
+        g = f[SKIPPED_GROUP]
+        lists = {name: g[name].asstr()[...] for name in ("paths", "splits", "reasons")}
+    except H5_DAMAGE as exc:
+        report.problems.append(f"/{SKIPPED_GROUP} cannot be read: {one_line(exc)}")
+        return
+    lengths = {name: len(v) for name, v in lists.items()}
+    if len(set(lengths.values())) != 1:
+        report.problems.append(f"/{SKIPPED_GROUP} lists differ in length: {lengths}")
+        return
+    embedded = []
+    for split, paths in paths_by_split.items():
+        mine = lists["paths"][lists["splits"] == split]
+        if len(mine):
+            embedded.extend(mine[np.isin(mine, paths)].tolist())
+    if embedded:
+        report.problems.append(f"{len(embedded)} file(s) are listed as skipped and also have features, e.g. {embedded[0]}")
+    else:
+        report.passed.append(f"skipped: {lengths['paths']} file(s) listed, none of them among the rows")
+
+
+def _check_sample(
+    f: h5py.File, data_dir: Path, paths_by_split: dict[str, np.ndarray], provenance: Provenance,
+    report: VerifyReport, sample: int, seed: int, weights, tolerance: float, device: str, batch_size: int,
+) -> None:
+    """Re-embed a seeded random sample of rows and compare with the stored features."""
+    import torch
+    import torchvision
+
+    from tlkit.data.decode import DEFAULT_MAX_PIXELS
+    from tlkit.data.transforms import TransformSpec
+    from tlkit.embed.backbone import select_device
+    from tlkit.embed.mapper import FeatureMapper
+    from tlkit.embed.reader import read_batches
+
+    if not data_dir.is_dir():
+        report.problems.append(f"data folder {data_dir} does not exist")
+        return
+    loaded = _recorded_weights(provenance, weights, report)
+    if loaded is None:
+        return
+    try:
+        spec = TransformSpec.from_json(provenance.transform)
+    except (ValueError, TypeError, KeyError) as exc:
+        report.problems.append(f"the recorded transform cannot be rebuilt ({one_line(exc)}): {provenance.transform}")
+        return
+    for name, then, now in (("torch", provenance.torch_version, str(torch.__version__)),
+                            ("torchvision", provenance.torchvision_version, str(torchvision.__version__))):
+        if then != now:
+            report.notes.append(f"the cache was made with {name} {then}; this is {name} {now}")
+
+    rows = [(split, r) for split, paths in paths_by_split.items() for r in range(len(paths))]
+    if not rows:
+        report.notes.append("no rows to re-embed")
+        return
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(rows), size=min(sample, len(rows)), replace=False).tolist())
+    todo = []
+    for i in picked:
+        split, r = rows[i]
+        rel = str(paths_by_split[split][r])
+        file = data_dir / rel
+        if not file.is_file():
+            report.problems.append(f"{rel}: missing from {data_dir} (cannot re-embed it)")
+        else:
+            todo.append((split, r, rel, file))
+    if not todo:
+        return
+
+    mapper = FeatureMapper(loaded.state_dict, select_device(device))
+    worst = 0.0
+    compared = 0
+    files = [str(t[3]) for t in todo]
+    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS):
+        for i, reason in batch.errors:
+            report.problems.append(f"{todo[i][2]}: cannot be decoded now ({reason}), but it was embedded")
+        if not batch.indices:
+            continue
+        fresh = mapper(batch.images)
+        for row, i in enumerate(batch.indices):
+            split, r, rel, _ = todo[i]
+            try:
+                stored = f[split]["features"][r]
+            except H5_DAMAGE:
+                continue  # already reported by the integrity scan
+            diff = float(np.max(np.abs(fresh[row].astype(np.float64) - stored)))
+            worst = max(worst, diff)
+            compared += 1
+            if not diff <= tolerance:
+                report.problems.append(
+                    f"{rel}: stored features differ from a fresh embedding (max abs diff {diff:.3g} > tolerance {tolerance:g})"
+                )
+    if compared and worst <= tolerance:
+        report.passed.append(
+            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id}: "
+            f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
+        )
+
+
+def _recorded_weights(provenance: Provenance, weights, report: VerifyReport):
+    """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
+    from tlkit.embed.weights import random_weights, resolve_weights
+
+    wid = provenance.weights_id
+    try:
+        if weights is not None:
+            loaded = resolve_weights(str(weights))
+        elif wid.startswith("random:seed=") and wid.split("=", 1)[1].lstrip("-").isdigit():
+            loaded = random_weights(int(wid.split("=", 1)[1]))
+        elif wid == "torchvision:ResNet18_Weights.IMAGENET1K_V1":
+            loaded = resolve_weights("imagenet")
+        elif wid.startswith("file:"):
+            report.problems.append(f"the cache was made with the weights file {wid[5:]!r}: pass --weights PATH to re-embed with it")
+            return None
+        else:
+            report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
+            return None
+    except TlkitError as exc:
+        report.problems.append(f"cannot load the weights: {exc}")
+        return None
+    if loaded.sha256 != provenance.weights_sha256:
+        report.problems.append(
+            f"weights {loaded.id} have sha256 {loaded.sha256[:16]}..., the cache records {provenance.weights_sha256[:16]}... "
+            f"({wid}): not the weights the features were made with"
+        )
+        return None
+    return loaded

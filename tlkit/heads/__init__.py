@@ -1,0 +1,42 @@
+"""Stage two: heads trained on cached features (``tlkit fit-head``).
+
+Each head is a scikit-learn classifier over feature arrays::
+
+    from tlkit.cache import load_cache
+    from tlkit.heads import LinearHead, LogRegHead, QuantumHead, load_head
+
+    cache = load_cache("cache/feats.h5")
+    head = QuantumHead(seed=0).fit(cache["train"].features, cache["train"].labels)
+    proba = head.predict_proba(cache["val"].features)
+
+    head = load_head("runs/quantum-20250101-120000")   # a fit-head run folder
+
+Heavy imports (torch, PennyLane, scikit-learn) happen on first use, so the
+CLI that imports this package stays quick.
+"""
+
+from __future__ import annotations
+
+HEADS = ("linear", "logreg", "quantum")
+
+_LAZY = {
+    "LinearHead": "tlkit.heads.linear",
+    "LogRegHead": "tlkit.heads.logreg",
+    "QuantumHead": "tlkit.heads.quantum",
+    "TorchHead": "tlkit.heads.base",
+    "HeadError": "tlkit.heads.errors",
+    "load_head": "tlkit.heads.store",
+    "save_head": "tlkit.heads.store",
+    "head_class": "tlkit.heads.store",
+    "fit_head": "tlkit.heads.fit",
+}
+
+__all__ = ["HEADS", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tlkit.heads' has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""``tlkit report``: the command line of the run comparison."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "-o", default="report", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for report.md, report.json, curves.png and confusion-<run>.png.")
+@click.option("--baseline", default=None,
+              help="The run the others are compared with (its folder or name) [default: the first run].")
+@click.option("--curves", default="final", show_default=True, type=click.Choice(["final", "best"]),
+              help="Which epoch's predictions the ROC and precision-recall curves use.")
+def report(runs, out, baseline, curves):
+    """Compare finished runs (fit-head, train-scratch) in tables and figures.
+
+    \b
+    Writes to --out:
+      report.md / report.json  accuracy, ROC AUC, average precision, training
+                               seconds, at the final and at the best epoch
+                               (labelled), and each run's relative change
+                               against the baseline run, in percent:
+                               (run - baseline) / baseline
+      curves.png               loss per epoch (eval solid, train dashed),
+                               ROC and precision-recall curves of every run
+      confusion-<run>.png      each run's confusion matrix, final and best
+
+    \b
+    Runs must have been evaluated on the same images with the same labels
+    (the eval_fingerprint in their config.json); otherwise nothing is
+    written and the runs that differ are named. Runs on caches embedded
+    with different weights are accepted (the features column says which).
+
+    \b
+    Example:
+        tlkit report runs/scratch runs/linear runs/quantum -o report --baseline runs/scratch
+    """
+    from tlkit.report import write_report
+
+    table = write_report(runs, out, baseline=baseline, curves=curves)
+    for row in table["runs"]:
+        f, rel = row["final"], row["relative_change"]["final"]["accuracy"]
+        change = "" if row["name"] == table["baseline"] or rel is None else f" ({rel:+.2f}% vs {table['baseline']})"
+        click.echo(f"{row['name']}: final accuracy {f['accuracy']:.4f}{change}")
+    click.echo(f"report written to {out}/report.md")

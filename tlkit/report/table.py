@@ -1,0 +1,210 @@
+"""The comparison table: one row per run, relative change against a baseline run.
+
+Runs are comparable when they were evaluated on the same images with the
+same labels and class names: the ``eval_fingerprint`` in their config.json
+(:func:`tlkit.runs.eval_fingerprint`). That is the only requirement. Runs on
+caches embedded with different weights, and scratch runs that have no cache
+at all, are compared on purpose (the seed paper's whole point), and the
+table's ``features`` column says what each run's network saw. Runs evaluated
+on different images (another split, another data set, a cache that skipped
+other files) are refused: their numbers would not measure the same thing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from tlkit.errors import TlkitError
+from tlkit.runs import BEST_NOTE, Run
+
+METRIC_NAMES = ("accuracy", "roc_auc", "average_precision")
+METRIC_LABELS = {"accuracy": "accuracy", "roc_auc": "ROC AUC", "average_precision": "avg precision"}
+
+
+@dataclass
+class Row:
+    name: str  # unique within the report
+    run: Run
+
+    @property
+    def config(self) -> dict:
+        return self.run.config
+
+    @property
+    def metrics(self) -> dict:
+        return self.run.metrics
+
+
+def describe_model(config: dict) -> str:
+    kind = config.get("kind", "?")
+    if kind == "head":
+        return f"{config.get('head', '?')} head"
+    if kind == "scratch":
+        return "ResNet-18 from scratch"
+    if kind == "finetune":
+        return "ResNet-18 fine-tuned"
+    return str(kind)
+
+
+def describe_features(config: dict) -> str:
+    """What the network saw: cached features from some weights, or the images themselves."""
+    if config.get("kind") == "head":
+        prov = config.get("cache_provenance") or {}
+        return f"frozen ResNet-18 features ({prov.get('weights_id', '?')})"
+    init = config.get("init") or {}
+    if config.get("kind") == "finetune":
+        return f"images, init {init.get('weights_id', '?')}"
+    return f"images, random init (seed {init.get('seed', '?')})" if init else "images"
+
+
+def unique_names(runs: list[Run]) -> list[str]:
+    seen: dict[str, int] = defaultdict(int)
+    names = []
+    for run in runs:
+        seen[run.name] += 1
+        names.append(run.name if seen[run.name] == 1 else f"{run.name}-{seen[run.name]}")
+    return names
+
+
+def check_comparable(runs: list[Run]) -> str:
+    """The shared eval fingerprint, or a one-line :class:`TlkitError` naming the runs that differ."""
+    missing = [str(r.path) for r in runs if not r.config.get("eval_fingerprint")]
+    if missing:
+        raise TlkitError(f"{', '.join(missing)}: config.json has no eval_fingerprint, so comparability cannot be checked")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        groups[run.config["eval_fingerprint"]].append(str(run.path))
+    if len(groups) > 1:
+        parts = [f"{', '.join(paths)} (evaluated on set {fp[:10]}, {_split_of(runs, fp)})" for fp, paths in groups.items()]
+        raise TlkitError(
+            "runs are not comparable, they were evaluated on different images or labels: " + "; ".join(parts)
+            + ". Report runs trained on the same data and split (for heads: caches of the same images)"
+        )
+    return next(iter(groups))
+
+
+def _split_of(runs: list[Run], fingerprint: str) -> str:
+    for run in runs:
+        if run.config.get("eval_fingerprint") == fingerprint:
+            n = run.metrics.get("n_eval", "?")
+            return f"split {run.config.get('eval_split', '?')!r}, {n} images"
+    return "?"
+
+
+def relative_change(value, base):
+    """(value - base) / base in percent, the seed paper's '31.52% improvement' figure; None if undefined."""
+    if value is None or base is None or base == 0:
+        return None
+    return (value - base) / abs(base) * 100.0
+
+
+def pick_baseline(runs: list[Run], names: list[str], baseline) -> int:
+    if baseline is None:
+        return 0
+    from pathlib import Path
+
+    wanted = Path(baseline)
+    for i, run in enumerate(runs):
+        if wanted.exists() and wanted.resolve() == run.path.resolve():
+            return i
+    for i, name in enumerate(names):
+        if str(baseline) in (name, str(runs[i].path)):
+            return i
+    raise TlkitError(f"--baseline {baseline} is not one of the runs given ({', '.join(names)})")
+
+
+def _block(metrics_block: dict) -> dict:
+    return {k: metrics_block.get(k) for k in ("epoch", "loss", *METRIC_NAMES, "confusion_matrix")}
+
+
+def build_table(runs: list[Run], baseline=None) -> dict:
+    """The report as data (what report.json holds)."""
+    if not runs:
+        raise TlkitError("no runs given")
+    fingerprint = check_comparable(runs)
+    names = unique_names(runs)
+    base_i = pick_baseline(runs, names, baseline)
+    base = runs[base_i].metrics
+    rows = []
+    for name, run in zip(names, runs):
+        m = run.metrics
+        rows.append({
+            "name": name,
+            "path": str(run.path),
+            "kind": run.config.get("kind"),
+            "model": describe_model(run.config),
+            "features": describe_features(run.config),
+            "epochs": len(run.history),
+            "final": _block(m["final"]),
+            "best": _block(m["best"]),
+            "training_seconds": m.get("training_seconds"),
+            "relative_change": {
+                "final": {k: relative_change(m["final"].get(k), base["final"].get(k)) for k in METRIC_NAMES},
+                "best": {k: relative_change(m["best"].get(k), base["best"].get(k)) for k in METRIC_NAMES},
+                "training_seconds": relative_change(m.get("training_seconds"), base.get("training_seconds")),
+            },
+        })
+    first = runs[0]
+    return {
+        "baseline": names[base_i],
+        "eval_fingerprint": fingerprint,
+        "eval_split": first.config.get("eval_split"),
+        "n_eval": first.metrics.get("n_eval"),
+        "class_names": first.metrics.get("class_names") or first.config.get("class_names"),
+        "note": BEST_NOTE,
+        "relative_change_note": "relative change = (run - baseline) / baseline, in percent",
+        "runs": rows,
+    }
+
+
+def _num(value, digits=4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:+.2f}%"
+
+
+def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
+    lines = [
+        "# tlkit report",
+        "",
+        f"{len(table['runs'])} runs evaluated on the same {table['n_eval']} images "
+        f"(split `{table['eval_split']}`, classes {', '.join(table['class_names'] or [])}; "
+        f"eval fingerprint `{table['eval_fingerprint'][:12]}`).",
+        "",
+        "## Metrics",
+        "",
+        "| run | model | features | accuracy (final) | ROC AUC (final) | avg precision (final) | final epoch "
+        "| accuracy (best) | ROC AUC (best) | avg precision (best) | best epoch | training s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table["runs"]:
+        f, b = r["final"], r["best"]
+        lines.append(
+            f"| {r['name']} | {r['model']} | {r['features']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
+            f"| {_num(f['average_precision'])} | {f['epoch']} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
+            f"| {_num(b['average_precision'])} | {b['epoch']} | {_num(r['training_seconds'], 1)} |"
+        )
+    lines += [
+        "",
+        f"## Relative change against `{table['baseline']}`",
+        "",
+        "| run | accuracy (final) | ROC AUC (final) | avg precision (final) | accuracy (best) | ROC AUC (best) "
+        "| avg precision (best) | training time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table["runs"]:
+        rf, rb = r["relative_change"]["final"], r["relative_change"]["best"]
+        lines.append(
+            f"| {r['name']} | {_pct(rf['accuracy'])} | {_pct(rf['roc_auc'])} | {_pct(rf['average_precision'])} "
+            f"| {_pct(rb['accuracy'])} | {_pct(rb['roc_auc'])} | {_pct(rb['average_precision'])} "
+            f"| {_pct(r['relative_change']['training_seconds'])} |"
+        )
+    lines += ["", f"{table['relative_change_note']}.", "", f"_{table['note']}_", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for title, file in figures.items():
+            lines += [f"### {title}", "", f"![{title}]({file})", ""]
+    return "\n".join(lines)
