@@ -94,7 +94,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(hymenoptera_small, tmp_pat
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_interrupt)
     result = _invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--no-progress")
     assert result.exit_code == 130, result.output
-    assert f"--out {out} --resume" in result.stderr
+    assert f"kept in {out}; continue with the same command plus --resume" in result.stderr
     assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
 
@@ -119,8 +119,8 @@ def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(h
     (data / "train" / "ants" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (data / "val" / "bees" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "run"
-    # Nothing held in memory, no worker processes: every image decoded from disk in the main process.
-    result = _invoke("train-scratch", data, "--out", out, "--epochs", 1, "--memory-mb", 0, "--workers", 0,
+    # Nothing held in memory and a worker process: every image decoded from disk in the worker each epoch.
+    result = _invoke("train-scratch", data, "--out", out, "--epochs", 1, "--memory-mb", 0, "--workers", 1,
                      "--no-progress")
     assert result.exit_code == 0, result.output
     assert "skipped train/ants/broken.jpg: " in result.stderr
@@ -128,7 +128,7 @@ def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(h
     config = json.loads((out / "config.json").read_text())
     assert {s["path"] for s in config["skipped"]} == {"train/ants/broken.jpg", "val/bees/empty.jpg"}
     assert (config["n_train"], config["n_eval"]) == (16, 10)
-    # The readable images are exactly the clean subset: same result as the in-memory run with a worker.
+    # The readable images are exactly the clean subset: same result as the default in-memory run.
     _same_training(scratch_run(tmp_path_factory, hymenoptera_small, epochs=1), out)
 
 

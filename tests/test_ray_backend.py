@@ -300,3 +300,19 @@ def test_driver_waits_for_part_files_to_show_and_names_the_shared_filesystem(tmp
     _wait_until_listed(tmp_path, ["shard-00000-000000.h5", "shard-00001-000000.h5"], timeout=10)
     with pytest.raises(CacheError, match="every node mounts at the same path"):
         _wait_until_listed(tmp_path, ["shard-00002-000000.h5"], timeout=0)
+
+
+def test_an_unreachable_cluster_address_fails_fast_in_one_line():
+    pytest.importorskip("ray")
+    import socket
+
+    from tlkit.embed.ray_backend import RayBackendError, _check_reachable
+
+    with socket.socket() as s:  # a port that nobody listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(RayBackendError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        _check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - start < 10
+    _check_reachable("auto")  # Ray's own address rules: nothing to check here

@@ -15,6 +15,7 @@ convolutions and large evaluation batches under ``inference_mode``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict
@@ -44,14 +45,33 @@ from tlkit.data.transforms import TransformSpec
 from tlkit.embed.backbone import select_device
 from tlkit.embed.weights import resolve_weights
 from tlkit.errors import DataError, TlkitError
-from tlkit.runs import CONFIG, METRICS, build_metrics, eval_fingerprint, write_history, write_json, write_predictions
+from tlkit.runs import (
+    CONFIG,
+    METRICS,
+    build_metrics,
+    eval_fingerprint,
+    write_bytes,
+    write_history,
+    write_json,
+    write_predictions,
+)
 from tlkit.train.loop import EpochRecord, TrainConfig, train_classifier
 
 MODEL_FILE = "model.pt"
-EVAL_BATCH = 32  # evaluation has no gradients: larger batches are cheaper per image than the training batch
+# Evaluation batch sizes. On CPU small batches keep activations in cache (measured on 2 cores: 8.8 ms per
+# image at 4, 11.9 ms at 32); a GPU wants large ones.
+EVAL_BATCH = {"cpu": 4, "cuda": 64}
 # Settings that must be equal for --resume to continue a run (device and workers may change).
 RESUME_KEYS = ("kind", "model", "init", "train", "class_names", "train_split", "eval_split",
                "train_fingerprint", "eval_fingerprint", "transform", "augmentation")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the run folder holds the checkpoint of the last finished epoch."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
 
 
 def _split(index, split: str):
@@ -103,7 +123,8 @@ def make_evaluator(eval_set, spec: TransformSpec, device, workers: int, max_pixe
     def evaluate(model: nn.Module) -> tuple[float, np.ndarray]:
         total, probas, start = 0.0, [], 0
         with torch.inference_mode():
-            for images in eval_batches(eval_set, spec, batch_size=EVAL_BATCH, workers=workers, max_pixels=max_pixels):
+            for images in eval_batches(eval_set, spec, batch_size=EVAL_BATCH.get(device.type, 32), workers=workers,
+                                       max_pixels=max_pixels):
                 images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 logits = model(images).float()
                 y = labels[start:start + len(images)].to(device)
@@ -126,7 +147,7 @@ def train_scratch(
     train_split: str = "train",
     eval_split: str = "val",
     device: str = "auto",
-    workers: int = 1,
+    workers: int = 0,
     memory_mb: int = 1024,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     resume: bool = False,
@@ -154,10 +175,11 @@ def train_scratch(
         init_state = None
 
     budget = memory_mb * 2**20
-    train_set, bad_train = decode_training_set(index.root, train_paths, train_labels, workers=workers,
+    decoders = min(os.cpu_count() or 1, 8)  # nothing else runs yet: decode on every core
+    train_set, bad_train = decode_training_set(index.root, train_paths, train_labels, workers=decoders,
                                                max_pixels=max_pixels, budget_bytes=budget, progress=progress)
     held = sum(p.nbytes for p in train_set.pixels if p is not None)
-    eval_set, bad_eval = prepare_eval_set(index.root, eval_paths, eval_labels, spec, workers=workers,
+    eval_set, bad_eval = prepare_eval_set(index.root, eval_paths, eval_labels, spec, workers=decoders,
                                           max_pixels=max_pixels, budget_bytes=budget - held, progress=progress)
     skipped = [{"path": p, "split": train_split, "reason": r} for p, r in bad_train]
     skipped += [{"path": p, "split": eval_split, "reason": r} for p, r in bad_eval]
@@ -230,6 +252,8 @@ def train_scratch(
             on_epoch=report_epoch, checkpoint=lambda s: save_checkpoint(run_dir, s, settings),
             resume_from=state, device=torch_device,
         )
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
     finally:
         bar.close()
 
@@ -249,6 +273,6 @@ def train_scratch(
 
 
 def _save_model(path: Path, state_dict: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buf)
+    write_bytes(path, buf.getvalue())

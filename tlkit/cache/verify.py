@@ -336,15 +336,18 @@ def _check_sample(
         if then != now:
             report.notes.append(f"the cache was made with {name} {then}; this is {name} {now}")
 
-    rows = [(split, r) for split, paths in paths_by_split.items() for r in range(len(paths))]
-    if not rows:
+    splits = list(paths_by_split)
+    ends = np.cumsum([len(paths_by_split[s]) for s in splits])  # rows numbered across splits, in order
+    total = int(ends[-1]) if len(ends) else 0
+    if total == 0:
         report.notes.append("no rows to re-embed")
         return
     rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(rows), size=min(sample, len(rows)), replace=False).tolist())
+    picked = np.sort(rng.choice(total, size=min(sample, total), replace=False))
     todo = []
-    for i in picked:
-        split, r = rows[i]
+    for i in picked.tolist():
+        k = int(np.searchsorted(ends, i, side="right"))
+        split, r = splits[k], i - (int(ends[k - 1]) if k else 0)
         rel = str(paths_by_split[split][r])
         file = data_dir / rel
         if not file.is_file():

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from torchvision import transforms as T
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -26,7 +24,10 @@ class TransformSpec:
     std: tuple[float, ...] = field(default=IMAGENET_STD)
     antialias: bool = True
 
-    def build(self) -> T.Compose:
+    def build(self):
+        """The torchvision ``Compose`` (imported here: reading a cache needs no torchvision)."""
+        from torchvision import transforms as T
+
         return T.Compose(
             [
                 T.Resize(

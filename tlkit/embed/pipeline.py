@@ -250,7 +250,12 @@ def embed(
                 rows_per_part=rows_per_part, options=backend_options or {},
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
-                stats = distribute(job, pending, bar.update)
+                try:
+                    stats = distribute(job, pending, bar.update)
+                except BaseException:
+                    if not any(parts_dir.glob("*.h5")):  # nothing finished: leave no "unfinished" trace
+                        discard_dir(parts_dir, out)
+                    raise
             result.embedded = stats.embedded
             part_files, _, part_skipped, _ = _read_parts(parts_dir, ours)
 

@@ -211,10 +211,26 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds on a HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "localhost", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RayBackendError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is `ray start --head` running there?"
+        ) from None
+
+
 def _connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (default: the one this process joined, else Ray's default); True if joined here."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         # log_to_driver=False keeps the actors' own output off the terminal; their errors still come back.
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -344,12 +360,13 @@ def run_ray(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], N
         ]
         reports = _run_shards(actors, shards, state, board, on_progress)
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        if board is not None:
-            ray.kill(board)
         if joined_here:
-            ray.shutdown()
+            ray.shutdown()  # ends this job, and Ray stops its actors (quietly, unlike ray.kill of a busy one)
+        else:  # the caller's Ray session goes on: stop ours
+            for actor in actors:
+                ray.kill(actor)
+            if board is not None:
+                ray.kill(board)
     _wait_until_listed(Path(job.parts_dir), [name for r in reports for name in r.parts])
     return RayStats(
         embedded=sum(r.embedded for r in reports), skipped=sum(r.skipped for r in reports), shards=reports

@@ -62,9 +62,9 @@ def predict(run, images, fmt, output, weights, batch_size, workers, device, max_
     if output:
         from pathlib import Path
 
-        from tlkit.runs import _atomic_bytes
+        from tlkit.runs import write_bytes
 
-        _atomic_bytes(Path(output), text.encode())
+        write_bytes(Path(output), text.encode())
         click.echo(f"{len(result.paths)} predictions written to {output}", err=True)
     else:
         click.echo(text, nl=False)

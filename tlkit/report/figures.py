@@ -98,7 +98,8 @@ def confusion_figure(name: str, run: Run, class_names: list[str], path: Path) ->
         matrix = np.asarray(block["confusion_matrix"])
         ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False,
                                                                         values_format="d")
-        ax.set_title(f"{which} (epoch {block.get('epoch')}): accuracy {block['accuracy']:.4f}")
+        when = f" (epoch {block['epoch']})" if block.get("epoch") is not None else ""  # logreg has no epochs
+        ax.set_title(f"{which}{when}: accuracy {block['accuracy']:.4f}")
     fig.suptitle(name)
     fig.tight_layout()
     _save(fig, path)

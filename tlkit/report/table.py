@@ -162,6 +162,10 @@ def _num(value, digits=4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _epoch(value) -> str:
+    return "–" if value is None else str(value)  # logreg has no epochs
+
+
 def _pct(value) -> str:
     return "n/a" if value is None else f"{value:+.2f}%"
 
@@ -184,8 +188,8 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
         f, b = r["final"], r["best"]
         lines.append(
             f"| {r['name']} | {r['model']} | {r['features']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
-            f"| {_num(f['average_precision'])} | {f['epoch']} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
-            f"| {_num(b['average_precision'])} | {b['epoch']} | {_num(r['training_seconds'], 1)} |"
+            f"| {_num(f['average_precision'])} | {_epoch(f['epoch'])} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
+            f"| {_num(b['average_precision'])} | {_epoch(b['epoch'])} | {_num(r['training_seconds'], 1)} |"
         )
     lines += [
         "",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tlkit.report.figures import confusion_figure, curves_figure
 from tlkit.report.table import build_table, render_markdown, unique_names
-from tlkit.runs import _atomic_bytes, load_run, write_json
+from tlkit.runs import load_run, write_bytes, write_json
 
 CURVES = "curves.png"
 
@@ -34,5 +34,5 @@ def write_report(run_paths, out_dir, baseline=None, curves: str = "final") -> di
         figures[f"Confusion matrix: {name}"] = file
     table["figures"] = {"curves": CURVES, "curves_from": curves, "confusion": confusion}
     write_json(out / "report.json", table)
-    _atomic_bytes(out / "report.md", render_markdown(table, figures).encode())
+    write_bytes(out / "report.md", render_markdown(table, figures).encode())
     return table
