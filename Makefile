@@ -9,13 +9,12 @@ DATA    ?=
 WEIGHTS ?= imagenet
 CACHE   ?= cache/feats.h5
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo clean
 
 venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray]'
 	touch $(STAMP)
 

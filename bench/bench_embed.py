@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -82,20 +81,22 @@ def tlkit_embed(data: Path, out: Path) -> tuple[int, float]:
 
 
 def replicate(data: Path, target: Path, times: int) -> Path:
-    """``times`` copies of the data set as symlinked class folders (distinct paths, same photos)."""
+    """``times`` copies of the data set as symlinks, one per image (distinct paths, same photos)."""
     for split in ("train", "val"):
         for class_dir in (data / split).iterdir():
             for k in range(times):
                 dst = target / split / class_dir.name / f"copy{k:02d}"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.symlink_to(class_dir.resolve())
+                dst.mkdir(parents=True, exist_ok=True)
+                for image in class_dir.iterdir():
+                    (dst / image.name).symlink_to(image.resolve())
     return target
 
 
 def peak_memory_child(data: Path, out: Path) -> dict:
     """Run embed in a fresh process and report its peak RSS and its workers'."""
     code = (
-        "import json, resource, sys, time; from tlkit.embed import embed; t=time.perf_counter();"
+        "import json, os, resource, sys, time; os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE');"  # as the CLI does
+        "from tlkit.embed import embed; t=time.perf_counter();"
         f"r = embed({str(data)!r}, {str(out)!r}, weights='random', progress=False, echo=lambda *_: None);"
         "print(json.dumps({'images': r.embedded, 'seconds': time.perf_counter()-t,"
         " 'main_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,"

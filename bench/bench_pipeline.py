@@ -3,7 +3,8 @@
 
 Two-stage (tlkit): `tlkit embed` once, then `tlkit fit-head` for the linear,
 logreg and quantum heads (30 epochs each for the torch heads, the seed
-paper's settings), all measured in full.
+paper's settings), all measured in full, in a fresh process that imports tlkit
+first (as the `tlkit` command does).
 
 Fixed feature extractor (the PyTorch transfer-learning tutorial's "ConvNet as
 fixed feature extractor", the way the seed paper and Mari et al. ran it): the
@@ -16,8 +17,9 @@ and fits the same LogRegHead.
 
 Thirty tutorial epochs per torch head take long on a CPU, so that side runs
 --epochs (default 2) epochs per head and is extrapolated per epoch:
-median seconds per epoch x 30. Both sides run in this one process, one after
-the other, so the figures are measured side by side.
+median seconds per epoch x 30. Both sides run in one run of this script,
+one after the other, each in a fresh process (the tutorial's as a plain script:
+torch loaded before anything of tlkit), so the figures are measured side by side.
 
     python bench/bench_pipeline.py [DATA_DIR] [--epochs 2] [--weights random]
 
@@ -28,8 +30,10 @@ timing; `random` works offline.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +44,7 @@ TORCH_HEADS = ("linear", "quantum")
 
 
 def two_stage(data: Path, weights: str, tmp: Path) -> dict[str, float]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what `tlkit embed` sets before torch loads
     from tlkit.embed import embed
     from tlkit.heads.fit import fit_head
 
@@ -141,6 +146,31 @@ def tutorial_logreg(data: Path, weights: str, workers: int) -> float:
     return time.perf_counter() - t0
 
 
+def run_side(side: str, args) -> dict:
+    """One side in a fresh process; its JSON result."""
+    cmd = [sys.executable, __file__, str(args.data), "--side", side, "--epochs", str(args.epochs),
+           "--weights", args.weights, "--tutorial-workers", str(args.tutorial_workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: the {side} side failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_side(side: str, data: Path, args) -> dict:
+    if side == "two-stage":
+        with tempfile.TemporaryDirectory() as tmp:
+            return two_stage(data, args.weights, Path(tmp))
+    import warnings
+
+    import torch  # noqa: F401  before tlkit: the tutorial side runs with torch's own OpenMP settings
+
+    warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # the tutorial's 4 workers on 2 CPUs
+    out = {head: tutorial_torch_head(data, args.weights, head, args.epochs, args.tutorial_workers)
+           for head in TORCH_HEADS}
+    out["logreg"] = tutorial_logreg(data, args.weights, args.tutorial_workers)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="?", default=os.environ.get("TLKIT_HYMENOPTERA"),
@@ -148,39 +178,37 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="tutorial epochs measured per torch head (default 2)")
     parser.add_argument("--weights", default="random", help="backbone weights for both sides (default random)")
     parser.add_argument("--tutorial-workers", type=int, default=4, help="the tutorial's num_workers (default 4)")
+    parser.add_argument("--side", choices=["two-stage", "fixed"], help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     if not args.data or not Path(args.data, "train").is_dir():
         print("error: give DATA_DIR (ROOT/train/<class>/<image>) or set TLKIT_HYMENOPTERA", file=sys.stderr)
         return 1
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # the tutorial's 4 workers on 2 CPUs
     data = Path(args.data)
-    print(f"data {data}, weights {args.weights}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
-          f"tutorial side: {args.epochs} measured epochs per torch head, extrapolated to {FULL_EPOCHS}")
+    if args.side:
+        print(json.dumps(measure_side(args.side, data, args)))
+        return 0
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = two_stage(data, args.weights, Path(tmp))
+    print(f"data {data}, weights {args.weights}, {os.cpu_count()} CPUs; tutorial side: {args.epochs} measured "
+          f"epochs per torch head, extrapolated to {FULL_EPOCHS}; each side in a fresh process")
+    ours = run_side("two-stage", args)
     ours_total = sum(ours.values())
-    print("two-stage (measured): " + ", ".join(f"{k} {v:.1f} s" for k, v in ours.items()) + f"; total {ours_total:.1f} s",
-          flush=True)
+    print("two-stage (measured): " + ", ".join(f"{k} {v:.1f} s" for k, v in ours.items())
+          + f"; total {ours_total:.1f} s", flush=True)
 
+    fixed = run_side("fixed", args)
     theirs = {}
     for head in TORCH_HEADS:
-        seconds = tutorial_torch_head(data, args.weights, head, args.epochs, args.tutorial_workers)
-        per_epoch = statistics.median(seconds)
+        per_epoch = statistics.median(fixed[head])
         theirs[head] = per_epoch * FULL_EPOCHS
-        print(f"fixed-feature {head}: epochs {', '.join(f'{s:.1f}' for s in seconds)} s -> "
+        print(f"fixed-feature {head}: epochs {', '.join(f'{s:.1f}' for s in fixed[head])} s -> "
               f"{per_epoch:.1f} s/epoch x {FULL_EPOCHS} = {theirs[head]:.0f} s", flush=True)
-    theirs["logreg"] = tutorial_logreg(data, args.weights, args.tutorial_workers)
+    theirs["logreg"] = fixed["logreg"]
     print(f"fixed-feature logreg: one backbone pass + fit {theirs['logreg']:.1f} s", flush=True)
     theirs_total = sum(theirs.values())
 
-    per_epoch_ours = {h: ours[h] / FULL_EPOCHS for h in TORCH_HEADS}
-    print(f"per epoch, torch heads: fixed-feature {', '.join(f'{h} {theirs[h] / FULL_EPOCHS:.2f} s' for h in TORCH_HEADS)}"
-          f" vs two-stage {', '.join(f'{h} {per_epoch_ours[h]:.3f} s' for h in TORCH_HEADS)} (+ embed once)")
+    fixed_epochs = ", ".join(f"{h} {theirs[h] / FULL_EPOCHS:.2f} s" for h in TORCH_HEADS)
+    ours_epochs = ", ".join(f"{h} {ours[h] / FULL_EPOCHS:.3f} s" for h in TORCH_HEADS)
+    print(f"per epoch, torch heads: fixed-feature {fixed_epochs} vs two-stage {ours_epochs} (+ embed once)")
     print(f"whole pipeline (3 heads, {FULL_EPOCHS} epochs): fixed-feature {theirs_total:.0f} s (extrapolated) vs "
           f"two-stage {ours_total:.1f} s (measured): ratio {theirs_total / ours_total:.1f}x (target >= 10x)")
     return 0

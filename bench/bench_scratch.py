@@ -4,8 +4,9 @@
 Both train ResNet-18 from random initialisation on the same images at the same
 batch size (4, the seed paper's), with the same augmentation (random resized
 crop 224 + horizontal flip) and the same optimizer, and evaluate on val after
-every epoch. They run side by side in this one process, alternating, so machine
-load affects both alike.
+every epoch. They run side by side in one run of this script, alternating, so
+machine load affects both alike; each side runs in a fresh process, the
+tutorial's as a plain script, tlkit's as the `tlkit` command runs.
 
     python bench/bench_scratch.py [DATA_DIR] [--epochs 2] [--rounds 2]
 
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,18 +89,35 @@ def tutorial_train(data_dir: Path, epochs: int, batch_size: int, workers: int, s
     return epoch_seconds, time.perf_counter() - t_start
 
 
-def tlkit_train(data_dir: Path, epochs: int, batch_size: int, workers: int, seed: int) -> tuple[list[float], float]:
-    from tlkit.baseline.trainer import train_scratch
-    from tlkit.runs import load_run
-    from tlkit.train.loop import TrainConfig
+def tlkit_train(data_dir: Path, epochs: int, batch_size: int, workers: int | None, seed: int):
+    """The `tlkit train-scratch` command itself, in this process; (epoch seconds from its history, wall seconds)."""
+    from tlkit.cli import main
+
+    import torchvision  # noqa: F401  loaded outside the timing, as on the tutorial side
 
     with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        argv = ["train-scratch", str(data_dir), "--out", str(run_dir), "--epochs", str(epochs),
+                "--batch-size", str(batch_size), "--seed", str(seed), "--device", "cpu", "--no-progress"]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
         t0 = time.perf_counter()
-        run_dir = train_scratch(data_dir, out=Path(tmp) / "run", cfg=TrainConfig(epochs=epochs, batch_size=batch_size,
-                                                                                   seed=seed),
-                                workers=workers, device="cpu", echo=lambda *_: None)
+        main(argv, standalone_mode=False)
         wall = time.perf_counter() - t0
-        return [h["seconds"] for h in load_run(run_dir).history], wall
+        history = json.loads((run_dir / "history.json").read_text())
+        return [h["seconds"] for h in history], wall
+
+
+def in_fresh_process(side: str, args, seed: int) -> tuple[list[float], float]:
+    cmd = [sys.executable, __file__, str(args.data), "--side", side, "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--seed", str(seed), "--tutorial-workers", str(args.tutorial_workers)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: the {side} side failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["epochs"], result["wall"]
 
 
 def main() -> int:
@@ -109,26 +129,34 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tutorial-workers", type=int, default=4, help="the tutorial's num_workers (default 4)")
     parser.add_argument("--workers", type=int, default=None, help="tlkit's --workers (default: its CLI default)")
+    parser.add_argument("--side", choices=["tutorial", "tlkit"], help=argparse.SUPPRESS)  # one measurement, internal
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.data or not Path(args.data, "train").is_dir():
         print("error: give DATA_DIR (ROOT/train/<class>/<image>) or set TLKIT_HYMENOPTERA", file=sys.stderr)
         return 1
-    import torch
-
-    from tlkit.baseline.cli import _default_workers
-
-    workers = args.workers if args.workers is not None else _default_workers()
     data = Path(args.data)
-    print(f"data {data}, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"tutorial num_workers={args.tutorial_workers}, tlkit workers={workers}")
+    if args.side:
+        if args.side == "tutorial":
+            import warnings
+
+            warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 workers on 2 CPUs
+            epochs, wall = tutorial_train(data, args.epochs, args.batch_size, args.tutorial_workers, args.seed)
+        else:
+            epochs, wall = tlkit_train(data, args.epochs, args.batch_size, args.workers, args.seed)
+        print(json.dumps({"epochs": epochs, "wall": wall}))
+        return 0
+
+    print(f"data {data}, batch {args.batch_size}, {args.epochs} epochs x {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"tutorial num_workers={args.tutorial_workers}, tlkit --workers "
+          f"{'default' if args.workers is None else args.workers}; each side in a fresh process")
     results = {"tutorial": ([], []), "tlkit": ([], [])}
     for r in range(args.rounds):
-        for name, fn, w in (("tutorial", tutorial_train, args.tutorial_workers), ("tlkit", tlkit_train, workers)):
-            epochs, wall = fn(data, args.epochs, args.batch_size, w, seed=r)
-            results[name][0].extend(epochs)
-            results[name][1].append(wall)
-            print(f"round {r + 1} {name:8s}: epochs {', '.join(f'{s:.1f}' for s in epochs)} s; wall {wall:.1f} s",
+        for side in ("tutorial", "tlkit"):
+            epochs, wall = in_fresh_process(side, args, seed=r)
+            results[side][0].extend(epochs)
+            results[side][1].append(wall)
+            print(f"round {r + 1} {side:8s}: epochs {', '.join(f'{s:.1f}' for s in epochs)} s; wall {wall:.1f} s",
                   flush=True)
     tut_epoch, ours_epoch = (statistics.median(results[k][0]) for k in ("tutorial", "tlkit"))
     tut_wall, ours_wall = (statistics.median(results[k][1]) for k in ("tutorial", "tlkit"))

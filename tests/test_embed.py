@@ -21,7 +21,7 @@ from tlkit.cache import load_cache
 from tlkit.data import TransformSpec, load_rgb
 from tlkit.embed import embed
 from tlkit.embed.weights import random_weights, state_dict_sha256
-from tlkit.errors import CacheBusy, CacheError, DataError, WeightsError
+from tlkit.errors import CacheBusy, CacheError, WeightsError
 
 QUIET = {"progress": False, "echo": lambda *_: None}
 

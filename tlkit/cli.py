@@ -94,6 +94,11 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
     or after adding images, run the same command again and only the missing
     images are embedded. Unreadable images are skipped, listed and recorded.
     """
+    # libgomp (torch's OpenMP on Linux) lets idle threads spin between parallel regions; while
+    # decoding processes share the cores, the spinning steals them: embedding ran 2.2x slower on
+    # 2 cores (bench/bench_embed.py). Read once when torch loads, hence here, before the import;
+    # a policy the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
     from tlkit.embed import embed as run_embed
 

@@ -7,7 +7,7 @@ import click
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--out", "-o", default="report", show_default=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("--out", "-o", default="reports", show_default=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for report.md, report.json, curves.png and confusion-<run>.png.")
 @click.option("--baseline", default=None,
               help="The run the others are compared with (its folder or name) [default: the first run].")
