@@ -8,29 +8,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from test_baseline_helpers import scratch_run
 
-from tlkit.cli import main
+from cli_helpers import assert_invoke_error, invoke
 from tlkit.data.discovery import discover
 from tlkit.metrics import classification_metrics
 from tlkit.runs import eval_fingerprint, load_run
 from tlkit.train.loop import TrainConfig
 
 pytestmark = pytest.mark.slow
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def _same_training(a, b):
@@ -92,24 +78,24 @@ def test_interrupted_and_resumed_equals_uninterrupted(hymenoptera_small, tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_interrupt)
-    result = _invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--no-progress")
+    result = invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--no-progress")
     assert result.exit_code == 130, result.output
     assert f"kept in {out}; continue with the same command plus --resume" in result.stderr
     assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
 
     # The same command without --resume, or with other settings, is refused and keeps the checkpoint.
-    _one_line_error(_invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2), "add --resume")
-    _one_line_error(_invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--lr", 0.01, "--resume"),
+    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2), "add --resume")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--lr", 0.01, "--resume"),
                     "cannot resume", "train.lr: 0.001 -> 0.01")
     assert (out / "checkpoint.pt").is_file()
 
-    result = _invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--resume", "--no-progress")
+    result = invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--resume", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "after epoch 1 of 2" in result.stderr
     assert "epoch 1/2" not in result.stderr and "epoch 2/2" in result.stderr  # epoch 1 was not trained again
     _same_training(reference, out)
-    _one_line_error(_invoke("train-scratch", hymenoptera_small, "--out", out, "--resume"), "already holds a finished run")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", out, "--resume"), "already holds a finished run")
 
 
 def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(hymenoptera_small, tmp_path,
@@ -120,7 +106,7 @@ def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(h
     (data / "val" / "bees" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "run"
     # Nothing held in memory and a worker process: every image decoded from disk in the worker each epoch.
-    result = _invoke("train-scratch", data, "--out", out, "--epochs", 1, "--memory-mb", 0, "--workers", 1,
+    result = invoke("train-scratch", data, "--out", out, "--epochs", 1, "--memory-mb", 0, "--workers", 1,
                      "--no-progress")
     assert result.exit_code == 0, result.output
     assert "skipped train/ants/broken.jpg: " in result.stderr
@@ -147,7 +133,7 @@ def test_finetune_starts_from_the_embed_weights(hymenoptera_small, tmp_path):
     assert not torch.equal(scratch["conv1.weight"], weights.state_dict["conv1.weight"])
 
     out = tmp_path / "ft"
-    result = _invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 1, "--finetune",
+    result = invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 1, "--finetune",
                      "--weights", "random", "--weights-seed", 3, "--no-progress")
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
@@ -156,20 +142,20 @@ def test_finetune_starts_from_the_embed_weights(hymenoptera_small, tmp_path):
 
 
 def test_refusals_are_one_line(hymenoptera_small, tmp_path):
-    _one_line_error(_invoke("train-scratch", tmp_path / "missing"), "does not exist")
+    assert_invoke_error(invoke("train-scratch", tmp_path / "missing"), "does not exist")
     only_train = tmp_path / "only_train"
     shutil.copytree(hymenoptera_small / "train", only_train / "train")
-    _one_line_error(_invoke("train-scratch", only_train, "--out", tmp_path / "r"), "no images in split 'val'")
-    _one_line_error(_invoke("train-scratch", hymenoptera_small, "--resume"), "--resume needs --out")
-    _one_line_error(_invoke("train-scratch", hymenoptera_small, "--out", tmp_path / "none", "--resume"),
+    assert_invoke_error(invoke("train-scratch", only_train, "--out", tmp_path / "r"), "no images in split 'val'")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--resume"), "--resume needs --out")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", tmp_path / "none", "--resume"),
                     "no unfinished run to resume")
-    _one_line_error(_invoke("train-scratch", hymenoptera_small, "--finetune", "--weights", tmp_path / "nope.pt",
+    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--finetune", "--weights", tmp_path / "nope.pt",
                             "--out", tmp_path / "ft"), "neither")
     assert not (tmp_path / "r").exists() and not (tmp_path / "ft").exists()  # refused before any folder is made
 
 
 def test_help_teaches():
-    result = _invoke("train-scratch", "--help")
+    result = invoke("train-scratch", "--help")
     assert result.exit_code == 0
     text = " ".join(result.output.split())  # help is wrapped to the terminal width
     for fragment in ("random weights", "--resume", "Examples:", "tlkit train-scratch data/hymenoptera_data",

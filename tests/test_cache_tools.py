@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from synthetic import make_class_folder, save_not_an_image
+from cli_helpers import assert_one_line_error, tlkit_cli
 from tlkit.cache import load_cache
 from tlkit.cache.assemble import assemble
 from tlkit.cache.info import cache_info, format_info
@@ -31,21 +32,6 @@ from tlkit.embed.weights import random_weights
 from tlkit.errors import CacheBusy, CacheError
 
 QUIET = {"progress": False, "echo": lambda *_: None}
-
-
-def tlkit_cli(*args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tlkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torchvision
 
+from cli_helpers import assert_one_line_error, tlkit_cli
 from synthetic import make_class_folder, save_bomb, save_mode, save_not_an_image, save_truncated, save_zero_bytes
 from tlkit.cache import load_cache
 from tlkit.data import TransformSpec, load_rgb
@@ -24,23 +24,6 @@ from tlkit.embed.weights import random_weights, state_dict_sha256
 from tlkit.errors import CacheBusy, CacheError, WeightsError
 
 QUIET = {"progress": False, "echo": lambda *_: None}
-
-
-def tlkit_cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a fresh process."""
-    return subprocess.run(
-        [sys.executable, "-m", "tlkit.cli", *map(str, args)], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=timeout,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def caches_equal(a: Path, b: Path, atol: float = 1e-5) -> None:

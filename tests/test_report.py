@@ -7,25 +7,12 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
+from cli_helpers import assert_invoke_error, invoke
 from test_baseline_helpers import embedded, fake_run, head_run, proba_with_accuracy, scratch_run
 
-from tlkit.cli import main
 
 BLOCK_KEYS = ("epoch", "loss", "accuracy", "roc_auc", "average_precision", "confusion_matrix")
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _assert_png(path):
@@ -53,7 +40,7 @@ def seed_like_runs(tmp_path):
 
 def test_table_equals_the_runs_metrics_and_figures_are_pngs(seed_like_runs, tmp_path):
     out = tmp_path / "report"
-    result = _invoke("report", *seed_like_runs, "-o", out)
+    result = invoke("report", *seed_like_runs, "-o", out)
     assert result.exit_code == 0, result.output
     table = json.loads((out / "report.json").read_text())
     assert table["baseline"] == "scratch" and [r["name"] for r in table["runs"]] == ["scratch", "linear", "logreg"]
@@ -85,14 +72,14 @@ def test_table_equals_the_runs_metrics_and_figures_are_pngs(seed_like_runs, tmp_
 
 
 def test_baseline_option_moves_the_reference(seed_like_runs, tmp_path):
-    result = _invoke("report", *seed_like_runs, "-o", tmp_path / "r", "--baseline", seed_like_runs[1])
+    result = invoke("report", *seed_like_runs, "-o", tmp_path / "r", "--baseline", seed_like_runs[1])
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "r" / "report.json").read_text())
     assert table["baseline"] == "linear"
     rows = {r["name"]: r for r in table["runs"]}
     assert rows["linear"]["relative_change"]["final"]["accuracy"] == 0
     assert rows["scratch"]["relative_change"]["final"]["accuracy"] == pytest.approx((111 - 146) / 146 * 100)
-    _one_line_error(_invoke("report", *seed_like_runs, "-o", tmp_path / "x", "--baseline", "nope"),
+    assert_invoke_error(invoke("report", *seed_like_runs, "-o", tmp_path / "x", "--baseline", "nope"),
                     "--baseline nope is not one of the runs")
 
 
@@ -101,25 +88,25 @@ def test_runs_on_other_images_are_refused_and_nothing_is_written(seed_like_runs,
     labels = np.array([0] * 70 + [1] * 82)  # one image fewer: e.g. a cache that skipped a file
     other = fake_run(tmp_path / "other", labels=labels, proba_final=proba_with_accuracy(labels, 140, rng))
     out = tmp_path / "report"
-    result = _invoke("report", *seed_like_runs, other, "-o", out)
-    _one_line_error(result, "not comparable", str(other), str(seed_like_runs[0]), "152 images", "153 images")
+    result = invoke("report", *seed_like_runs, other, "-o", out)
+    assert_invoke_error(result, "not comparable", str(other), str(seed_like_runs[0]), "152 images", "153 images")
     assert not out.exists()
 
 
 def test_folders_that_are_not_finished_runs_are_refused(seed_like_runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(_invoke("report", seed_like_runs[0], empty), "not a finished run folder",
+    assert_invoke_error(invoke("report", seed_like_runs[0], empty), "not a finished run folder",
                     "missing config.json, metrics.json, predictions.npz")
-    _one_line_error(_invoke("report", tmp_path / "missing"), "not a run folder")
+    assert_invoke_error(invoke("report", tmp_path / "missing"), "not a run folder")
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.json").write_text(json.dumps({"kind": "scratch"}))
     (unfinished / "checkpoint.pt").write_bytes(b"...")
-    _one_line_error(_invoke("report", unfinished), "missing metrics.json, predictions.npz")
+    assert_invoke_error(invoke("report", unfinished), "missing metrics.json, predictions.npz")
     damaged = fake_run(tmp_path / "damaged", labels=[0, 1], proba_final=[[0.8, 0.2], [0.3, 0.7]])
     (damaged / "metrics.json").write_text("{ not json")
-    _one_line_error(_invoke("report", damaged), "damaged")
+    assert_invoke_error(invoke("report", damaged), "damaged")
 
 
 @pytest.mark.slow
@@ -128,7 +115,7 @@ def test_real_scratch_and_head_runs_are_comparable(hymenoptera_small, tmp_path_f
     cache = embedded(tmp_path_factory, hymenoptera_small)
     runs = [scratch_run(tmp_path_factory, hymenoptera_small, epochs=2),
             head_run(tmp_path_factory, cache, "linear"), head_run(tmp_path_factory, cache, "logreg")]
-    result = _invoke("report", *runs, "-o", tmp_path / "report")
+    result = invoke("report", *runs, "-o", tmp_path / "report")
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["model"] for r in table["runs"]] == ["ResNet-18 from scratch", "linear head", "logreg head"]
@@ -143,6 +130,6 @@ def test_real_scratch_and_head_runs_are_comparable(hymenoptera_small, tmp_path_f
 
 
 def test_help_teaches():
-    text = " ".join(_invoke("report", "--help").output.split())
+    text = " ".join(invoke("report", "--help").output.split())
     for fragment in ("relative change", "Example:", "--baseline", "curves.png", "eval_fingerprint"):
         assert fragment in text, fragment
