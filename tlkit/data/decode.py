@@ -7,6 +7,7 @@ can skip the file and report it instead of crashing.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -67,8 +68,6 @@ def load_rgb(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 def _size_or_none(path) -> int | None:
     try:
-        import os
-
         return os.path.getsize(path)
     except OSError:
         return None
