@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_baseline_helpers import scratch_run
+from run_helpers import scratch_run
 
 from cli_helpers import assert_invoke_error, invoke
 from tlkit.data.discovery import discover

@@ -10,7 +10,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from test_heads_data import blobs
+from heads_data import blobs
 from tlkit.heads import HeadError, LinearHead, LogRegHead, QuantumHead
 from tlkit.heads.circuit import dressed_circuit
 from tlkit.heads.quantum import DressedQuantumNet

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_heads_data import blobs, write_cache
+from heads_data import blobs, write_cache
 from tlkit.cache import load_cache
 from tlkit.cli import TlkitGroup
 from tlkit.heads import load_head

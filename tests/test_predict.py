@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_baseline_helpers import embedded, head_run, scratch_run
+from run_helpers import embedded, head_run, scratch_run
 
 from cli_helpers import assert_invoke_error, invoke
 from tlkit.metrics import predict_from_proba
