@@ -53,7 +53,7 @@ def test_real_features_run_folder(head, real_runs, hymenoptera_cache):
     assert "final" in output and "best (opt.)" in output and f"run folder: {run_dir}" in output
 
     run = load_run(run_dir)
-    config = run.config
+    config = run.config.to_json()  # config.json as written
     assert config["kind"] == "head" and config["head"] == head
     assert config["cache"] == str(Path(hymenoptera_cache).resolve())
     assert config["cache_provenance"] == cache.provenance.as_dict()
@@ -126,7 +126,7 @@ def test_all_only_cache_uses_a_seeded_stratified_holdout(tmp_path):
         return load_run(tmp_path / out)
 
     run = fit("r0")
-    config = run.config
+    config = run.config.to_json()  # config.json as written
     assert config["eval_split"] == "holdout" and config["split_source"] == "all"
     assert config["val_fraction"] == 0.2 and config["split_seed"] == 0
     assert (config["n_train"], config["n_eval"]) == (72, 18)
@@ -137,10 +137,10 @@ def test_all_only_cache_uses_a_seeded_stratified_holdout(tmp_path):
     again = fit("r1")
     other = fit("r2", "--split-seed", "1")
     wider = fit("r3", "--val-fraction", "0.4")
-    assert again.config["eval_fingerprint"] == config["eval_fingerprint"]
+    assert again.config.eval_fingerprint == config["eval_fingerprint"]
     assert list(again.predictions["paths"]) == list(run.predictions["paths"])
-    assert other.config["eval_fingerprint"] != config["eval_fingerprint"]
-    assert wider.config["n_eval"] == 36
+    assert other.config.eval_fingerprint != config["eval_fingerprint"]
+    assert wider.config.n_eval == 36
 
 
 @pytest.mark.parametrize("head", HEADS)

@@ -2,9 +2,8 @@
 
 Reads the cache (never an image, never the backbone), chooses the
 train/evaluation rows, fits the head, evaluates it at the final and at the
-best epoch, and writes the run folder described in :mod:`tlkit.runs`.
-Nothing is written until training has finished, and ``metrics.json`` (the
-mark of a finished run) is written last.
+best epoch, and writes the run folder of :mod:`tlkit.runs`. Nothing is
+written until training has finished.
 """
 
 from __future__ import annotations
@@ -12,18 +11,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from tlkit import __version__
-from tlkit.heads.errors import HeadError
 from tlkit.heads.splits import SplitPlan, plan_splits
 from tlkit.heads.store import head_class, save_head
-from tlkit.runs import (
-    CONFIG, METRICS, build_metrics, eval_fingerprint, new_run_dir, write_history, write_json, write_predictions,
-)
+from tlkit.runs import HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint, now, package_versions
 
 DEFAULT_CACHE = "cache/feats.h5"
 
@@ -33,7 +27,7 @@ class FitResult:
     run_dir: Path
     head: str
     estimator: object
-    config: dict
+    config: RunConfig
     metrics: dict
     plan: SplitPlan
 
@@ -54,8 +48,7 @@ def fit_head(
 
     estimator = head_class(head)(**(params or {}))
     estimator.check_params()  # bad flags (an unknown device...) fail before anything is read
-    if out is not None and (Path(out) / METRICS).exists():  # refuse before spending time on training
-        raise HeadError(f"{out} already holds a finished run; choose another --out")
+    run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
     cache = load_cache(cache_path)
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
     echo(plan.describe())
@@ -77,48 +70,50 @@ def fit_head(
         final_epoch, best_epoch = len(history), estimator.best_epoch_
         final_loss, best_loss = history[-1]["val_loss"], history[best_epoch - 1]["val_loss"]
 
-    run_dir = new_run_dir(out, head)
-    weights = save_head(estimator, run_dir)
+    run.create()
+    weights = save_head(estimator, run)
     config = run_config(head, estimator, cache, plan, weights)
-    write_json(run_dir / CONFIG, config)
-    write_history(run_dir, history)
-    write_predictions(run_dir, plan.eval.paths, y_eval, proba_final, proba_best)
+    run.write_config(config)
+    run.write_history(history)
+    run.write_predictions(plan.eval.paths, y_eval, proba_final, proba_best)
     metrics = build_metrics(
         y_eval, proba_final, proba_best, final_epoch=final_epoch, best_epoch=best_epoch,
         training_seconds=seconds, class_names=cache.class_names, final_loss=final_loss, best_loss=best_loss,
     )
-    write_json(run_dir / METRICS, metrics)  # last: marks the run finished
-    return FitResult(run_dir, head, estimator, config, metrics, plan)
+    run.finish(metrics)
+    return FitResult(run.path, head, estimator, config, metrics, plan)
 
 
-def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str]) -> dict:
-    config = {
-        "kind": "head",
-        "head": head,
-        "cache": str(Path(cache.path).resolve()),
-        "cache_provenance": cache.provenance.as_dict(),
-        "class_names": list(cache.class_names),
-        "eval_split": plan.eval_split,
-        "split_source": plan.source,
-        "val_fraction": plan.val_fraction,
-        "split_seed": plan.split_seed,
-        "eval_fingerprint": eval_fingerprint(plan.eval.paths, plan.eval.labels, cache.class_names),
-        "n_train": len(plan.train),
-        "n_eval": len(plan.eval),
-        "n_features": int(estimator.n_features_in_),
-        "classes": np.asarray(estimator.classes_).tolist(),
-        "head_params": estimator.get_params(),
-        "weights": weights,
-        "tlkit_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:
     if head != "logreg":
-        config["train"] = estimator.train_config().to_dict()
+        details = {"train": estimator.train_config().to_dict()}
     else:
-        config["logreg"] = {"C": estimator.C_, "cv_folds": estimator.cv_folds_, "scoring": "neg_log_loss"}
+        details = {"logreg": {"C": estimator.C_, "cv_folds": estimator.cv_folds_, "scoring": "neg_log_loss"}}
     if head == "quantum":
-        config["circuit_simulator"] = estimator.module_.runner.simulator
-    return config
+        details["circuit_simulator"] = estimator.module_.runner.simulator
+    return RunConfig(
+        kind="head",
+        class_names=list(cache.class_names),
+        eval_split=plan.eval_split,
+        eval_fingerprint=eval_fingerprint(plan.eval.paths, plan.eval.labels, cache.class_names),
+        n_train=len(plan.train),
+        n_eval=len(plan.eval),
+        part=HeadPart(
+            head=head,
+            head_params=estimator.get_params(),
+            n_features=int(estimator.n_features_in_),
+            classes=np.asarray(estimator.classes_).tolist(),
+            cache=str(Path(cache.path).resolve()),
+            cache_provenance=cache.provenance.as_dict(),
+            split_source=plan.source,
+            val_fraction=plan.val_fraction,
+            split_seed=plan.split_seed,
+            weights=weights,
+        ),
+        versions=package_versions("numpy", "torch", "scikit-learn", "pennylane"),
+        created=now(),
+        details=details,
+    )
 
 
 def summary_table(metrics: dict) -> str:

@@ -11,16 +11,15 @@ so :func:`load_head` can rebuild the estimator around the weights.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tlkit.heads.errors import HeadError
-from tlkit.runs import CONFIG, write_bytes
+from tlkit.runs import MODEL, MODEL_ARRAYS, MODEL_BEST, read_config
 
-TORCH_WEIGHTS = {"final": "model.pt", "best": "model_best.pt"}
-NPZ_WEIGHTS = "model.npz"
+TORCH_WEIGHTS = {"final": MODEL, "best": MODEL_BEST}
+NPZ_WEIGHTS = MODEL_ARRAYS
 
 
 def head_class(name: str):
@@ -34,8 +33,8 @@ def head_class(name: str):
     return classes[name]
 
 
-def save_head(estimator, run_dir: Path) -> list[str]:
-    """Write the fitted estimator's weights into ``run_dir``; returns the file names written."""
+def save_head(estimator, run) -> list[str]:
+    """Write the fitted estimator's weights with ``run`` (a RunWriter); returns the file names written."""
     from tlkit.heads.logreg import LogRegHead
 
     if isinstance(estimator, LogRegHead):
@@ -45,7 +44,7 @@ def save_head(estimator, run_dir: Path) -> list[str]:
             coef=estimator.model_.coef_, intercept=estimator.model_.intercept_,
             classes=np.asarray(estimator.classes_), C=np.float64(estimator.C_),
         )
-        write_bytes(Path(run_dir) / NPZ_WEIGHTS, buf.getvalue())
+        run.write_file(NPZ_WEIGHTS, buf.getvalue())
         return [NPZ_WEIGHTS]
 
     import torch
@@ -56,7 +55,7 @@ def save_head(estimator, run_dir: Path) -> list[str]:
             continue
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
-        write_bytes(Path(run_dir) / TORCH_WEIGHTS[which], buf.getvalue())
+        run.write_file(TORCH_WEIGHTS[which], buf.getvalue())
         written.append(TORCH_WEIGHTS[which])
     return written
 
@@ -68,24 +67,19 @@ def load_head(run_dir, which: str = "final"):
     the final ones (logreg has only one set).
     """
     run_dir = Path(run_dir)
-    try:
-        config = json.loads((run_dir / CONFIG).read_text())
-    except FileNotFoundError:
-        raise HeadError(f"{run_dir} is not a fit-head run folder (no {CONFIG})") from None
-    except (OSError, ValueError) as exc:
-        raise HeadError(f"{run_dir / CONFIG} cannot be read: {exc}") from None
-    if config.get("kind") != "head":
-        raise HeadError(f"{run_dir} holds a {config.get('kind', 'unknown')!r} run, not a fit-head run")
+    config = read_config(run_dir)
+    if config.kind != "head":
+        raise HeadError(f"{run_dir} holds a {config.kind!r} run, not a fit-head run")
     if which not in TORCH_WEIGHTS:
         raise HeadError(f"which must be 'final' or 'best', got {which!r}")
-    try:
-        estimator = head_class(config["head"])(**config["head_params"])
-        classes = np.asarray(config["classes"])
-        n_features = int(config["n_features"])
-    except (KeyError, TypeError) as exc:
-        raise HeadError(f"{run_dir / CONFIG} lacks what is needed to rebuild the head: {exc}") from None
+    part = config.part
+    if part.classes is None or part.n_features is None:
+        raise HeadError(f"{run_dir} config.json lacks what is needed to rebuild the head (classes, n_features)")
+    estimator = head_class(part.head)(**part.head_params)
+    classes = np.asarray(part.classes)
+    n_features = int(part.n_features)
 
-    if config["head"] == "logreg":
+    if part.head == "logreg":
         return _load_logreg(estimator, run_dir / NPZ_WEIGHTS)
     return _load_torch(estimator, run_dir / TORCH_WEIGHTS[which], classes, n_features)
 
