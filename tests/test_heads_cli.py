@@ -219,6 +219,35 @@ def test_flags_that_do_not_apply_are_reported(tmp_path):
     assert "note: --epochs, --depth do(es) not apply to --head logreg" in result.stderr
 
 
+def test_options_are_generated_from_the_declarations():
+    """Every declared hyperparameter is one option with its declared default; so are train-scratch's."""
+    from tlkit.baseline.cli import train_scratch
+    from tlkit.heads.registry import HEADS
+
+    options = {p.name: p for p in fit_head.params}
+    for spec in HEADS.values():
+        for param in spec.params:
+            assert (param.name in options) == param.cli, param.name
+            if param.cli:
+                assert options[param.name].default == param.default, param.name
+    scratch = {p.name: p.default for p in train_scratch.params}
+    assert {name: scratch[name] for name in TrainConfig.names()} == TrainConfig().to_dict()
+    text = CliRunner().invoke(cli(), ["fit-head", "--help"]).output
+    assert "Training loop (--head linear, quantum):" in text and "Quantum circuit (--head quantum):" in text
+    assert "--simulator" in text and "--qsim" not in text  # the old name still works, unlisted
+
+
+def test_old_qsim_flag_still_sets_the_simulator(tmp_path):
+    cache = _two_class(tmp_path)
+    result = run_cli("--head", "quantum", "--cache", cache, "--out", tmp_path / "q", "--epochs", 1, "--qsim", "qnode")
+    assert result.exit_code == 0, result.output
+    config = load_run(tmp_path / "q").config.to_json()
+    assert config["head_params"]["simulator"] == "qnode" and config["circuit_simulator"] == "qnode"
+    result = run_cli("--head", "linear", "--cache", cache, "--out", tmp_path / "l", "--epochs", 1, "--qsim", "torch")
+    assert result.exit_code == 0, result.output
+    assert "note: --simulator do(es) not apply to --head linear; ignored" in result.stderr
+
+
 def test_help_teaches():
     text = CliRunner().invoke(cli(), ["fit-head", "--help"]).output
     for needle in ("cache/feats.h5", "runs/<head>-<timestamp>", "--qdevice", "default: 30", "Examples", "hold-out"):

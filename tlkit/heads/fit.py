@@ -3,7 +3,8 @@
 Reads the cache (never an image, never the backbone), chooses the
 train/evaluation rows, fits the head, evaluates it at the final and at the
 best epoch, and writes the run folder of :mod:`tlkit.runs`. Nothing is
-written until training has finished.
+written until training has finished. Every head is handled the same way:
+what differs between heads is in their declarations and classes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.heads.estimator import reporting_epochs
+from tlkit.heads.registry import get_spec, save_head
 from tlkit.heads.splits import SplitPlan, plan_splits
-from tlkit.heads.store import head_class, save_head
 from tlkit.runs import HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint, now, package_versions
 
 DEFAULT_CACHE = "cache/feats.h5"
@@ -43,54 +45,37 @@ def fit_head(
     progress: bool | None = None,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> FitResult:
-    """Train head ``head`` ("linear", "logreg", "quantum") with hyperparameters ``params`` on the cache."""
+    """Train head ``head`` (a name in :data:`tlkit.heads.registry.HEADS`) with hyperparameters ``params``."""
     from tlkit.cache import load_cache
 
-    estimator = head_class(head)(**(params or {}))
+    estimator = get_spec(head).build(params)
     estimator.check_params()  # bad flags (an unknown device...) fail before anything is read
     run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
     cache = load_cache(cache_path)
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
     echo(plan.describe())
 
-    X_train, y_train = plan.train.features, plan.train.labels
-    X_eval, y_eval = plan.eval.features, plan.eval.labels
-    if head == "logreg":
-        estimator.fit(X_train, y_train)
-        proba = estimator.predict_proba(X_eval)
-        proba_final = proba_best = proba
-        final_epoch = best_epoch = None
-        final_loss = best_loss = _log_loss(y_eval, proba)
-        history, seconds = [], estimator.training_seconds_
-    else:
-        with EpochBar(estimator.train_config().epochs, head, progress) as bar:
-            estimator.fit(X_train, y_train, eval_set=(X_eval, y_eval), on_epoch=bar)
-        proba_final, proba_best = estimator.eval_proba_["final"], estimator.eval_proba_["best"]
-        history, seconds = estimator.history_, estimator.training_seconds_
-        final_epoch, best_epoch = len(history), estimator.best_epoch_
-        final_loss, best_loss = history[-1]["val_loss"], history[best_epoch - 1]["val_loss"]
+    y_eval = plan.eval.labels
+    with EpochBar(head, progress) as bar, reporting_epochs(bar):
+        estimator.fit(plan.train.features, plan.train.labels, eval_set=(plan.eval.features, y_eval))
+    evaluation = estimator.evaluation_
 
     run.create()
     weights = save_head(estimator, run)
     config = run_config(head, estimator, cache, plan, weights)
     run.write_config(config)
-    run.write_history(history)
-    run.write_predictions(plan.eval.paths, y_eval, proba_final, proba_best)
+    run.write_history(estimator.history_)
+    run.write_predictions(plan.eval.paths, y_eval, evaluation.final_proba, evaluation.best_proba)
     metrics = build_metrics(
-        y_eval, proba_final, proba_best, final_epoch=final_epoch, best_epoch=best_epoch,
-        training_seconds=seconds, class_names=cache.class_names, final_loss=final_loss, best_loss=best_loss,
+        y_eval, evaluation.final_proba, evaluation.best_proba, final_epoch=evaluation.final_epoch,
+        best_epoch=evaluation.best_epoch, training_seconds=estimator.training_seconds_,
+        class_names=cache.class_names, final_loss=evaluation.final_loss, best_loss=evaluation.best_loss,
     )
     run.finish(metrics)
     return FitResult(run.path, head, estimator, config, metrics, plan)
 
 
 def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:
-    if head != "logreg":
-        details = {"train": estimator.train_config().to_dict()}
-    else:
-        details = {"logreg": {"C": estimator.C_, "cv_folds": estimator.cv_folds_, "scoring": "neg_log_loss"}}
-    if head == "quantum":
-        details["circuit_simulator"] = estimator.module_.runner.simulator
     return RunConfig(
         kind="head",
         class_names=list(cache.class_names),
@@ -112,7 +97,7 @@ def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str])
         ),
         versions=package_versions("numpy", "torch", "scikit-learn", "pennylane"),
         created=now(),
-        details=details,
+        details=estimator.run_details(),
     )
 
 
@@ -132,23 +117,20 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def _log_loss(y, proba) -> float:
-    from sklearn.metrics import log_loss
-
-    return float(log_loss(y, proba, labels=np.arange(proba.shape[1])))
-
-
 class EpochBar:
-    """A tqdm bar over epochs, fed by the training loop's on_epoch callback."""
+    """A tqdm bar over epochs, fed by the heads that train in epochs (see reporting_epochs)."""
 
-    def __init__(self, epochs: int, head: str, progress: bool | None):
-        from tqdm import tqdm
+    def __init__(self, head: str, progress: bool | None):
+        self.head = head
+        self.enabled = sys.stderr.isatty() if progress is None else progress
+        self.bar = None
 
-        enabled = sys.stderr.isatty() if progress is None else progress
-        self.bar = tqdm(total=epochs, desc=f"fit-head {head}", unit="epoch", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True)
+    def __call__(self, record, epochs: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
 
-    def __call__(self, record) -> None:
+            self.bar = tqdm(total=epochs, desc=f"fit-head {self.head}", unit="epoch", disable=not self.enabled,
+                            file=sys.stderr, dynamic_ncols=True)
         self.bar.set_postfix(loss=f"{record.train_loss:.4f}", val_acc=f"{record.val_acc:.4f}", refresh=False)
         self.bar.update(1)
 
@@ -156,4 +138,5 @@ class EpochBar:
         return self
 
     def __exit__(self, *exc):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
