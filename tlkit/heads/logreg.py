@@ -49,6 +49,7 @@ class LogRegHead(Head, head="logreg"):
             ).fit(self.scaler_.transform(X), self.classes_[y_index])
         self.C_ = float(np.ravel(search.C_)[0])
         self.cv_folds_ = folds
+        self.n_iter_ = int(np.max(search.n_iter_))  # L-BFGS iterations of the longest fit (at most max_iter)
         self.model_ = fitted_logistic_regression(self.C_, search.coef_, search.intercept_, search.classes_)
         self.training_seconds_ = time.perf_counter() - t0
         self.history_ = []
