@@ -58,10 +58,8 @@ class TorchHead(Head):
         evaluated = len(y_eval) > 0
         self.module_ = module
         self.history_ = [asdict(r) for r in result.history]
-        self.best_epoch_ = result.best_epoch if evaluated else None
         self.best_state_dict_ = result.best_state if evaluated else None
         self.training_seconds_ = result.seconds
-        self.eval_proba_ = {"final": result.final_proba, "best": result.best_proba} if evaluated else None
         self.evaluation_ = Evaluation(
             final_proba=result.final_proba, best_proba=result.best_proba,
             final_epoch=len(self.history_), best_epoch=result.best_epoch,
