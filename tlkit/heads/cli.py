@@ -14,7 +14,7 @@ from dataclasses import replace
 import click
 
 from tlkit.heads.registry import HEADS
-from tlkit.train.hparams import HParamOption, SectionedCommand, option
+from tlkit.train.hparams import HParamOption, SectionedCommand, option, stacked
 
 
 def _shared_help(declared: list[tuple[str, str]]) -> str:
@@ -53,12 +53,6 @@ def _head_options():
 _DECORATORS, APPLIES = _head_options()
 
 
-def head_options(command):
-    for decorate in reversed(_DECORATORS):
-        command = decorate(command)
-    return command
-
-
 @click.command("fit-head", cls=SectionedCommand)
 @click.option("--head", required=True, type=click.Choice(list(HEADS)),
               help="; ".join(f"{name}: {spec.summary.rstrip('.')}" for name, spec in HEADS.items()) + ".")
@@ -66,7 +60,7 @@ def head_options(command):
               type=click.Path(dir_okay=False), help="Feature cache written by `tlkit embed`.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Run folder to write [default: runs/<head>-<timestamp>].")
-@head_options
+@stacked(_DECORATORS)
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share held out for evaluation when the cache has no 'val' split (stratified).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of that hold-out.")

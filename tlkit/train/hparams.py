@@ -128,7 +128,11 @@ def option(param: HParam, *, help: str | None = None, section: str | None = None
 
 def options(params: Iterable[HParam], *, help: dict[str, str] | None = None):
     """One decorator adding the click options of ``params``, shown in the order given."""
-    decorators = [option(p, help=(help or {}).get(p.name)) for p in params if p.cli]
+    return stacked([option(p, help=(help or {}).get(p.name)) for p in params if p.cli])
+
+
+def stacked(decorators: list):
+    """One decorator applying ``decorators`` so that click lists their options in the order given."""
 
     def apply(command):
         for decorate in reversed(decorators):  # click shows the last-applied decorator first
