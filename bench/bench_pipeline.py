@@ -93,7 +93,7 @@ def tutorial_torch_head(data: Path, weights: str, head: str, epochs: int, worker
     import torch
     from torch import nn
 
-    from tlkit.heads.store import head_class
+    from tlkit.heads.registry import head_class
 
     estimator = head_class(head)()
     estimator.check_params()

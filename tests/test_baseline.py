@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_baseline_helpers import scratch_run
+from run_helpers import scratch_run
 
 from cli_helpers import assert_invoke_error, invoke
 from tlkit.data.discovery import discover
@@ -45,12 +45,13 @@ def test_run_folder_matches_the_contract(hymenoptera_small, tmp_path_factory):
     run = load_run(run_dir)
     index = discover(hymenoptera_small)
     val = [it for it in index.items if it.split == "val"]
-    assert run.config["kind"] == "scratch"
-    assert run.config["train"] == TrainConfig(epochs=2).to_dict()  # the seed paper's defaults otherwise
-    assert run.config["class_names"] == ["ants", "bees"]
-    assert run.config["eval_fingerprint"] == eval_fingerprint([it.path for it in val], [index.label(it) for it in val],
+    config = run.config.to_json()  # config.json as written
+    assert config["kind"] == "scratch"
+    assert config["train"] == TrainConfig(epochs=2).to_dict()  # the seed paper's defaults otherwise
+    assert config["class_names"] == ["ants", "bees"]
+    assert config["eval_fingerprint"] == eval_fingerprint([it.path for it in val], [index.label(it) for it in val],
                                                               index.class_names)
-    assert run.config["transform"]["crop"] == 224 and run.config["augmentation"]["random_resized_crop"] == 224
+    assert config["transform"]["crop"] == 224 and config["augmentation"]["random_resized_crop"] == 224
     assert [h["epoch"] for h in run.history] == [1, 2]
     assert sorted(run.predictions["paths"]) == sorted(it.path for it in val)
 

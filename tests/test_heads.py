@@ -10,7 +10,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from test_heads_data import blobs
+from heads_data import blobs
 from tlkit.heads import HeadError, LinearHead, LogRegHead, QuantumHead
 from tlkit.heads.circuit import dressed_circuit
 from tlkit.heads.quantum import DressedQuantumNet
@@ -199,6 +199,6 @@ def test_history_records_every_epoch_and_the_best_one():
     head = LinearHead(epochs=4).fit(X, y, eval_set=(X_val, y_val))
     assert [r["epoch"] for r in head.history_] == [1, 2, 3, 4]
     accs = [r["val_acc"] for r in head.history_]
-    assert head.best_epoch_ == 1 + int(np.argmax(accs))
-    assert head.eval_proba_["final"].shape == (20, 2)
+    assert head.evaluation_.best_epoch == 1 + int(np.argmax(accs))
+    assert head.evaluation_.final_proba.shape == (20, 2)
     assert head.history_[0]["lr"] == pytest.approx(0.001)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_heads_data import blobs, write_cache
+from heads_data import blobs, write_cache
 from tlkit.cache import load_cache
 from tlkit.cli import TlkitGroup
 from tlkit.heads import load_head
@@ -53,7 +53,7 @@ def test_real_features_run_folder(head, real_runs, hymenoptera_cache):
     assert "final" in output and "best (opt.)" in output and f"run folder: {run_dir}" in output
 
     run = load_run(run_dir)
-    config = run.config
+    config = run.config.to_json()  # config.json as written
     assert config["kind"] == "head" and config["head"] == head
     assert config["cache"] == str(Path(hymenoptera_cache).resolve())
     assert config["cache_provenance"] == cache.provenance.as_dict()
@@ -126,7 +126,7 @@ def test_all_only_cache_uses_a_seeded_stratified_holdout(tmp_path):
         return load_run(tmp_path / out)
 
     run = fit("r0")
-    config = run.config
+    config = run.config.to_json()  # config.json as written
     assert config["eval_split"] == "holdout" and config["split_source"] == "all"
     assert config["val_fraction"] == 0.2 and config["split_seed"] == 0
     assert (config["n_train"], config["n_eval"]) == (72, 18)
@@ -137,10 +137,10 @@ def test_all_only_cache_uses_a_seeded_stratified_holdout(tmp_path):
     again = fit("r1")
     other = fit("r2", "--split-seed", "1")
     wider = fit("r3", "--val-fraction", "0.4")
-    assert again.config["eval_fingerprint"] == config["eval_fingerprint"]
+    assert again.config.eval_fingerprint == config["eval_fingerprint"]
     assert list(again.predictions["paths"]) == list(run.predictions["paths"])
-    assert other.config["eval_fingerprint"] != config["eval_fingerprint"]
-    assert wider.config["n_eval"] == 36
+    assert other.config.eval_fingerprint != config["eval_fingerprint"]
+    assert wider.config.n_eval == 36
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -217,6 +217,35 @@ def test_flags_that_do_not_apply_are_reported(tmp_path):
     result = run_cli("--head", "logreg", "--cache", _two_class(tmp_path), "--out", tmp_path / "r", "--epochs", "5", "--depth", "2")
     assert result.exit_code == 0, result.output
     assert "note: --epochs, --depth do(es) not apply to --head logreg" in result.stderr
+
+
+def test_options_are_generated_from_the_declarations():
+    """Every declared hyperparameter is one option with its declared default; so are train-scratch's."""
+    from tlkit.baseline.cli import train_scratch
+    from tlkit.heads.registry import HEADS
+
+    options = {p.name: p for p in fit_head.params}
+    for spec in HEADS.values():
+        for param in spec.params:
+            assert (param.name in options) == param.cli, param.name
+            if param.cli:
+                assert options[param.name].default == param.default, param.name
+    scratch = {p.name: p.default for p in train_scratch.params}
+    assert {name: scratch[name] for name in TrainConfig.names()} == TrainConfig().to_dict()
+    text = CliRunner().invoke(cli(), ["fit-head", "--help"]).output
+    assert "Training loop (--head linear, quantum):" in text and "Quantum circuit (--head quantum):" in text
+    assert "--simulator" in text and "--qsim" not in text  # the old name still works, unlisted
+
+
+def test_old_qsim_flag_still_sets_the_simulator(tmp_path):
+    cache = _two_class(tmp_path)
+    result = run_cli("--head", "quantum", "--cache", cache, "--out", tmp_path / "q", "--epochs", 1, "--qsim", "qnode")
+    assert result.exit_code == 0, result.output
+    config = load_run(tmp_path / "q").config.to_json()
+    assert config["head_params"]["simulator"] == "qnode" and config["circuit_simulator"] == "qnode"
+    result = run_cli("--head", "linear", "--cache", cache, "--out", tmp_path / "l", "--epochs", 1, "--qsim", "torch")
+    assert result.exit_code == 0, result.output
+    assert "note: --simulator do(es) not apply to --head linear; ignored" in result.stderr
 
 
 def test_help_teaches():

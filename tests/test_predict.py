@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_baseline_helpers import embedded, head_run, scratch_run
+from run_helpers import embedded, head_run, scratch_run
 
 from cli_helpers import assert_invoke_error, invoke
 from tlkit.metrics import predict_from_proba
@@ -25,7 +25,7 @@ def _assert_reproduces(run_dir, data, predictions: dict[str, list[float]], label
     assert sorted(predictions) == sorted(expected)
     for path, proba in expected.items():
         np.testing.assert_allclose(predictions[path], proba, atol=1e-6, err_msg=path)
-    names = run.config["class_names"]
+    names = run.config.class_names
     wanted = predict_from_proba(np.stack(list(expected.values())))
     assert [labels[p] for p in expected] == [names[i] for i in wanted]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from cli_helpers import assert_invoke_error, invoke
-from test_baseline_helpers import embedded, fake_run, head_run, proba_with_accuracy, scratch_run
+from run_helpers import embedded, fake_run, head_run, proba_with_accuracy, scratch_run
 
 
 BLOCK_KEYS = ("epoch", "loss", "accuracy", "roc_auc", "average_precision", "confusion_matrix")

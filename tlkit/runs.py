@@ -1,17 +1,27 @@
-"""The run folder: what ``fit-head`` and ``train-scratch`` write and ``report``/``predict`` read.
+"""The run-folder contract: what ``fit-head`` and ``train-scratch`` write and ``report``/``predict`` read.
 
-    runs/<head>-<timestamp>/
-        config.json        the full configuration, the cache's provenance, the split used
-        history.json       per-epoch train/val loss and accuracy (empty for logreg)
+    runs/<name>-<timestamp>/
+        config.json        RunConfig: the common keys, the kind's own part, the versions, when
+        history.json       per-epoch train/val loss and accuracy (empty for heads without epochs)
         history.csv        the same, for spreadsheets
         metrics.json       evaluation metrics at the final and at the best epoch, training seconds
         predictions.npz    evaluation set: paths, labels, probabilities (final and best)
-        model.pt           the trained weights as a state_dict (torch.load(..., weights_only=True))
-                           or model.npz for scikit-learn heads (plain arrays, no pickle)
+        model.pt           the trained weights as a state_dict (torch.load(..., weights_only=True)),
+        model_best.pt      the best epoch's (torch heads with an evaluation set),
+        model.npz          or plain arrays for scikit-learn heads (no pickle)
+        checkpoint.pt      an unfinished train-scratch run's last epoch (removed when it finishes)
 
-Every file is written atomically. Two runs are comparable only when their
-evaluation sets have the same fingerprint (same paths, same labels, same
-class names) and the same feature space.
+This module owns the file names, creating the folder (:meth:`RunWriter.plan`),
+the writes (every file atomic and fsynced, through :mod:`tlkit.atomic`) and the
+rule that ``metrics.json`` is written last, so its presence marks a finished
+run. :func:`read_config` and :func:`load_run` are the only readers; they
+also read the folders of earlier tlkit versions (head runs that recorded
+``tlkit_version`` instead of ``versions``).
+
+Two runs are comparable only when their evaluation sets have the same
+fingerprint (same paths, same labels, same class names).
+
+Imported when the CLI starts: numpy only (scikit-learn is imported by :func:`build_metrics`).
 """
 
 from __future__ import annotations
@@ -21,76 +31,166 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from tlkit.atomic import atomic_bytes, atomic_json, atomic_text
 from tlkit.errors import TlkitError
-from tlkit.metrics import classification_metrics
 
-CONFIG, HISTORY, HISTORY_CSV, METRICS, PREDICTIONS = (
-    "config.json", "history.json", "history.csv", "metrics.json", "predictions.npz",
-)
+CONFIG = "config.json"
+HISTORY = "history.json"
+HISTORY_CSV = "history.csv"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.npz"
+MODEL = "model.pt"
+MODEL_BEST = "model_best.pt"
+MODEL_ARRAYS = "model.npz"
+CHECKPOINT = "checkpoint.pt"
+
 BEST_NOTE = (
     "'best' is the epoch with the highest accuracy on the evaluation set itself: an optimistic figure "
     "(the seed paper reports it). Quote 'final' for an honest estimate."
 )
 
 
-def new_run_dir(out: str | os.PathLike | None, name: str) -> Path:
-    """``out`` if given, else ``runs/<name>-<timestamp>``; refuses to reuse a finished run."""
-    path = Path(out) if out else Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if (path / METRICS).exists():
-        raise TlkitError(f"{path} already holds a finished run; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# --- config.json -------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class HeadPart:
+    """What a ``fit-head`` run records beyond the common keys: the head and the cache it was trained on."""
+
+    head: str
+    head_params: dict = field(default_factory=dict)  # the estimator's get_params(): rebuilds it
+    n_features: int | None = None
+    classes: list | None = None  # the estimator's classes_ (indices into class_names)
+    cache: str | None = None
+    cache_provenance: dict = field(default_factory=dict)  # the cache's Provenance.as_dict()
+    split_source: str | None = None
+    val_fraction: float | None = None
+    split_seed: int | None = None
+    weights: list[str] = field(default_factory=list)  # the model files written
+
+    def describe_model(self, kind: str) -> str:
+        return f"{self.head} head"
+
+    def describe_features(self, kind: str) -> str:
+        return f"frozen ResNet-18 features ({self.weights_id})"
+
+    @property
+    def weights_id(self) -> str:
+        return str(self.cache_provenance.get("weights_id", "unknown weights"))
+
+    @property
+    def transform(self):
+        return self.cache_provenance.get("transform")
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+@dataclass(kw_only=True)
+class NetworkPart:
+    """What a ``train-scratch`` run (kind scratch or finetune) records beyond the common keys."""
+
+    model: str | None = None
+    init: dict = field(default_factory=dict)  # {"weights": "random", "seed"} or {"weights_id", "weights_sha256"}
+    data_root: str | None = None
+    train_split: str | None = None
+    train_fingerprint: str | None = None
+    train: dict = field(default_factory=dict)  # TrainConfig.to_dict()
+    transform: dict | None = None  # TransformSpec of the evaluation images
+    augmentation: dict | None = None
+    skipped: list = field(default_factory=list)
+    device: str | None = None
+    workers: int | None = None
+
+    def describe_model(self, kind: str) -> str:
+        return "ResNet-18 fine-tuned" if kind == "finetune" else "ResNet-18 from scratch"
+
+    def describe_features(self, kind: str) -> str:
+        """What the network saw: the images, starting from some weights."""
+        if kind == "finetune":
+            return f"images, init {self.init.get('weights_id', 'unknown weights')}"
+        return f"images, random init (seed {self.init['seed']})" if "seed" in self.init else "images"
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (model weights and other binary run files)."""
-    _atomic_bytes(Path(path), data)
+PARTS: dict[str, type] = {"head": HeadPart, "scratch": NetworkPart, "finetune": NetworkPart}
+_COMMON = ("kind", "class_names", "eval_split", "eval_fingerprint", "n_train", "n_eval")
 
 
-def write_json(path: Path, obj) -> None:
-    _atomic_bytes(Path(path), (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+@dataclass(kw_only=True)
+class RunConfig:
+    """config.json: the keys every run has, its kind's part, and ``details``.
+
+    ``details`` holds the keys this contract does not name: what a head records
+    about its own fit (its training settings, the C it chose, the simulator it
+    ran), and anything a newer tlkit added. In the file, all of them sit side
+    by side at the top level.
+    """
+
+    kind: str  # "head", "scratch" or "finetune"
+    class_names: list[str]
+    part: HeadPart | NetworkPart
+    eval_split: str | None = None
+    eval_fingerprint: str | None = None  # see eval_fingerprint()
+    n_train: int | None = None
+    n_eval: int | None = None
+    versions: dict = field(default_factory=dict)  # package -> version that wrote the run
+    created: str | None = None  # ISO 8601, UTC
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        doc = {name: getattr(self, name) for name in _COMMON}
+        doc.update(asdict(self.part))
+        doc.update(versions=self.versions, created=self.created)
+        doc.update(self.details)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc, where: str | os.PathLike = CONFIG) -> RunConfig:
+        """Parse config.json's content; a one-line :class:`TlkitError` for what is not a run configuration."""
+        if not isinstance(doc, dict) or "kind" not in doc or "class_names" not in doc:
+            raise TlkitError(f"{where} is not a tlkit run configuration (no kind or class_names)")
+        doc = dict(doc)
+        part_type = PARTS.get(doc["kind"])
+        if part_type is None:
+            raise TlkitError(f"{where} records a {doc['kind']!r} run, which this tlkit does not know "
+                             f"(it knows: {', '.join(PARTS)})")
+        if "versions" not in doc and "tlkit_version" in doc:  # head runs before the contract had versions
+            doc["versions"] = {"tlkit": doc.pop("tlkit_version")}
+        common = {name: doc.pop(name) for name in (*_COMMON, "versions", "created") if name in doc}
+        part_keys = {f.name for f in fields(part_type)}
+        try:
+            part = part_type(**{k: doc.pop(k) for k in list(doc) if k in part_keys})
+        except TypeError as exc:  # a required field of the part is missing
+            raise TlkitError(f"{where} lacks what a {common['kind']!r} run records: {exc}") from None
+        return cls(part=part, details=doc, **common)
+
+    def describe_model(self) -> str:
+        return self.part.describe_model(self.kind)
+
+    def describe_features(self) -> str:
+        return self.part.describe_features(self.kind)
 
 
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def package_versions(*packages: str) -> dict:
+    """tlkit's version and those of ``packages``, as recorded in config.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tlkit
+
+    out = {"tlkit": tlkit.__version__}
+    for name in packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
-def write_history(run_dir: Path, history: list) -> None:
-    rows = [asdict(r) if not isinstance(r, dict) else r for r in history]
-    write_json(run_dir / HISTORY, rows)
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _atomic_bytes(run_dir / HISTORY_CSV, buf.getvalue().encode())
-
-
-def write_predictions(run_dir: Path, paths, labels, proba_final, proba_best) -> None:
-    buf = io.BytesIO()
-    np.savez(
-        buf, paths=np.asarray(paths, dtype=str), labels=np.asarray(labels, dtype=np.int64),
-        proba_final=np.asarray(proba_final, dtype=np.float64), proba_best=np.asarray(proba_best, dtype=np.float64),
-    )
-    _atomic_bytes(run_dir / PREDICTIONS, buf.getvalue())
+def now() -> str:
+    """The ``created`` timestamp of a new run."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def eval_fingerprint(paths, labels, class_names) -> str:
@@ -102,11 +202,15 @@ def eval_fingerprint(paths, labels, class_names) -> str:
     return digest.hexdigest()
 
 
+# --- metrics.json ------------------------------------------------------------------------------
+
 def build_metrics(
     labels, proba_final, proba_best, *, final_epoch, best_epoch, training_seconds: float,
     class_names, final_loss=None, best_loss=None,
 ) -> dict:
     """metrics.json content: the same metric block at the final and at the best epoch."""
+    from tlkit.metrics import classification_metrics
+
     final = {"epoch": final_epoch, "loss": final_loss, **classification_metrics(labels, proba_final)}
     best = {"epoch": best_epoch, "loss": best_loss, **classification_metrics(labels, proba_best)}
     return {
@@ -119,10 +223,119 @@ def build_metrics(
     }
 
 
+# --- writing a run folder ----------------------------------------------------------------------
+
+class RunWriter:
+    """Writes one run folder; :meth:`finish` writes metrics.json, the mark of a finished run, last.
+
+        run = RunWriter.plan(out, "linear")   # checks --out, creates nothing yet
+        ...train...
+        run.create()
+        run.write_config(config); run.write_history(h); run.write_predictions(...); run.write_file(MODEL, b)
+        run.finish(metrics)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._written: set[str] = set()
+
+    @classmethod
+    def plan(cls, out, name: str, *, resumable: bool = False, resume: bool = False) -> RunWriter:
+        """The folder a new run will write: ``out``, or ``runs/<name>-<timestamp>``. Creates nothing.
+
+        A finished run is never overwritten. A ``resumable`` run (train-scratch,
+        which keeps a checkpoint after every epoch) continues an unfinished
+        folder only with ``resume`` and refuses one without it, so that finished
+        epochs are never thrown away by accident. Other runs write nothing until
+        training has ended, so an unfinished folder of theirs holds nothing worth
+        keeping and is written over.
+        """
+        if out is None:
+            if resume:
+                raise TlkitError("--resume needs --out RUN_DIR: the folder of the interrupted run")
+            return cls(Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        writer = cls(out)
+        writer._refuse_finished()
+        if resumable:
+            unfinished = (writer.path / CHECKPOINT).exists() or (writer.path / CONFIG).exists()
+            if unfinished and not resume:
+                raise TlkitError(f"{writer.path} holds an unfinished run; add --resume to continue it, "
+                                 "or choose another --out")
+            if resume and not unfinished:
+                raise TlkitError(f"{writer.path} holds no unfinished run to resume (no {CHECKPOINT}); "
+                                 "drop --resume to start one")
+        return writer
+
+    def _refuse_finished(self) -> None:
+        if (self.path / METRICS).exists():
+            raise TlkitError(f"{self.path} already holds a finished run; choose another --out")
+
+    def create(self) -> Path:
+        """Make the folder (checking again that no run finished there meanwhile)."""
+        self._refuse_finished()
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """A file of the run (model weights...), written atomically."""
+        if name == METRICS:
+            raise ValueError("metrics.json is written by finish(), last")
+        atomic_bytes(self.path / name, data)
+        self._written.add(name)
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_json(self.path / CONFIG, config.to_json())
+        self._written.add(CONFIG)
+
+    def write_history(self, history: list) -> None:
+        rows = [asdict(r) if not isinstance(r, dict) else r for r in history]
+        atomic_json(self.path / HISTORY, rows)
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_text(self.path / HISTORY_CSV, buf.getvalue())
+        self._written.update((HISTORY, HISTORY_CSV))
+
+    def write_predictions(self, paths, labels, proba_final, proba_best) -> None:
+        buf = io.BytesIO()
+        np.savez(
+            buf, paths=np.asarray(paths, dtype=str), labels=np.asarray(labels, dtype=np.int64),
+            proba_final=np.asarray(proba_final, dtype=np.float64),
+            proba_best=np.asarray(proba_best, dtype=np.float64),
+        )
+        self.write_file(PREDICTIONS, buf.getvalue())
+
+    def finish(self, metrics: dict) -> Path:
+        """Write metrics.json, last: from now on the folder is a finished run."""
+        missing = [name for name in (CONFIG, HISTORY, PREDICTIONS) if name not in self._written]
+        if missing:
+            raise RuntimeError(f"a run is finished only after {', '.join(missing)} (tlkit bug)")
+        atomic_json(self.path / METRICS, metrics)
+        return self.path
+
+
+# --- reading a run folder ----------------------------------------------------------------------
+
+def read_config(path: str | os.PathLike) -> RunConfig:
+    """The config.json of run folder ``path`` (finished or not), or a one-line :class:`TlkitError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TlkitError(f"{path} is not a run folder (no such folder)")
+    if not (path / CONFIG).exists():
+        raise TlkitError(f"{path} is not a run folder (no {CONFIG}); give a folder written by fit-head or train-scratch")
+    try:
+        doc = json.loads((path / CONFIG).read_text())
+    except (ValueError, OSError) as exc:
+        raise TlkitError(f"{path / CONFIG} is damaged: {exc}") from None
+    return RunConfig.from_json(doc, path / CONFIG)
+
+
 @dataclass
 class Run:
     path: Path
-    config: dict
+    config: RunConfig
     metrics: dict
     history: list[dict]
     predictions: dict  # paths, labels, proba_final, proba_best
@@ -148,4 +361,5 @@ def load_run(path: str | os.PathLike) -> Run:
             predictions = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, KeyError) as exc:
         raise TlkitError(f"{path} holds a damaged run file: {exc}") from None
-    return Run(path=path, config=config, metrics=metrics, history=history, predictions=predictions)
+    return Run(path=path, config=RunConfig.from_json(config, path / CONFIG), metrics=metrics, history=history,
+               predictions=predictions)

@@ -7,6 +7,9 @@ import sys
 
 import click
 
+from tlkit.train.config import TrainConfig
+from tlkit.train.hparams import SectionedCommand, options
+
 
 def _default_workers() -> int:
     # With the decoded images in memory, an epoch's data work is only crop, flip and normalise. On two
@@ -16,7 +19,7 @@ def _default_workers() -> int:
     return 0 if cpus <= 2 else min(4, cpus // 2)
 
 
-@click.command("train-scratch")
+@click.command("train-scratch", cls=SectionedCommand)
 @click.argument("data_dir", type=click.Path(path_type=str))
 @click.option("--out", "-o", default=None, type=click.Path(path_type=str),
               help="Run folder to write [default: runs/scratch-<timestamp> or runs/finetune-<timestamp>].")
@@ -29,18 +32,7 @@ def _default_workers() -> int:
 @click.option("--weights", default="imagenet", show_default=True,
               help="With --finetune: 'imagenet', 'random' or a ResNet-18 state_dict file (as for `tlkit embed`).")
 @click.option("--weights-seed", default=0, show_default=True, help="With --finetune --weights random: its seed.")
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1), help="Training epochs.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Images per training step.")
-@click.option("--lr", default=0.001, show_default=True, type=click.FloatRange(0, min_open=True), help="Learning rate.")
-@click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0), help="SGD momentum.")
-@click.option("--step-size", default=7, show_default=True, type=click.IntRange(1),
-              help="Epochs between learning-rate decays (StepLR).")
-@click.option("--gamma", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Learning-rate factor at each decay.")
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]))
-@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(0))
-@click.option("--seed", default=0, show_default=True,
-              help="Seed of the initialisation, the data order and the augmentation.")
+@options(TrainConfig.hparams(), help={"seed": "Seed of the initialisation, the data order and the augmentation."})
 @click.option("--train-split", default="train", show_default=True, help="Split to train on.")
 @click.option("--eval-split", default="val", show_default=True, help="Split to evaluate on after every epoch.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
@@ -52,9 +44,8 @@ def _default_workers() -> int:
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Treat larger images as decompression bombs [default: PIL's limit, about 89 megapixels].")
 @click.option("--progress/--no-progress", default=None, help="Show progress bars [default: on a terminal].")
-def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, epochs, batch_size, lr, momentum,
-                  step_size, gamma, optimizer, weight_decay, seed, train_split, eval_split, device, workers,
-                  memory_mb, max_pixels, progress):
+def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_split, eval_split, device, workers,
+                  memory_mb, max_pixels, progress, **training):
     """Train ResNet-18 end to end on the images in DATA_DIR (the seed paper's Model 1).
 
     \b
@@ -82,10 +73,8 @@ def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, epochs
     from tlkit.baseline.trainer import Interrupted
     from tlkit.baseline.trainer import train_scratch as run
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
-    from tlkit.train.loop import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, step_size=step_size,
-                      gamma=gamma, optimizer=optimizer, weight_decay=weight_decay, seed=seed)
+    cfg = TrainConfig(**training)
     show = progress if progress is not None else sys.stderr.isatty()
     try:
         run_dir = run(

@@ -5,8 +5,8 @@
 2. build ResNet-18 (random init under the seed, or ``finetune`` from embed weights);
 3. train with :func:`tlkit.train.loop.train_classifier`: tutorial augmentation,
    a seeded order per epoch, a checkpoint after every epoch;
-4. write the run folder (:mod:`tlkit.runs`) that ``tlkit report`` and
-   ``tlkit predict`` read, and drop the checkpoint.
+4. write the run folder (the contract of :mod:`tlkit.runs`) that ``tlkit report``
+   and ``tlkit predict`` read, and drop the checkpoint.
 
 Speed over a plain tutorial loop comes from not repeating work (images are
 decoded once, eval images transformed once), channels_last tensors for the
@@ -19,17 +19,14 @@ import io
 import json
 import os
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
-import tlkit
-from tlkit.baseline.checkpoint import CHECKPOINT, load_checkpoint, remove_checkpoint, save_checkpoint
+from tlkit.baseline.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from tlkit.baseline.images import (
     augmentation,
     augmentation_description,
@@ -47,17 +44,18 @@ from tlkit.embed.weights import resolve_weights
 from tlkit.errors import DataError, TlkitError
 from tlkit.runs import (
     CONFIG,
-    METRICS,
+    MODEL,
+    NetworkPart,
+    RunConfig,
+    RunWriter,
     build_metrics,
     eval_fingerprint,
-    write_bytes,
-    write_history,
-    write_json,
-    write_predictions,
+    now,
+    package_versions,
+    read_config,
 )
 from tlkit.train.loop import EpochRecord, TrainConfig, train_classifier
 
-MODEL_FILE = "model.pt"
 # Evaluation batch sizes. On CPU small batches keep activations in cache (measured on 2 cores: 8.8 ms per
 # image at 4, 11.9 ms at 32); a GPU wants large ones.
 EVAL_BATCH = {"cpu": 4, "cuda": 64}
@@ -83,23 +81,6 @@ def _split(index, split: str):
             "(or name the splits with --train-split/--eval-split)"
         )
     return [it.path for it in items], np.array([index.label(it) for it in items], dtype=np.int64)
-
-
-def prepare_run_dir(out, kind: str, resume: bool) -> Path:
-    """The run folder to write: a new one, or the unfinished one named by ``out`` when resuming (not created yet)."""
-    if out is not None:
-        path = Path(out)
-        if (path / METRICS).exists():
-            raise TlkitError(f"{path} already holds a finished run; choose another --out")
-        unfinished = (path / CHECKPOINT).exists() or (path / CONFIG).exists()
-        if unfinished and not resume:
-            raise TlkitError(f"{path} holds an unfinished run; add --resume to continue it, or choose another --out")
-        if resume and not unfinished:
-            raise TlkitError(f"{path} holds no unfinished run to resume (no {CHECKPOINT}); drop --resume to start one")
-        return path
-    if resume:
-        raise TlkitError("--resume needs --out RUN_DIR: the folder of the interrupted run")
-    return Path("runs") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _settings_mismatch(saved: dict, current: dict) -> list[str]:
@@ -163,7 +144,8 @@ def train_scratch(
     train_paths, train_labels = _split(index, train_split)
     eval_paths, eval_labels = _split(index, eval_split)
     torch_device = select_device(device)
-    run_dir = prepare_run_dir(out, kind, resume)
+    run = RunWriter.plan(out, kind, resumable=True, resume=resume)
+    run_dir = run.path
 
     spec = TransformSpec()
     if finetune:
@@ -188,42 +170,45 @@ def train_scratch(
     if not len(train_set) or not len(eval_set):
         raise DataError(f"no readable images left in split {train_split if not len(train_set) else eval_split!r}")
 
-    config = {
-        "kind": kind,
-        "model": ARCHITECTURE,
-        "init": init,
-        "data_root": str(Path(index.root).resolve()),
-        "train_split": train_split,
-        "eval_split": eval_split,
-        "class_names": list(index.class_names),
-        "n_train": len(train_set),
-        "n_eval": len(eval_set),
-        "train_fingerprint": eval_fingerprint(train_set.paths, train_set.labels, index.class_names),
-        "eval_fingerprint": eval_fingerprint(eval_set.paths, eval_set.labels, index.class_names),
-        "train": cfg.to_dict(),
-        "transform": json.loads(spec.to_json()),
-        "augmentation": augmentation_description(spec),
-        "skipped": skipped,
-        "device": str(torch_device),
-        "workers": workers,
-        "versions": {"tlkit": tlkit.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    settings = {k: config[k] for k in RESUME_KEYS}
+    config = RunConfig(
+        kind=kind,
+        class_names=list(index.class_names),
+        eval_split=eval_split,
+        eval_fingerprint=eval_fingerprint(eval_set.paths, eval_set.labels, index.class_names),
+        n_train=len(train_set),
+        n_eval=len(eval_set),
+        part=NetworkPart(
+            model=ARCHITECTURE,
+            init=init,
+            data_root=str(Path(index.root).resolve()),
+            train_split=train_split,
+            train_fingerprint=eval_fingerprint(train_set.paths, train_set.labels, index.class_names),
+            train=cfg.to_dict(),
+            transform=json.loads(spec.to_json()),
+            augmentation=augmentation_description(spec),
+            skipped=skipped,
+            device=str(torch_device),
+            workers=workers,
+        ),
+        versions=package_versions("torch", "torchvision"),
+        created=now(),
+    )
+    settings = {k: config.to_json()[k] for k in RESUME_KEYS}
 
     state = load_checkpoint(run_dir, torch_device) if resume else None
     if resume:
-        saved = state["settings"] if state is not None else json.loads((run_dir / CONFIG).read_text())
+        previous = read_config(run_dir) if (run_dir / CONFIG).exists() else None  # written before epoch 1
+        saved = state["settings"] if state is not None else previous.to_json()
         mismatch = _settings_mismatch(saved, settings)
         if mismatch:
             raise TlkitError(f"cannot resume {run_dir} with different settings ({'; '.join(mismatch)}); "
                              "repeat the original command with --resume")
         done = len(state["history"]) if state is not None else 0
         echo(f"resuming {run_dir} after epoch {done} of {cfg.epochs}")
-        config["created"] = json.loads((run_dir / CONFIG).read_text()).get("created", config["created"]) \
-            if (run_dir / CONFIG).exists() else config["created"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, config)
+        if previous is not None and previous.created:
+            config.created = previous.created
+    run.create()
+    run.write_config(config)
     echo(f"training {kind} ResNet-18 on {len(train_set)} images, evaluating on {len(eval_set)} ({eval_split}) "
          f"-> {run_dir}; if interrupted, continue with --out {run_dir} --resume")
 
@@ -259,20 +244,20 @@ def train_scratch(
 
     history = [asdict(r) for r in result.history]
     final, best = result.history[-1], result.history[result.best_epoch - 1]
-    write_history(run_dir, history)
-    write_predictions(run_dir, eval_set.paths, eval_set.labels, result.final_proba, result.best_proba)
-    _save_model(run_dir / MODEL_FILE, model.state_dict())
+    run.write_history(history)
+    run.write_predictions(eval_set.paths, eval_set.labels, result.final_proba, result.best_proba)
+    run.write_file(MODEL, _state_bytes(model.state_dict()))
     metrics = build_metrics(
         eval_set.labels, result.final_proba, result.best_proba, final_epoch=final.epoch, best_epoch=best.epoch,
         training_seconds=result.seconds, class_names=index.class_names, final_loss=final.val_loss,
         best_loss=best.val_loss,
     )
-    write_json(run_dir / METRICS, metrics)  # last: its presence marks the run finished
+    run.finish(metrics)
     remove_checkpoint(run_dir)
     return run_dir
 
 
-def _save_model(path: Path, state_dict: dict) -> None:
+def _state_bytes(state_dict: dict) -> bytes:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buf)
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()

@@ -1,6 +1,7 @@
 """Stage two: heads trained on cached features (``tlkit fit-head``).
 
-Each head is a scikit-learn classifier over feature arrays::
+Each head is a scikit-learn classifier over feature arrays, declared once in
+:mod:`tlkit.heads.registry`::
 
     from tlkit.cache import load_cache
     from tlkit.heads import LinearHead, LogRegHead, QuantumHead, load_head
@@ -17,21 +18,22 @@ CLI that imports this package stays quick.
 
 from __future__ import annotations
 
-HEADS = ("linear", "logreg", "quantum")
-
 _LAZY = {
     "LinearHead": "tlkit.heads.linear",
     "LogRegHead": "tlkit.heads.logreg",
     "QuantumHead": "tlkit.heads.quantum",
+    "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
     "HeadError": "tlkit.heads.errors",
-    "load_head": "tlkit.heads.store",
-    "save_head": "tlkit.heads.store",
-    "head_class": "tlkit.heads.store",
+    "HEADS": "tlkit.heads.registry",
+    "get_spec": "tlkit.heads.registry",
+    "head_class": "tlkit.heads.registry",
+    "load_head": "tlkit.heads.registry",
+    "save_head": "tlkit.heads.registry",
     "fit_head": "tlkit.heads.fit",
 }
 
-__all__ = ["HEADS", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):

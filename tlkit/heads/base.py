@@ -1,13 +1,12 @@
-"""The scikit-learn face of the torch heads: fit / predict / predict_proba on feature arrays.
+"""The torch heads: a module over 512-d features, trained by the shared loop.
 
     >>> from tlkit.heads import LinearHead
     >>> head = LinearHead(epochs=30, seed=0).fit(X_train, y_train, eval_set=(X_val, y_val))
     >>> head.predict_proba(X_val)[:, 1]
 
-Hyperparameters are stored verbatim by ``__init__`` (so ``get_params``,
-``clone``, ``Pipeline`` and ``cross_val_score`` work); everything learned
-ends with an underscore. Training is :func:`tlkit.train.train_classifier`
-with the seed paper's defaults; the same ``seed`` gives the same numbers.
+The training hyperparameters are :class:`tlkit.train.TrainConfig`'s, with
+its defaults (the seed paper's); the same ``seed`` gives the same numbers.
+Everything learned ends with an underscore.
 """
 
 from __future__ import annotations
@@ -16,91 +15,57 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from tlkit.heads.errors import HeadError
+from tlkit.heads.estimator import Evaluation, Head, epoch_listener
 from tlkit.heads.threads import one_thread
-from tlkit.metrics import predict_from_proba
-from tlkit.train import TrainConfig, train_classifier
+from tlkit.train import TrainConfig
+from tlkit.train.loop import train_classifier
 
 PREDICT_CHUNK = 8192  # rows per forward pass at prediction time
 
 
-class TorchHead(ClassifierMixin, BaseEstimator):
-    """Base class: a torch module over 512-d features, trained by the shared loop.
-
-    Subclasses define ``__init__`` (listing every hyperparameter, as
-    scikit-learn requires) and ``_build_module(n_features, n_classes)``.
-    """
+class TorchHead(Head):
+    """Base class: subclasses declare their head (``head="name"``) and define ``_build_module``."""
 
     def _build_module(self, n_features: int, n_classes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def check_params(self) -> None:
-        """Raise HeadError now for a hyperparameter that cannot work (before any data is read)."""
-        self.train_config()
-
     def train_config(self) -> TrainConfig:
-        """The training hyperparameters as the shared loop's config (validated)."""
-        cfg = TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-            step_size=self.step_size, gamma=self.gamma, optimizer=self.optimizer,
-            weight_decay=self.weight_decay, seed=self.seed,
-        )
-        if cfg.optimizer not in ("sgd", "adam"):
-            raise HeadError(f"optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}")
-        for name in ("epochs", "batch_size", "step_size"):
-            if int(getattr(cfg, name)) < 1:
-                raise HeadError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-        if not cfg.lr > 0:
-            raise HeadError(f"lr must be positive, got {cfg.lr}")
-        return cfg
+        """The training hyperparameters as the shared loop's config."""
+        return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.names()})
 
-    def fit(self, X, y, eval_set=None, on_epoch=None):
-        """Train on (X, y). ``eval_set=(X_val, y_val)`` is evaluated after every epoch
-        (history, best epoch); ``on_epoch(record)`` is called after each epoch."""
+    def run_details(self) -> dict:
+        return {"train": self.train_config().to_dict()}
+
+    def fit(self, X, y, eval_set=None):
+        """Train on (X, y). ``eval_set=(X_val, y_val)`` is evaluated after every epoch (history, best epoch)."""
         self.check_params()
         cfg = self.train_config()
-        X, y = validate_data(self, X, y, dtype=np.float32)
-        check_classification_targets(y)
-        classes, y_index = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise HeadError(f"the training labels hold a single class ({classes[0]!r}); a classifier needs at least two")
-        self.classes_ = classes
-        X_eval, y_eval = self._eval_arrays(eval_set)
+        X, y_index = self._training_data(X, y, np.float32)
+        X_eval, y_eval = self._eval_arrays(eval_set, np.float32)
 
         with one_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             module = self._build_module(X.shape[1], len(self.classes_))
-            features, labels = torch.from_numpy(X), torch.from_numpy(y_index.astype(np.int64))
+            features, labels = torch.from_numpy(X), torch.from_numpy(y_index)
             result = train_classifier(
                 module, _epoch_batches(features, labels, cfg), _evaluator(X_eval, y_eval, len(self.classes_)),
-                y_eval, cfg, on_epoch=on_epoch,
+                y_eval, cfg, on_epoch=epoch_listener(cfg.epochs),
             )
         module.eval()
+        evaluated = len(y_eval) > 0
         self.module_ = module
         self.history_ = [asdict(r) for r in result.history]
-        self.best_epoch_ = result.best_epoch if len(y_eval) else None
-        self.best_state_dict_ = result.best_state if len(y_eval) else None
+        self.best_state_dict_ = result.best_state if evaluated else None
         self.training_seconds_ = result.seconds
-        self.eval_proba_ = {"final": result.final_proba, "best": result.best_proba} if len(y_eval) else None
+        self.evaluation_ = Evaluation(
+            final_proba=result.final_proba, best_proba=result.best_proba,
+            final_epoch=len(self.history_), best_epoch=result.best_epoch,
+            final_loss=self.history_[-1]["val_loss"], best_loss=self.history_[result.best_epoch - 1]["val_loss"],
+        ) if evaluated else None
         return self
-
-    def _eval_arrays(self, eval_set):
-        n_classes = len(self.classes_)
-        if eval_set is None:
-            return np.zeros((0, self.n_features_in_), np.float32), np.zeros(0, np.int64)
-        X_eval, y_eval = eval_set
-        X_eval = validate_data(self, X_eval, dtype=np.float32, reset=False)
-        y_eval = np.asarray(y_eval)
-        index = np.searchsorted(self.classes_, y_eval).clip(0, n_classes - 1)
-        unknown = self.classes_[index] != y_eval
-        if unknown.any():
-            raise HeadError(f"the evaluation labels hold classes never seen in training: {sorted(set(y_eval[unknown].tolist()))}")
-        return X_eval, index.astype(np.int64)
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) class probabilities, columns in the order of ``classes_``."""
@@ -108,9 +73,16 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return predict_module_proba(self.module_, X)
 
-    def predict(self, X) -> np.ndarray:
-        """Class labels; with two classes the positive one is predicted at probability >= 0.5."""
-        return self.classes_[predict_from_proba(self.predict_proba(X))]
+    def restore_module(self, state: dict, classes: np.ndarray, n_features: int):
+        """This head fitted with the saved ``state`` (a state_dict), as :mod:`tlkit.heads.store` loads it."""
+        with torch.random.fork_rng(devices=[]):
+            module = self._build_module(n_features, len(classes))
+        module.load_state_dict(state)
+        module.eval()
+        self.module_ = module
+        self.classes_ = classes
+        self.n_features_in_ = n_features
+        return self
 
 
 def predict_module_proba(module: nn.Module, X: np.ndarray) -> np.ndarray:

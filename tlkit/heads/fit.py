@@ -2,9 +2,9 @@
 
 Reads the cache (never an image, never the backbone), chooses the
 train/evaluation rows, fits the head, evaluates it at the final and at the
-best epoch, and writes the run folder described in :mod:`tlkit.runs`.
-Nothing is written until training has finished, and ``metrics.json`` (the
-mark of a finished run) is written last.
+best epoch, and writes the run folder of :mod:`tlkit.runs`. Nothing is
+written until training has finished. Every head is handled the same way:
+what differs between heads is in their declarations and classes.
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from tlkit import __version__
-from tlkit.heads.errors import HeadError
+from tlkit.heads.estimator import reporting_epochs
+from tlkit.heads.registry import get_spec, save_head
 from tlkit.heads.splits import SplitPlan, plan_splits
-from tlkit.heads.store import head_class, save_head
-from tlkit.runs import (
-    CONFIG, METRICS, build_metrics, eval_fingerprint, new_run_dir, write_history, write_json, write_predictions,
-)
+from tlkit.runs import HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint, now, package_versions
 
 DEFAULT_CACHE = "cache/feats.h5"
 
@@ -33,7 +29,7 @@ class FitResult:
     run_dir: Path
     head: str
     estimator: object
-    config: dict
+    config: RunConfig
     metrics: dict
     plan: SplitPlan
 
@@ -49,76 +45,60 @@ def fit_head(
     progress: bool | None = None,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> FitResult:
-    """Train head ``head`` ("linear", "logreg", "quantum") with hyperparameters ``params`` on the cache."""
+    """Train head ``head`` (a name in :data:`tlkit.heads.registry.HEADS`) with hyperparameters ``params``."""
     from tlkit.cache import load_cache
 
-    estimator = head_class(head)(**(params or {}))
+    estimator = get_spec(head).build(params)
     estimator.check_params()  # bad flags (an unknown device...) fail before anything is read
-    if out is not None and (Path(out) / METRICS).exists():  # refuse before spending time on training
-        raise HeadError(f"{out} already holds a finished run; choose another --out")
+    run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
     cache = load_cache(cache_path)
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
     echo(plan.describe())
 
-    X_train, y_train = plan.train.features, plan.train.labels
-    X_eval, y_eval = plan.eval.features, plan.eval.labels
-    if head == "logreg":
-        estimator.fit(X_train, y_train)
-        proba = estimator.predict_proba(X_eval)
-        proba_final = proba_best = proba
-        final_epoch = best_epoch = None
-        final_loss = best_loss = _log_loss(y_eval, proba)
-        history, seconds = [], estimator.training_seconds_
-    else:
-        with EpochBar(estimator.train_config().epochs, head, progress) as bar:
-            estimator.fit(X_train, y_train, eval_set=(X_eval, y_eval), on_epoch=bar)
-        proba_final, proba_best = estimator.eval_proba_["final"], estimator.eval_proba_["best"]
-        history, seconds = estimator.history_, estimator.training_seconds_
-        final_epoch, best_epoch = len(history), estimator.best_epoch_
-        final_loss, best_loss = history[-1]["val_loss"], history[best_epoch - 1]["val_loss"]
+    y_eval = plan.eval.labels
+    with EpochBar(head, progress) as bar, reporting_epochs(bar):
+        estimator.fit(plan.train.features, plan.train.labels, eval_set=(plan.eval.features, y_eval))
+    evaluation = estimator.evaluation_
 
-    run_dir = new_run_dir(out, head)
-    weights = save_head(estimator, run_dir)
+    run.create()
+    weights = save_head(estimator, run)
     config = run_config(head, estimator, cache, plan, weights)
-    write_json(run_dir / CONFIG, config)
-    write_history(run_dir, history)
-    write_predictions(run_dir, plan.eval.paths, y_eval, proba_final, proba_best)
+    run.write_config(config)
+    run.write_history(estimator.history_)
+    run.write_predictions(plan.eval.paths, y_eval, evaluation.final_proba, evaluation.best_proba)
     metrics = build_metrics(
-        y_eval, proba_final, proba_best, final_epoch=final_epoch, best_epoch=best_epoch,
-        training_seconds=seconds, class_names=cache.class_names, final_loss=final_loss, best_loss=best_loss,
+        y_eval, evaluation.final_proba, evaluation.best_proba, final_epoch=evaluation.final_epoch,
+        best_epoch=evaluation.best_epoch, training_seconds=estimator.training_seconds_,
+        class_names=cache.class_names, final_loss=evaluation.final_loss, best_loss=evaluation.best_loss,
     )
-    write_json(run_dir / METRICS, metrics)  # last: marks the run finished
-    return FitResult(run_dir, head, estimator, config, metrics, plan)
+    run.finish(metrics)
+    return FitResult(run.path, head, estimator, config, metrics, plan)
 
 
-def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str]) -> dict:
-    config = {
-        "kind": "head",
-        "head": head,
-        "cache": str(Path(cache.path).resolve()),
-        "cache_provenance": cache.provenance.as_dict(),
-        "class_names": list(cache.class_names),
-        "eval_split": plan.eval_split,
-        "split_source": plan.source,
-        "val_fraction": plan.val_fraction,
-        "split_seed": plan.split_seed,
-        "eval_fingerprint": eval_fingerprint(plan.eval.paths, plan.eval.labels, cache.class_names),
-        "n_train": len(plan.train),
-        "n_eval": len(plan.eval),
-        "n_features": int(estimator.n_features_in_),
-        "classes": np.asarray(estimator.classes_).tolist(),
-        "head_params": estimator.get_params(),
-        "weights": weights,
-        "tlkit_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if head != "logreg":
-        config["train"] = estimator.train_config().to_dict()
-    else:
-        config["logreg"] = {"C": estimator.C_, "cv_folds": estimator.cv_folds_, "scoring": "neg_log_loss"}
-    if head == "quantum":
-        config["circuit_simulator"] = estimator.module_.runner.simulator
-    return config
+def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:
+    return RunConfig(
+        kind="head",
+        class_names=list(cache.class_names),
+        eval_split=plan.eval_split,
+        eval_fingerprint=eval_fingerprint(plan.eval.paths, plan.eval.labels, cache.class_names),
+        n_train=len(plan.train),
+        n_eval=len(plan.eval),
+        part=HeadPart(
+            head=head,
+            head_params=estimator.get_params(),
+            n_features=int(estimator.n_features_in_),
+            classes=np.asarray(estimator.classes_).tolist(),
+            cache=str(Path(cache.path).resolve()),
+            cache_provenance=cache.provenance.as_dict(),
+            split_source=plan.source,
+            val_fraction=plan.val_fraction,
+            split_seed=plan.split_seed,
+            weights=weights,
+        ),
+        versions=package_versions("numpy", "torch", "scikit-learn", "pennylane"),
+        created=now(),
+        details=estimator.run_details(),
+    )
 
 
 def summary_table(metrics: dict) -> str:
@@ -137,23 +117,20 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def _log_loss(y, proba) -> float:
-    from sklearn.metrics import log_loss
-
-    return float(log_loss(y, proba, labels=np.arange(proba.shape[1])))
-
-
 class EpochBar:
-    """A tqdm bar over epochs, fed by the training loop's on_epoch callback."""
+    """A tqdm bar over epochs, fed by the heads that train in epochs (see reporting_epochs)."""
 
-    def __init__(self, epochs: int, head: str, progress: bool | None):
-        from tqdm import tqdm
+    def __init__(self, head: str, progress: bool | None):
+        self.head = head
+        self.enabled = sys.stderr.isatty() if progress is None else progress
+        self.bar = None
 
-        enabled = sys.stderr.isatty() if progress is None else progress
-        self.bar = tqdm(total=epochs, desc=f"fit-head {head}", unit="epoch", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True)
+    def __call__(self, record, epochs: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
 
-    def __call__(self, record) -> None:
+            self.bar = tqdm(total=epochs, desc=f"fit-head {self.head}", unit="epoch", disable=not self.enabled,
+                            file=sys.stderr, dynamic_ncols=True)
         self.bar.set_postfix(loss=f"{record.train_loss:.4f}", val_acc=f"{record.val_acc:.4f}", refresh=False)
         self.bar.update(1)
 
@@ -161,4 +138,5 @@ class EpochBar:
         return self
 
     def __exit__(self, *exc):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

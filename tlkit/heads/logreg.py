@@ -3,7 +3,8 @@
 C is chosen by stratified k-fold cross-validation on the training data only
 (``LogisticRegressionCV``, L-BFGS, log-loss), over a wide logarithmic grid as
 in linear-probe practice (DINOv2 / ssl-transfer sweep 1e-6..1e5), then the
-model is refit on all training data at that C.
+model is refit on all training data at that C. Its hyperparameters (Cs, cv,
+max_iter, seed) are declared in :mod:`tlkit.heads.registry`.
 """
 
 from __future__ import annotations
@@ -12,73 +13,60 @@ import inspect
 import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlkit.heads.errors import HeadError
+from tlkit.heads.estimator import Evaluation, Head
 from tlkit.heads.threads import one_thread
-from tlkit.metrics import predict_from_proba
-
-DEFAULT_CS = tuple(np.logspace(-6, 5, 45).tolist())
 
 
-class LogRegHead(ClassifierMixin, BaseEstimator):
+class LogRegHead(Head, head="logreg"):
     """StandardScaler + LogisticRegression with C cross-validated on the training data.
 
-    Parameters
-    ----------
-    Cs : sequence of float or int, default 45 values from 1e-6 to 1e5
-        Inverse regularisation strengths to try (an int n: n values on sklearn's default grid).
-    cv : int, default 5
-        Folds (fewer when the rarest class has fewer training examples).
-    max_iter : int, default 1000
-        L-BFGS iterations per fit.
-    seed : int, default 0
-        Shuffles the folds.
+    It has no epochs: ``history_`` is empty, and the final and the best
+    evaluation are the same. ``eval_set`` is only scored, never used to choose C.
     """
 
-    def __init__(self, *, Cs=DEFAULT_CS, cv=5, max_iter=1000, seed=0):
-        self.Cs = Cs
-        self.cv = cv
-        self.max_iter = max_iter
-        self.seed = seed
-
-    def check_params(self) -> None:
-        """Raise HeadError now for a hyperparameter that cannot work (before any data is read)."""
-        if int(self.cv) < 2:
-            raise HeadError(f"cv must be at least 2 folds, got {self.cv}")
-        if int(self.max_iter) < 1:
-            raise HeadError(f"max_iter must be at least 1, got {self.max_iter}")
-
-    def fit(self, X, y):
+    def fit(self, X, y, eval_set=None):
         t0 = time.perf_counter()
         self.check_params()
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
-        classes, counts = np.unique(y, return_counts=True)
-        if len(classes) < 2:
-            raise HeadError(f"the training labels hold a single class ({classes[0]!r}); a classifier needs at least two")
+        X, y_index = self._training_data(X, y, np.float64)
+        counts = np.bincount(y_index)
         folds = min(int(self.cv), int(counts.min()))
         if folds < 2:
-            rare = classes[counts.argmin()]
+            rare = self.classes_[counts.argmin()]
             raise HeadError(f"class {rare!r} has {counts.min()} training example(s); choosing C by cross-validation needs at least 2 per class")
-        self.classes_ = classes
         self.scaler_ = StandardScaler().fit(X)
         with one_thread():
             search = LogisticRegressionCV(
                 Cs=list(self.Cs) if np.ndim(self.Cs) else int(self.Cs),
                 cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
                 scoring="neg_log_loss", solver="lbfgs", max_iter=int(self.max_iter), **_quiet_options(),
-            ).fit(self.scaler_.transform(X), y)
+            ).fit(self.scaler_.transform(X), self.classes_[y_index])
         self.C_ = float(np.ravel(search.C_)[0])
         self.cv_folds_ = folds
+        self.n_iter_ = int(np.max(search.n_iter_))  # L-BFGS iterations of the longest fit (at most max_iter)
         self.model_ = fitted_logistic_regression(self.C_, search.coef_, search.intercept_, search.classes_)
         self.training_seconds_ = time.perf_counter() - t0
+        self.history_ = []
+        self.evaluation_ = self._evaluate(eval_set)
         return self
+
+    def _evaluate(self, eval_set) -> Evaluation | None:
+        if eval_set is None:
+            return None
+        X_eval, y_eval = self._eval_arrays(eval_set, np.float64)
+        proba = self.predict_proba(X_eval)
+        loss = float(log_loss(y_eval, proba, labels=np.arange(len(self.classes_)))) if len(y_eval) else None
+        return Evaluation(final_proba=proba, best_proba=proba, final_epoch=None, best_epoch=None,
+                          final_loss=loss, best_loss=loss)
+
+    def run_details(self) -> dict:
+        return {"logreg": {"C": self.C_, "cv_folds": self.cv_folds_, "scoring": "neg_log_loss"}}
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) class probabilities, columns in the order of ``classes_``."""
@@ -87,9 +75,23 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         with one_thread():
             return self.model_.predict_proba(self.scaler_.transform(X))
 
-    def predict(self, X) -> np.ndarray:
-        """Class labels; with two classes the positive one is predicted at probability >= 0.5."""
-        return self.classes_[predict_from_proba(self.predict_proba(X))]
+    def to_arrays(self) -> dict:
+        """The fitted state as plain arrays (saved as model.npz)."""
+        return dict(mean=self.scaler_.mean_, scale=self.scaler_.scale_, var=self.scaler_.var_,
+                    coef=self.model_.coef_, intercept=self.model_.intercept_, classes=np.asarray(self.classes_),
+                    C=np.float64(self.C_))
+
+    def from_arrays(self, arrays: dict):
+        """This head fitted with the state :meth:`to_arrays` gave."""
+        scaler = StandardScaler()
+        scaler.mean_, scaler.scale_, scaler.var_ = arrays["mean"], arrays["scale"], arrays["var"]
+        scaler.n_features_in_, scaler.n_samples_seen_ = len(arrays["mean"]), 0
+        self.scaler_ = scaler
+        self.C_ = float(arrays["C"])
+        self.model_ = fitted_logistic_regression(self.C_, arrays["coef"], arrays["intercept"], arrays["classes"])
+        self.classes_ = arrays["classes"]
+        self.n_features_in_ = len(arrays["mean"])
+        return self
 
 
 def fitted_logistic_regression(C: float, coef, intercept, classes) -> LogisticRegression:

@@ -3,8 +3,9 @@
     features (512) -> Linear(512, n_qubits) -> tanh * pi/2 -> circuit -> <Z> per qubit
                    -> Linear(n_qubits, n_classes)
 
-The circuit is :func:`tlkit.heads.circuit.dressed_circuit` (PennyLane). How it
-is executed is the ``simulator`` hyperparameter:
+The circuit is :func:`tlkit.heads.circuit.dressed_circuit` (PennyLane). Its
+hyperparameters are declared in :mod:`tlkit.heads.registry`. How the circuit
+is executed is the ``simulator`` hyperparameter (``--simulator``):
 
 * ``"auto"`` (default): ``"torch"`` for analytic ``default.qubit``, else ``"qnode"``;
 * ``"torch"``: the same circuit traced once from PennyLane and replayed as
@@ -26,8 +27,9 @@ from torch import nn
 
 from tlkit.heads.base import TorchHead
 from tlkit.heads.errors import HeadError
+from tlkit.heads.registry import QUANTUM, SIMULATORS
 
-SIMULATORS = ("auto", "torch", "qnode", "per-sample")
+_DEFAULTS = QUANTUM.defaults()
 
 
 def installed_devices() -> list[str]:
@@ -96,8 +98,9 @@ class CircuitRunner:
 class DressedQuantumNet(nn.Module):
     """Linear(n_features, n_qubits) -> tanh * pi/2 -> circuit -> Linear(n_qubits, n_classes)."""
 
-    def __init__(self, n_features: int, n_classes: int, n_qubits: int = 4, depth: int = 6, q_delta: float = 0.01,
-                 qdevice: str = "default.qubit", shots=None, simulator: str = "auto"):
+    def __init__(self, n_features: int, n_classes: int, n_qubits: int = _DEFAULTS["n_qubits"],
+                 depth: int = _DEFAULTS["depth"], q_delta: float = _DEFAULTS["q_delta"],
+                 qdevice: str = _DEFAULTS["qdevice"], shots=_DEFAULTS["shots"], simulator: str = _DEFAULTS["simulator"]):
         super().__init__()
         self.circuit_options = dict(n_qubits=n_qubits, depth=depth, qdevice=qdevice, shots=shots, simulator=simulator)
         self.pre = nn.Linear(n_features, n_qubits)
@@ -120,40 +123,20 @@ class DressedQuantumNet(nn.Module):
         self.runner = CircuitRunner(**self.circuit_options)
 
 
-class QuantumHead(TorchHead):
+class QuantumHead(TorchHead, head="quantum"):
     """The dressed quantum circuit as a classifier over feature arrays.
 
     Defaults: 4 qubits, depth 6, circuit weights initialised 0.01 * N(0, 1),
     ``default.qubit`` analytic, and the seed paper's training loop.
     """
 
-    def __init__(self, *, n_qubits=4, depth=6, qdevice="default.qubit", shots=None, simulator="auto", q_delta=0.01,
-                 epochs=30, batch_size=4, lr=0.001, momentum=0.9, step_size=7, gamma=0.1, optimizer="sgd",
-                 weight_decay=0.0, seed=0):
-        self.n_qubits = n_qubits
-        self.depth = depth
-        self.qdevice = qdevice
-        self.shots = shots
-        self.simulator = simulator
-        self.q_delta = q_delta
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.step_size = step_size
-        self.gamma = gamma
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.seed = seed
-
     def check_params(self) -> None:
         super().check_params()
-        if int(self.n_qubits) < 1 or int(self.depth) < 1:
-            raise HeadError(f"n_qubits and depth must be at least 1, got {self.n_qubits} and {self.depth}")
-        if self.shots is not None and int(self.shots) < 1:
-            raise HeadError(f"shots must be a positive number or None (analytic), got {self.shots}")
         if resolve_simulator(self.simulator, self.qdevice, self.shots) != "torch":
             make_qnode(int(self.n_qubits), self.qdevice, self.shots)  # an unknown device fails here, not mid-run
+
+    def run_details(self) -> dict:
+        return {**super().run_details(), "circuit_simulator": self.module_.runner.simulator}
 
     def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
         return DressedQuantumNet(

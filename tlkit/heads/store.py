@@ -1,136 +1,92 @@
-"""Head weights in the run folder, in formats that load without executing pickled code.
+"""The formats a head's weights are saved in, inside its run folder; none needs pickle to load.
 
-    torch heads:  model.pt       state_dict of the final epoch   (torch.load(..., weights_only=True))
-                  model_best.pt  state_dict of the best epoch    (absent without an evaluation set)
-    logreg:       model.npz      scaler mean/scale, coefficients, intercepts, classes, C  (allow_pickle=False)
+    TORCH_STATE  model.pt       the module's state_dict at the final epoch  (torch.load(..., weights_only=True))
+                 model_best.pt  the same at the best epoch (absent without an evaluation set)
+    ARRAYS       model.npz      named arrays the head gives and takes back  (np.load(..., allow_pickle=False))
 
-``config.json`` (written by fit-head) names the head and its hyperparameters,
-so :func:`load_head` can rebuild the estimator around the weights.
+A head's declaration (:mod:`tlkit.heads.registry`) names its format. The
+format talks to the head through a small protocol: TORCH_STATE reads
+``module_`` / ``best_state_dict_`` and calls ``restore_module(state,
+classes, n_features)``; ARRAYS calls ``to_arrays()`` and
+``from_arrays(arrays)``. The file names belong to the run contract
+(:mod:`tlkit.runs`).
+
+Imported when the CLI starts: torch only inside the methods.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tlkit.heads.errors import HeadError
-from tlkit.runs import CONFIG, write_bytes
-
-TORCH_WEIGHTS = {"final": "model.pt", "best": "model_best.pt"}
-NPZ_WEIGHTS = "model.npz"
+from tlkit.runs import MODEL, MODEL_ARRAYS, MODEL_BEST
 
 
-def head_class(name: str):
-    from tlkit.heads.linear import LinearHead
-    from tlkit.heads.logreg import LogRegHead
-    from tlkit.heads.quantum import QuantumHead
+class WeightsFormat:
+    def save(self, estimator, run) -> list[str]:  # pragma: no cover - interface
+        """Write the fitted estimator's weights with ``run`` (a RunWriter); the file names written."""
+        raise NotImplementedError
 
-    classes = {"linear": LinearHead, "logreg": LogRegHead, "quantum": QuantumHead}
-    if name not in classes:
-        raise HeadError(f"unknown head {name!r} (one of: {', '.join(classes)})")
-    return classes[name]
+    def load(self, estimator, run_dir: Path, which: str, classes: np.ndarray, n_features: int):  # pragma: no cover
+        """Fill the unfitted ``estimator`` (built from config.json) with the saved weights; return it."""
+        raise NotImplementedError
 
 
-def save_head(estimator, run_dir: Path) -> list[str]:
-    """Write the fitted estimator's weights into ``run_dir``; returns the file names written."""
-    from tlkit.heads.logreg import LogRegHead
+class TorchState(WeightsFormat):
+    files = {"final": MODEL, "best": MODEL_BEST}
 
-    if isinstance(estimator, LogRegHead):
+    def save(self, estimator, run) -> list[str]:
+        import torch
+
+        written = []
+        for which, state in (("final", estimator.module_.state_dict()), ("best", estimator.best_state_dict_)):
+            if state is None:
+                continue
+            buf = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+            run.write_file(self.files[which], buf.getvalue())
+            written.append(self.files[which])
+        return written
+
+    def load(self, estimator, run_dir: Path, which: str, classes: np.ndarray, n_features: int):
+        import pickle
+
+        import torch
+
+        path = Path(run_dir) / self.files[which]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise HeadError(f"{path} does not exist") from None
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise HeadError(f"{path} cannot be loaded: {exc}") from None
+        try:
+            return estimator.restore_module(state, classes, n_features)
+        except RuntimeError as exc:
+            raise HeadError(f"{path} does not match the head in config.json: {str(exc).splitlines()[0]}") from None
+
+
+class Arrays(WeightsFormat):
+    file = MODEL_ARRAYS
+
+    def save(self, estimator, run) -> list[str]:
         buf = io.BytesIO()
-        np.savez(
-            buf, mean=estimator.scaler_.mean_, scale=estimator.scaler_.scale_, var=estimator.scaler_.var_,
-            coef=estimator.model_.coef_, intercept=estimator.model_.intercept_,
-            classes=np.asarray(estimator.classes_), C=np.float64(estimator.C_),
-        )
-        write_bytes(Path(run_dir) / NPZ_WEIGHTS, buf.getvalue())
-        return [NPZ_WEIGHTS]
+        np.savez(buf, **estimator.to_arrays())
+        run.write_file(self.file, buf.getvalue())
+        return [self.file]
 
-    import torch
-
-    written = []
-    for which, state in (("final", estimator.module_.state_dict()), ("best", estimator.best_state_dict_)):
-        if state is None:
-            continue
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
-        write_bytes(Path(run_dir) / TORCH_WEIGHTS[which], buf.getvalue())
-        written.append(TORCH_WEIGHTS[which])
-    return written
+    def load(self, estimator, run_dir: Path, which: str, classes: np.ndarray, n_features: int):
+        path = Path(run_dir) / self.file  # one set of weights: "final" and "best" are the same
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            return estimator.from_arrays(arrays)
+        except (OSError, ValueError, KeyError) as exc:
+            raise HeadError(f"{path} cannot be loaded: {exc}") from None
 
 
-def load_head(run_dir, which: str = "final"):
-    """The fitted estimator a ``fit-head`` run saved: ``predict_proba(features)``, ``classes_``.
-
-    ``which="best"`` loads the best-epoch weights of a torch head instead of
-    the final ones (logreg has only one set).
-    """
-    run_dir = Path(run_dir)
-    try:
-        config = json.loads((run_dir / CONFIG).read_text())
-    except FileNotFoundError:
-        raise HeadError(f"{run_dir} is not a fit-head run folder (no {CONFIG})") from None
-    except (OSError, ValueError) as exc:
-        raise HeadError(f"{run_dir / CONFIG} cannot be read: {exc}") from None
-    if config.get("kind") != "head":
-        raise HeadError(f"{run_dir} holds a {config.get('kind', 'unknown')!r} run, not a fit-head run")
-    if which not in TORCH_WEIGHTS:
-        raise HeadError(f"which must be 'final' or 'best', got {which!r}")
-    try:
-        estimator = head_class(config["head"])(**config["head_params"])
-        classes = np.asarray(config["classes"])
-        n_features = int(config["n_features"])
-    except (KeyError, TypeError) as exc:
-        raise HeadError(f"{run_dir / CONFIG} lacks what is needed to rebuild the head: {exc}") from None
-
-    if config["head"] == "logreg":
-        return _load_logreg(estimator, run_dir / NPZ_WEIGHTS)
-    return _load_torch(estimator, run_dir / TORCH_WEIGHTS[which], classes, n_features)
-
-
-def _load_logreg(estimator, path: Path):
-    from sklearn.preprocessing import StandardScaler
-
-    from tlkit.heads.logreg import fitted_logistic_regression
-
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        scaler = StandardScaler()
-        scaler.mean_, scaler.scale_, scaler.var_ = arrays["mean"], arrays["scale"], arrays["var"]
-        scaler.n_features_in_, scaler.n_samples_seen_ = len(arrays["mean"]), 0
-        estimator.scaler_ = scaler
-        estimator.C_ = float(arrays["C"])
-        estimator.model_ = fitted_logistic_regression(estimator.C_, arrays["coef"], arrays["intercept"], arrays["classes"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise HeadError(f"{path} cannot be loaded: {exc}") from None
-    estimator.classes_ = arrays["classes"]
-    estimator.n_features_in_ = len(arrays["mean"])
-    return estimator
-
-
-def _load_torch(estimator, path: Path, classes: np.ndarray, n_features: int):
-    import pickle
-
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HeadError(f"{path} does not exist") from None
-    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise HeadError(f"{path} cannot be loaded: {exc}") from None
-    estimator.check_params()
-    with torch.random.fork_rng(devices=[]):
-        module = estimator._build_module(n_features, len(classes))
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise HeadError(f"{path} does not match the head in config.json: {str(exc).splitlines()[0]}") from None
-    module.eval()
-    estimator.module_ = module
-    estimator.classes_ = classes
-    estimator.n_features_in_ = n_features
-    return estimator
+TORCH_STATE = TorchState()
+ARRAYS = Arrays()

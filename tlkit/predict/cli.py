@@ -60,11 +60,9 @@ def predict(run, images, fmt, output, weights, batch_size, workers, device, max_
         raise TlkitError(f"no image could be predicted ({len(result.errors)} skipped)")
     text = {"table": lambda: to_table(result), "csv": lambda: to_csv(result), "json": lambda: to_json(result, run)}[fmt]()
     if output:
-        from pathlib import Path
+        from tlkit.atomic import atomic_text
 
-        from tlkit.runs import write_bytes
-
-        write_bytes(Path(output), text.encode())
+        atomic_text(output, text)
         click.echo(f"{len(result.paths)} predictions written to {output}", err=True)
     else:
         click.echo(text, nl=False)

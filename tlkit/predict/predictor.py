@@ -26,7 +26,7 @@ from tlkit.embed.backbone import select_device
 from tlkit.embed.reader import read_batches
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.metrics import predict_from_proba
-from tlkit.runs import CONFIG
+from tlkit.runs import MODEL, HeadPart, RunConfig, read_config
 
 
 @dataclass
@@ -53,18 +53,6 @@ class Predictions:
         if self.proba is None or not len(self.proba):
             return []
         return [self.class_names[i] for i in predict_from_proba(self.proba)]
-
-
-def _read_config(run_dir: Path) -> dict:
-    if not run_dir.is_dir():
-        raise TlkitError(f"{run_dir} is not a run folder (no such folder)")
-    path = run_dir / CONFIG
-    if not path.exists():
-        raise TlkitError(f"{run_dir} is not a run folder (no {CONFIG}); give a folder written by fit-head or train-scratch")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise TlkitError(f"{path} is damaged: {exc}") from None
 
 
 def _spec(value) -> TransformSpec:
@@ -104,15 +92,15 @@ def backbone_weights(provenance: dict, weights_path=None):
     return loaded
 
 
-def _head_predictor(run_dir: Path, config: dict, device, weights_path) -> Predictor:
+def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> Predictor:
     from tlkit.embed.mapper import FeatureMapper
 
     try:
         from tlkit.heads import load_head
     except ImportError:
         raise TlkitError(f"{run_dir} is a fit-head run, but this tlkit has no tlkit.heads to load it") from None
-    provenance = config.get("cache_provenance") or {}
-    class_names = list(config["class_names"])
+    provenance = config.part.cache_provenance
+    class_names = list(config.class_names)
     head = load_head(run_dir)
     mapper = FeatureMapper(backbone_weights(provenance, weights_path).state_dict, device)
     columns = np.asarray(getattr(head, "classes_", np.arange(len(class_names))), dtype=np.int64)
@@ -124,22 +112,21 @@ def _head_predictor(run_dir: Path, config: dict, device, weights_path) -> Predic
         proba[:, columns] = partial  # a class the head never saw gets probability 0
         return proba
 
-    return Predictor(run_dir, class_names, _spec(provenance.get("transform")), device, predict_proba,
-                     f"{config.get('head', '?')} head on {provenance.get('weights_id', '?')} features")
+    return Predictor(run_dir, class_names, _spec(config.part.transform), device, predict_proba,
+                     f"{config.describe_model()} on {config.part.weights_id} features")
 
 
-def _network_predictor(run_dir: Path, config: dict, device) -> Predictor:
+def _network_predictor(run_dir: Path, config: RunConfig, device) -> Predictor:
     from tlkit.baseline.model import load_trained
-    from tlkit.baseline.trainer import MODEL_FILE
 
-    path = run_dir / MODEL_FILE
+    path = run_dir / MODEL
     if not path.exists():
-        raise TlkitError(f"{run_dir} has no {MODEL_FILE}: the run is unfinished or damaged")
+        raise TlkitError(f"{run_dir} has no {MODEL}: the run is unfinished or damaged")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated files
         raise TlkitError(f"{path} cannot be read: {str(exc).splitlines()[0]}") from None
-    class_names = list(config["class_names"])
+    class_names = list(config.class_names)
     model = load_trained(state_dict, len(class_names)).to(device=device, memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -147,22 +134,18 @@ def _network_predictor(run_dir: Path, config: dict, device) -> Predictor:
         images = images.to(device).contiguous(memory_format=torch.channels_last)
         return torch.softmax(model(images).float(), dim=1).double().cpu().numpy()
 
-    return Predictor(run_dir, class_names, _spec(config.get("transform")), device, predict_proba,
-                     f"ResNet-18 ({config['kind']})")
+    return Predictor(run_dir, class_names, _spec(config.part.transform), device, predict_proba,
+                     f"ResNet-18 ({config.kind})")
 
 
 def load_predictor(run_dir, *, weights=None, device: str = "auto") -> Predictor:
     """The model a run folder describes, ready to predict; one-line errors for anything else."""
     run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    if "class_names" not in config or "kind" not in config:
-        raise TlkitError(f"{run_dir}/{CONFIG} is not a tlkit run configuration (no kind or class_names)")
+    config = read_config(run_dir)
     torch_device = select_device(device)
-    if config["kind"] == "head":
+    if isinstance(config.part, HeadPart):
         return _head_predictor(run_dir, config, torch_device, weights)
-    if config["kind"] in ("scratch", "finetune"):
-        return _network_predictor(run_dir, config, torch_device)
-    raise TlkitError(f"{run_dir} is a {config['kind']!r} run, which predict does not know")
+    return _network_predictor(run_dir, config, torch_device)
 
 
 def expand_inputs(inputs) -> tuple[list[str], list[tuple[str, str]]]:

@@ -13,49 +13,11 @@ other files) are refused: their numbers would not measure the same thing.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 from tlkit.errors import TlkitError
 from tlkit.runs import BEST_NOTE, Run
 
 METRIC_NAMES = ("accuracy", "roc_auc", "average_precision")
-METRIC_LABELS = {"accuracy": "accuracy", "roc_auc": "ROC AUC", "average_precision": "avg precision"}
-
-
-@dataclass
-class Row:
-    name: str  # unique within the report
-    run: Run
-
-    @property
-    def config(self) -> dict:
-        return self.run.config
-
-    @property
-    def metrics(self) -> dict:
-        return self.run.metrics
-
-
-def describe_model(config: dict) -> str:
-    kind = config.get("kind", "?")
-    if kind == "head":
-        return f"{config.get('head', '?')} head"
-    if kind == "scratch":
-        return "ResNet-18 from scratch"
-    if kind == "finetune":
-        return "ResNet-18 fine-tuned"
-    return str(kind)
-
-
-def describe_features(config: dict) -> str:
-    """What the network saw: cached features from some weights, or the images themselves."""
-    if config.get("kind") == "head":
-        prov = config.get("cache_provenance") or {}
-        return f"frozen ResNet-18 features ({prov.get('weights_id', '?')})"
-    init = config.get("init") or {}
-    if config.get("kind") == "finetune":
-        return f"images, init {init.get('weights_id', '?')}"
-    return f"images, random init (seed {init.get('seed', '?')})" if init else "images"
 
 
 def unique_names(runs: list[Run]) -> list[str]:
@@ -69,12 +31,12 @@ def unique_names(runs: list[Run]) -> list[str]:
 
 def check_comparable(runs: list[Run]) -> str:
     """The shared eval fingerprint, or a one-line :class:`TlkitError` naming the runs that differ."""
-    missing = [str(r.path) for r in runs if not r.config.get("eval_fingerprint")]
+    missing = [str(r.path) for r in runs if not r.config.eval_fingerprint]
     if missing:
         raise TlkitError(f"{', '.join(missing)}: config.json has no eval_fingerprint, so comparability cannot be checked")
     groups: dict[str, list[str]] = defaultdict(list)
     for run in runs:
-        groups[run.config["eval_fingerprint"]].append(str(run.path))
+        groups[run.config.eval_fingerprint].append(str(run.path))
     if len(groups) > 1:
         parts = [f"{', '.join(paths)} (evaluated on set {fp[:10]}, {_split_of(runs, fp)})" for fp, paths in groups.items()]
         raise TlkitError(
@@ -86,9 +48,9 @@ def check_comparable(runs: list[Run]) -> str:
 
 def _split_of(runs: list[Run], fingerprint: str) -> str:
     for run in runs:
-        if run.config.get("eval_fingerprint") == fingerprint:
+        if run.config.eval_fingerprint == fingerprint:
             n = run.metrics.get("n_eval", "?")
-            return f"split {run.config.get('eval_split', '?')!r}, {n} images"
+            return f"split {run.config.eval_split!r}, {n} images"
     return "?"
 
 
@@ -132,9 +94,9 @@ def build_table(runs: list[Run], baseline=None) -> dict:
         rows.append({
             "name": name,
             "path": str(run.path),
-            "kind": run.config.get("kind"),
-            "model": describe_model(run.config),
-            "features": describe_features(run.config),
+            "kind": run.config.kind,
+            "model": run.config.describe_model(),
+            "features": run.config.describe_features(),
             "epochs": len(run.history),
             "final": _block(m["final"]),
             "best": _block(m["best"]),
@@ -149,9 +111,9 @@ def build_table(runs: list[Run], baseline=None) -> dict:
     return {
         "baseline": names[base_i],
         "eval_fingerprint": fingerprint,
-        "eval_split": first.config.get("eval_split"),
+        "eval_split": first.config.eval_split,
         "n_eval": first.metrics.get("n_eval"),
-        "class_names": first.metrics.get("class_names") or first.config.get("class_names"),
+        "class_names": first.metrics.get("class_names") or first.config.class_names,
         "note": BEST_NOTE,
         "relative_change_note": "relative change = (run - baseline) / baseline, in percent",
         "runs": rows,

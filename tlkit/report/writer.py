@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tlkit.atomic import atomic_json, atomic_text
 from tlkit.report.figures import confusion_figure, curves_figure
 from tlkit.report.table import build_table, render_markdown, unique_names
-from tlkit.runs import load_run, write_bytes, write_json
+from tlkit.runs import load_run
 
 CURVES = "curves.png"
 
@@ -33,6 +34,6 @@ def write_report(run_paths, out_dir, baseline=None, curves: str = "final") -> di
         confusion[name] = file
         figures[f"Confusion matrix: {name}"] = file
     table["figures"] = {"curves": CURVES, "curves_from": curves, "confusion": confusion}
-    write_json(out / "report.json", table)
-    write_bytes(out / "report.md", render_markdown(table, figures).encode())
+    atomic_json(out / "report.json", table)
+    atomic_text(out / "report.md", render_markdown(table, figures))
     return table

@@ -1,10 +1,10 @@
 """One training loop for every torch model tlkit trains.
 
-Defaults are the seed paper's: cross-entropy, batch size 4, 30 epochs, SGD
-(momentum 0.9) at lr 0.001 decayed x0.1 every 7 epochs. After every epoch
-the model is evaluated; the epoch with the best validation accuracy is
-remembered, but the *final* epoch is what a user should quote (choosing
-the best epoch on the evaluation set is optimistic).
+Its settings, with the seed paper's defaults, are :class:`TrainConfig`
+(:mod:`tlkit.train.config`). After every epoch the model is evaluated; the
+epoch with the best validation accuracy is remembered, but the *final* epoch
+is what a user should quote (choosing the best epoch on the evaluation set is
+optimistic).
 """
 
 from __future__ import annotations
@@ -12,27 +12,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 4
-    lr: float = 0.001
-    momentum: float = 0.9
-    step_size: int = 7
-    gamma: float = 0.1
-    optimizer: str = "sgd"  # or "adam"
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from tlkit.train.config import TrainConfig
 
 
 @dataclass
@@ -54,7 +40,6 @@ class TrainResult:
     best_proba: np.ndarray
     best_state: dict
     seconds: float  # training wall time, evaluation included
-    extra: dict = field(default_factory=dict)
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,152 @@
+"""What every head is: a scikit-learn classifier over feature arrays, built from its declaration.
+
+A head class names its declaration in :mod:`tlkit.heads.registry`::
+
+    class LinearHead(TorchHead, head="linear"):
+        def _build_module(self, n_features, n_classes): ...
+
+and gets from it an ``__init__`` that takes exactly the declared
+hyperparameters, keyword-only, with their declared defaults, and stores them
+verbatim (scikit-learn's rule: ``get_params``, ``clone`` and ``Pipeline``
+read that signature). :meth:`Head.check_params` checks every declared
+constraint before any data is read.
+
+Every head has the same ``fit(X, y, eval_set=None)``. ``eval_set=(X, y)`` is
+only scored, never used to choose anything; after ``fit`` a head holds
+
+* ``classes_``, ``n_features_in_``, ``training_seconds_``,
+* ``history_``: one dict per epoch (empty for heads without epochs),
+* ``evaluation_``: an :class:`Evaluation` of ``eval_set`` (None without one).
+
+Progress: a head that trains in epochs reports each one to the listener of
+:func:`reporting_epochs`. Why a context and not a ``fit`` argument or a
+hyperparameter: a listener changes no result, so it must not be in
+``get_params`` (it would be cloned, compared and written to config.json),
+and scikit-learn's meta-estimators (Pipeline, cross_val_score) call
+``fit(X, y)`` with only the arguments they route. A context variable reaches
+the training loop through any of them, is restored when the block ends, and
+is never pickled with the estimator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+from tlkit.heads.errors import HeadError
+from tlkit.metrics import predict_from_proba
+
+
+@dataclass
+class Evaluation:
+    """A fitted head on its evaluation set, at the final and at the best epoch (the same without epochs)."""
+
+    final_proba: np.ndarray
+    best_proba: np.ndarray
+    final_epoch: int | None
+    best_epoch: int | None
+    final_loss: float | None
+    best_loss: float | None
+
+
+_EPOCH_LISTENER: ContextVar[Callable | None] = ContextVar("tlkit_epoch_listener", default=None)
+
+
+@contextlib.contextmanager
+def reporting_epochs(listener: Callable):
+    """Within the block, a head fitting in epochs calls ``listener(record, epochs)`` after each epoch."""
+    token = _EPOCH_LISTENER.set(listener)
+    try:
+        yield listener
+    finally:
+        _EPOCH_LISTENER.reset(token)
+
+
+def epoch_listener(epochs: int) -> Callable | None:
+    """The current listener as the training loop's ``on_epoch(record)``, or None."""
+    listener = _EPOCH_LISTENER.get()
+    return None if listener is None else (lambda record: listener(record, epochs))
+
+
+def _declared_init(params) -> Callable:
+    """``__init__(self, *, <each declared hyperparameter>=<its default>)``, storing each one verbatim."""
+    signature = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in params]
+    )
+
+    def __init__(self, **hyperparameters):
+        try:
+            bound = signature.bind(self, **hyperparameters)
+        except TypeError as exc:  # a name the head does not declare, as for any Python function
+            raise TypeError(f"{type(self).__name__}() {exc}") from None
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = signature
+    return __init__
+
+
+class Head(ClassifierMixin, BaseEstimator):
+    """Base class of every head (see the module docstring)."""
+
+    spec: ClassVar = None  # its HeadSpec in tlkit.heads.registry
+
+    def __init_subclass__(cls, head: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if head is not None:
+            from tlkit.heads.registry import get_spec
+
+            cls.spec = get_spec(head)
+            cls.__init__ = _declared_init(cls.spec.params)
+            cls.__init__.__qualname__ = f"{cls.__qualname__}.__init__"
+
+    def check_params(self) -> None:
+        """Raise HeadError now for a hyperparameter that cannot work (before any data is read)."""
+        for param in self.spec.params:
+            problem = param.problem(getattr(self, param.name))
+            if problem:
+                raise HeadError(problem)
+
+    def run_details(self) -> dict:
+        """What config.json records about this fit beyond the hyperparameters (settings derived, values chosen)."""
+        return {}
+
+    def predict(self, X) -> np.ndarray:
+        """Class labels; with two classes the positive one is predicted at probability >= 0.5."""
+        proba = self.predict_proba(X)  # first: it raises NotFittedError on an unfitted head
+        return self.classes_[predict_from_proba(proba)]
+
+    def _training_data(self, X, y, dtype):
+        """Validated (X, index of each label in classes_); sets classes_ and n_features_in_."""
+        X, y = validate_data(self, X, y, dtype=dtype)
+        check_classification_targets(y)
+        classes, y_index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise HeadError(f"the training labels hold a single class ({classes[0]!r}); a classifier needs at least two")
+        self.classes_ = classes
+        return X, y_index.astype(np.int64)
+
+    def _eval_arrays(self, eval_set, dtype):
+        """(X_eval, index of each label in classes_); empty arrays without an evaluation set."""
+        n_classes = len(self.classes_)
+        if eval_set is None:
+            return np.zeros((0, self.n_features_in_), dtype), np.zeros(0, np.int64)
+        X_eval, y_eval = eval_set
+        X_eval = validate_data(self, X_eval, dtype=dtype, reset=False)
+        y_eval = np.asarray(y_eval)
+        index = np.searchsorted(self.classes_, y_eval).clip(0, n_classes - 1)
+        unknown = self.classes_[index] != y_eval
+        if unknown.any():
+            raise HeadError(f"the evaluation labels hold classes never seen in training: {sorted(set(y_eval[unknown].tolist()))}")
+        return X_eval, index.astype(np.int64)

@@ -1,0 +1,150 @@
+"""The heads ``tlkit fit-head`` knows, each declared once.
+
+A :class:`HeadSpec` is everything about a head that is not its arithmetic:
+its name, its class, its hyperparameters (defaults, constraints, help text:
+:class:`~tlkit.train.hparams.HParam`) and the format its weights are saved in.
+From these declarations come the estimator's ``__init__`` and checks
+(:class:`tlkit.heads.estimator.Head`), the options of ``tlkit fit-head``
+(:mod:`tlkit.heads.cli`), and the way a run folder's head is rebuilt
+(:func:`load_head`). Nothing outside a head's class looks at its name.
+
+Adding a head is one declaration here plus one class::
+
+    BOTTLENECK = HeadSpec(
+        name="bottleneck", cls="tlkit.heads.bottleneck:BottleneckHead", title="Classical bottleneck",
+        summary="the quantum head's dressing with a classical layer instead of the circuit",
+        params=(N_QUBITS, *TRAINING), weights=TORCH_STATE,
+    )
+    class BottleneckHead(TorchHead, head="bottleneck"):
+        def _build_module(self, n_features, n_classes): ...
+
+Imported when the CLI starts: no torch, scikit-learn or PennyLane here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.heads.errors import HeadError
+from tlkit.heads.store import ARRAYS, TORCH_STATE, WeightsFormat
+from tlkit.runs import read_config
+from tlkit.train.config import TrainConfig
+from tlkit.train.hparams import HParam
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str  # --head NAME, the run folder's head
+    cls: str  # "module:Class", imported on first use (the CLI never imports torch to list its options)
+    title: str  # heading of this head's own options in `fit-head --help`
+    summary: str  # its line in the help of --head
+    params: tuple[HParam, ...]  # in the order of the estimator's __init__
+    weights: WeightsFormat
+
+    def param(self, name: str) -> HParam:
+        return next(p for p in self.params if p.name == name)
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def load_class(self) -> type:
+        module, name = self.cls.split(":")
+        head_class = getattr(importlib.import_module(module), name)
+        assert head_class.spec is self, f"{self.cls} does not declare head={self.name!r}"
+        return head_class
+
+    def build(self, params: dict | None = None):
+        """A new estimator with ``params`` (the others at their defaults)."""
+        unknown = sorted(set(params or {}) - {p.name for p in self.params})
+        if unknown:
+            raise HeadError(f"the {self.name} head has no hyperparameter {', '.join(unknown)} "
+                            f"(it has: {', '.join(p.name for p in self.params)})")
+        return self.load_class()(**(params or {}))
+
+
+TRAINING = TrainConfig.hparams()  # the shared training loop's settings, declared on TrainConfig
+SIMULATORS = ("auto", "torch", "qnode", "per-sample")
+DEFAULT_CS = tuple(np.logspace(-6, 5, 45).tolist())
+
+LINEAR = HeadSpec(
+    name="linear", cls="tlkit.heads.linear:LinearHead", title="Linear head",
+    summary="nn.Linear(512, classes) by SGD",
+    params=TRAINING, weights=TORCH_STATE,
+)
+
+LOGREG = HeadSpec(
+    name="logreg", cls="tlkit.heads.logreg:LogRegHead", title="Logistic regression",
+    summary="scikit-learn logistic regression on standardized features, C by 5-fold CV on the train split",
+    params=(
+        HParam("Cs", DEFAULT_CS, "Inverse regularisation strengths to try (an int n: n values on "
+               "scikit-learn's default grid); default 45 values from 1e-6 to 1e5.", cli=False),
+        HParam("cv", 5, "Cross-validation folds choosing C (fewer when the rarest class has fewer "
+               "training examples).", min=2),
+        HParam("max_iter", 1000, "L-BFGS iterations per fit.", min=1, cli=False),
+        HParam("seed", 0, "Seed of the cross-validation folds."),
+    ),
+    weights=ARRAYS,
+)
+
+QUANTUM = HeadSpec(
+    name="quantum", cls="tlkit.heads.quantum:QuantumHead", title="Quantum circuit",
+    summary="the dressed quantum circuit of Mari et al.",
+    params=(
+        HParam("n_qubits", 4, "Qubits of the circuit.", min=1),
+        HParam("depth", 6, "Entangling + RY layers of the circuit.", min=1),
+        HParam("qdevice", "default.qubit",
+               "Any installed PennyLane device: default.qubit, lightning.qubit, or a hardware plugin's."),
+        HParam("shots", None, "Measurement shots.", type=int, min=1, optional=True,
+               default_text="analytic expectation values"),
+        HParam("simulator", "auto",
+               "How the circuit runs. auto: for analytic default.qubit, the same PennyLane circuit replayed as "
+               "batched torch ops (fast, exact); otherwise a PennyLane QNode with parameter broadcasting. "
+               "qnode: always the QNode.",
+               choices=SIMULATORS, cli_choices=("auto", "torch", "qnode"), aliases=("--qsim",)),
+        HParam("q_delta", 0.01, "Circuit weights start as q_delta * N(0, 1).", min=0),
+        *TRAINING,
+    ),
+    weights=TORCH_STATE,
+)
+
+HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (LINEAR, LOGREG, QUANTUM)}
+
+
+def get_spec(name: str) -> HeadSpec:
+    if name not in HEADS:
+        raise HeadError(f"unknown head {name!r} (one of: {', '.join(HEADS)})")
+    return HEADS[name]
+
+
+def head_class(name: str) -> type:
+    return get_spec(name).load_class()
+
+
+def save_head(estimator, run) -> list[str]:
+    """Write the fitted estimator's weights into the run folder (a RunWriter); returns the file names."""
+    return estimator.spec.weights.save(estimator, run)
+
+
+def load_head(run_dir, which: str = "final"):
+    """The fitted estimator a ``fit-head`` run saved: ``predict_proba(features)``, ``classes_``.
+
+    ``which="best"`` loads the best-epoch weights of a head that has them
+    instead of the final ones (a head without epochs has only one set).
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    if config.kind != "head":
+        raise HeadError(f"{run_dir} holds a {config.kind!r} run, not a fit-head run")
+    if which not in ("final", "best"):
+        raise HeadError(f"which must be 'final' or 'best', got {which!r}")
+    part = config.part
+    if part.classes is None or part.n_features is None:
+        raise HeadError(f"{run_dir} config.json lacks what is needed to rebuild the head (classes, n_features)")
+    spec = get_spec(part.head)
+    estimator = spec.build(part.head_params)
+    estimator.check_params()
+    return spec.weights.load(estimator, run_dir, which, np.asarray(part.classes), int(part.n_features))
