@@ -42,7 +42,7 @@ from tlkit.baseline.model import ARCHITECTURE, build_resnet18
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import select_device
+from tlkit.device import select_device
 from tlkit.embed.weights import resolve_weights
 from tlkit.errors import DataError, TlkitError
 from tlkit.runs import (

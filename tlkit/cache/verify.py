@@ -316,7 +316,7 @@ def _check_sample(
 
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
     from tlkit.data.transforms import TransformSpec
-    from tlkit.embed.backbone import select_device
+    from tlkit.device import select_device
     from tlkit.embed.mapper import FeatureMapper
     from tlkit.embed.reader import read_batches
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import select_device
+from tlkit.device import select_device
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard
 from tlkit.embed.writer import PartWriter

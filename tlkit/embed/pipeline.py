@@ -46,7 +46,8 @@ from tlkit.cache.writer import atomic_write_text, discard_dir, remove_stale_tmp
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import BACKBONE, LAYER, select_device
+from tlkit.device import select_device
+from tlkit.embed.backbone import BACKBONE, LAYER
 from tlkit.embed.distributor import EmbedJob, get_distributor
 from tlkit.embed.reader import check_files
 from tlkit.embed.runner import WorkItem

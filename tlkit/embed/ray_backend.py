@@ -33,7 +33,7 @@ from pathlib import Path
 import h5py
 
 from tlkit.cache.reader import H5_LOCKING, PARTS_MANIFEST, read_paths, read_skipped, split_names
-from tlkit.embed.backbone import select_device
+from tlkit.device import select_device
 from tlkit.embed.distributor import EmbedJob
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard

@@ -22,7 +22,7 @@ import torch
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import find_images
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import select_device
+from tlkit.device import select_device
 from tlkit.embed.reader import read_batches
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.metrics import predict_from_proba
