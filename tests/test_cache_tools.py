@@ -28,8 +28,8 @@ from tlkit.cache.verify import verify_cache
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
 from tlkit.data import TransformSpec
 from tlkit.embed import embed
-from tlkit.embed.weights import random_weights
 from tlkit.errors import CacheBusy, CacheError
+from tlkit.weights import Weights
 
 QUIET = {"progress": False, "echo": lambda *_: None}
 
@@ -292,14 +292,14 @@ def test_verify_tolerance_separates_rounding_from_real_change(hymenoptera_small,
 
 def test_verify_with_a_weights_file(hymenoptera_small, tmp_path):
     weights = tmp_path / "mine.pt"
-    torch.save(random_weights(3).state_dict, weights)
+    torch.save(Weights.random(3).load().state_dict, weights)
     out = tmp_path / "feats.h5"
     embed(hymenoptera_small, out, weights=str(weights), workers=0, **QUIET)
     report = verify_cache(out, data_dir=hymenoptera_small, sample=2, progress=False)
     assert report.problems == ["the cache was made with the weights file 'mine.pt': pass --weights PATH to re-embed with it"]
     assert verify_cache(out, data_dir=hymenoptera_small, sample=2, weights=weights, progress=False).ok
     other = tmp_path / "other.pt"
-    torch.save(random_weights(4).state_dict, other)
+    torch.save(Weights.random(4).load().state_dict, other)
     report = verify_cache(out, data_dir=hymenoptera_small, sample=2, weights=other, progress=False)
     assert len(report.problems) == 1 and "not the weights the features were made with" in report.problems[0]
 

@@ -223,8 +223,8 @@ def test_retried_shard_skips_the_rows_its_earlier_attempt_wrote(ray_cluster, loc
     from tlkit.cache.reader import PARTS_MANIFEST as MANIFEST
     from tlkit.embed.ray_backend import run_ray
     from tlkit.embed.runner import WorkItem
-    from tlkit.embed.weights import resolve_weights
     from tlkit.embed.writer import PartWriter
+    from tlkit.weights import Weights
 
     reference = load_cache(local_run[0])
     parts = tmp_path / "feats.h5.parts"
@@ -243,7 +243,7 @@ def test_retried_shard_skips_the_rows_its_earlier_attempt_wrote(ray_cluster, loc
     earlier.close()
 
     job = EmbedJob(
-        state_dict=resolve_weights("random", 0).state_dict, spec=TransformSpec(), parts_dir=parts,
+        state_dict=Weights.random(0).load().state_dict, spec=TransformSpec(), parts_dir=parts,
         class_names=reference.class_names, batch_size=2, workers=0, device="cpu", max_pixels=None,
         options={"shards": 2},
     )

@@ -43,7 +43,6 @@ from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
-from tlkit.embed.weights import resolve_weights
 from tlkit.errors import DataError, TlkitError
 from tlkit.runs import (
     CONFIG,
@@ -56,6 +55,7 @@ from tlkit.runs import (
     write_predictions,
 )
 from tlkit.train.loop import EpochRecord, TrainConfig, train_classifier
+from tlkit.weights import Weights
 
 MODEL_FILE = "model.pt"
 # Evaluation batch sizes. On CPU small batches keep activations in cache (measured on 2 cores: 8.8 ms per
@@ -167,7 +167,9 @@ def train_scratch(
 
     spec = TransformSpec()
     if finetune:
-        loaded = resolve_weights(weights, seed=weights_seed)
+        init_weights = Weights.parse(weights, seed=weights_seed)
+        spec = init_weights.transform
+        loaded = init_weights.load()
         init = {"weights_id": loaded.id, "weights_sha256": loaded.sha256}
         init_state = loaded.state_dict
     else:

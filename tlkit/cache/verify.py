@@ -389,22 +389,24 @@ def _check_sample(
 
 def _recorded_weights(provenance: Provenance, weights, report: VerifyReport):
     """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
-    from tlkit.embed.weights import random_weights, resolve_weights
+    from tlkit.weights import Weights
 
     wid = provenance.weights_id
     try:
         if weights is not None:
-            loaded = resolve_weights(str(weights))
-        elif wid.startswith("random:seed=") and wid.split("=", 1)[1].lstrip("-").isdigit():
-            loaded = random_weights(int(wid.split("=", 1)[1]))
-        elif wid == "torchvision:ResNet18_Weights.IMAGENET1K_V1":
-            loaded = resolve_weights("imagenet")
-        elif wid.startswith("file:"):
-            report.problems.append(f"the cache was made with the weights file {wid[5:]!r}: pass --weights PATH to re-embed with it")
-            return None
+            chosen = Weights.parse(str(weights))
         else:
-            report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
-            return None
+            try:
+                chosen = Weights.from_id(wid)
+            except TlkitError:
+                chosen = None
+            if chosen is not None and chosen.kind == "file":  # an id names the file, not where it is
+                report.problems.append(f"the cache was made with the weights file {chosen.name!r}: pass --weights PATH to re-embed with it")
+                return None
+            if chosen is None or not chosen.known:
+                report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
+                return None
+        loaded = chosen.load()
     except TlkitError as exc:
         report.problems.append(f"cannot load the weights: {exc}")
         return None

@@ -51,8 +51,8 @@ from tlkit.embed.backbone import BACKBONE, LAYER
 from tlkit.embed.distributor import EmbedJob, get_distributor
 from tlkit.embed.reader import check_files
 from tlkit.embed.runner import WorkItem
-from tlkit.embed.weights import resolve_weights
 from tlkit.errors import CacheError, DataError
+from tlkit.weights import Weights
 
 MANIFEST = PARTS_MANIFEST
 
@@ -165,7 +165,7 @@ def _start_parts(parts_dir: Path, out: Path, manifest: str) -> None:
 def embed(
     data_root: str | Path,
     out: str | Path,
-    weights: str = "imagenet",
+    weights: str | Weights = "imagenet",
     seed: int = 0,
     batch_size: int = 32,
     workers: int = 2,
@@ -185,8 +185,9 @@ def embed(
     index = discover(data_root)
     select_device(device)  # a bad --device fails now, before the weights load
     distribute = get_distributor(backend)
-    loaded = resolve_weights(weights, seed)
-    spec = TransformSpec()
+    chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed)
+    loaded = chosen.load()
+    spec = chosen.transform
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
 
