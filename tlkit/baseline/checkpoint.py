@@ -8,12 +8,12 @@ continue with different ones. It is removed once the run is finished.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tlkit.atomic import atomic_path
 from tlkit.errors import TlkitError
 
 CHECKPOINT = "checkpoint.pt"
@@ -21,20 +21,11 @@ _ARRAYS = ("best_proba", "final_proba")  # numpy in the loop's state; stored as 
 
 
 def save_checkpoint(run_dir: Path, state: dict, settings: dict) -> None:
-    """Write to a temporary file, fsync it, then rename it over the previous checkpoint."""
+    """Replace the previous checkpoint atomically: a kill mid-write leaves the last finished epoch's."""
     payload = {k: (torch.from_numpy(np.asarray(v)) if k in _ARRAYS and v is not None else v) for k, v in state.items()}
     payload["settings"] = settings
-    target = Path(run_dir) / CHECKPOINT
-    tmp = target.with_name(f".{CHECKPOINT}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    with atomic_path(Path(run_dir) / CHECKPOINT) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(run_dir: Path, device) -> dict | None:
@@ -55,16 +46,3 @@ def load_checkpoint(run_dir: Path, device) -> dict | None:
 
 def remove_checkpoint(run_dir: Path) -> None:
     (Path(run_dir) / CHECKPOINT).unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import h5py
 
+from tlkit.atomic import remove_stale_tmp
 from tlkit.cache.lock import CacheLock
 from tlkit.cache.reader import H5_LOCKING, class_names_of, open_h5, read_skipped, reporting_damage, split_names
 from tlkit.cache.schema import FORMAT, Provenance
-from tlkit.cache.writer import remove_stale_tmp
 from tlkit.errors import CacheError
 
 

@@ -16,7 +16,6 @@ finished parts on disk; the same command then continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 import tlkit
+from tlkit.atomic import atomic_text, discard_dir, remove_stale_tmp, replace_dir, tmp_name
 from tlkit.cache.assemble import assemble
 from tlkit.cache.lock import CacheLock
 from tlkit.cache.reader import (
@@ -42,7 +42,6 @@ from tlkit.cache.reader import (
     split_names,
 )
 from tlkit.cache.schema import FEATURE_DIM, FORMAT, PART_FORMAT, Provenance
-from tlkit.cache.writer import atomic_write_text, discard_dir, remove_stale_tmp
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
@@ -154,12 +153,12 @@ def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[list[Path], set[str]
 def _start_parts(parts_dir: Path, out: Path, manifest: str) -> None:
     """Create ``parts_dir`` with its manifest in one step, or rewrite the manifest of an existing one."""
     if parts_dir.is_dir():
-        atomic_write_text(parts_dir / MANIFEST, manifest)
+        atomic_text(parts_dir / MANIFEST, manifest)
         return
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}-parts")  # removed by remove_stale_tmp if we die here
+    staging = tmp_name(out, "-parts")  # removed by remove_stale_tmp if we die here
     staging.mkdir()
-    atomic_write_text(staging / MANIFEST, manifest)
-    os.replace(staging, parts_dir)
+    atomic_text(staging / MANIFEST, manifest)
+    replace_dir(staging, parts_dir)
 
 
 def embed(
