@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION
+from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION, ordered_splits
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
-from tlkit.data.discovery import ALL_SPLIT, SPLIT_NAMES
 
 
 class PartWriter:
@@ -65,7 +64,7 @@ class PartWriter:
         labels = np.asarray(self._labels, dtype=np.int64)
         paths = np.asarray(self._paths, dtype=object)
         splits = np.asarray(self._splits, dtype=object)
-        present = [s for s in (*SPLIT_NAMES, ALL_SPLIT) if s in set(self._splits)]
+        present = ordered_splits(self._splits)
         target = self.parts_dir / f"{self.prefix}-{self._seq:06d}.h5"
         with atomic_h5(target) as f:
             write_root_attrs(
