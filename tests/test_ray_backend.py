@@ -220,7 +220,7 @@ def test_retried_shard_skips_the_rows_its_earlier_attempt_wrote(ray_cluster, loc
     from tlkit.data.discovery import discover
     from tlkit.data.transforms import TransformSpec
     from tlkit.embed.distributor import EmbedJob
-    from tlkit.cache.reader import PARTS_MANIFEST as MANIFEST
+    from tlkit.cache.parts import PARTS_MANIFEST as MANIFEST
     from tlkit.embed.ray_backend import run_ray
     from tlkit.embed.runner import WorkItem
     from tlkit.embed.writer import PartWriter

@@ -27,8 +27,6 @@ from tlkit.errors import CacheError
 # lets reading work where it does not (some NFS mounts). HDF5_USE_FILE_LOCKING overrides this.
 H5_LOCKING = "best-effort"
 
-PARTS_MANIFEST = "manifest.json"  # <cache>.parts/manifest.json: the provenance and size of an embed in progress
-
 # What h5py raises when the bytes of a file are not what its metadata promise
 # (checksum failure, truncated or overwritten structures).
 H5_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError)
@@ -105,12 +103,6 @@ def check_paths_digest(group: h5py.Group, paths, path) -> None:
                          f"check it with `tlkit verify {path}`")
 
 
-def parts_dir_of(cache: str | Path) -> Path:
-    """Where an embed in progress keeps its finished work: ``<cache>.parts/``."""
-    cache = Path(cache)
-    return cache.with_name(cache.name + ".parts")
-
-
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -166,6 +158,8 @@ def open_h5(path: str | Path, *, allow_unfinished: bool = False, check_digest: b
     (``check_digest``) that its attributes and skipped lists match their digest."""
     path = Path(path)
     if not path.exists():
+        from tlkit.cache.parts import parts_dir_of  # here: the parts module reads part files with this one
+
         parts = parts_dir_of(path)
         if parts.is_dir():
             raise CacheError(f"{path} is unfinished: an embed into it is running or was interrupted ({parts}/ holds its progress); rerun the same `tlkit embed` command to finish it")

@@ -30,9 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
-
-from tlkit.cache.reader import H5_LOCKING, PARTS_MANIFEST, read_paths, read_skipped, split_names
+from tlkit.cache.parts import PARTS_MANIFEST, SHARD_PREFIX, part_files, scan_parts, shard_prefix
 from tlkit.device import select_device
 from tlkit.embed.distributor import EmbedJob
 from tlkit.embed.mapper import FeatureMapper
@@ -61,10 +59,6 @@ LISTING_TIMEOUT = 90.0  # seconds to wait for the workers' part files to show in
 ACTOR_NAME = "tlkit-embed"  # actors are named f"{ACTOR_NAME}-{run id}-{slot}" (see `ray list actors`)
 
 
-def shard_prefix(k: int) -> str:
-    return f"shard-{k:05d}"
-
-
 def split_shards(items: list[WorkItem], n_shards: int) -> list[list[WorkItem]]:
     """Contiguous, near-equal slices of the items sorted by path: the same input gives the same shards."""
     ordered = sorted(items, key=lambda it: it.path)
@@ -91,17 +85,6 @@ class ShardReport:
 @dataclass
 class RayStats(ShardStats):
     shards: list[ShardReport] = field(default_factory=list)
-
-
-def _rows_in_parts(parts_dir: Path, prefix: str) -> tuple[set[str], set[str]]:
-    """(embedded paths, skipped paths) already in the part files named ``prefix-*.h5``."""
-    embedded, skipped = set(), set()
-    for part in parts_dir.glob(f"{prefix}-*.h5"):
-        with h5py.File(part, "r", locking=H5_LOCKING) as f:
-            for split in split_names(f):
-                embedded.update(read_paths(f[split]).tolist())
-            skipped.update(path for path, _, _ in read_skipped(f))
-    return embedded, skipped
 
 
 @ray.remote(num_cpus=0, max_restarts=MAX_RETRIES)
@@ -157,7 +140,8 @@ class ShardEmbedder:
         self._check_shared_filesystem(items)
         prefix = shard_prefix(k)
         # A retry after a crash finds the parts its earlier attempt finished: skip their rows.
-        embedded, skipped = _rows_in_parts(self.job.parts_dir, prefix)
+        earlier = scan_parts(self.job.parts_dir, prefix)
+        embedded, skipped = earlier.embedded, {path for path, _, _ in earlier.skipped}
         todo = [it for it in items if it.path not in embedded and it.path not in skipped]
         self.shard, self.rows = k, len(items) - len(todo)
         self._report()
@@ -176,7 +160,7 @@ class ShardEmbedder:
             node=socket.gethostname(),
             pid=os.getpid(),
             restarted=bool(ray.get_runtime_context().was_current_actor_reconstructed),
-            parts=tuple(sorted(p.name for p in self.job.parts_dir.glob(f"{prefix}-*.h5"))),
+            parts=tuple(p.name for p in part_files(self.job.parts_dir, prefix)),
         )
 
     def _advance(self, n: int) -> None:
@@ -321,7 +305,7 @@ def _wait_until_listed(parts_dir: Path, names: list[str], timeout: float = LISTI
     """
     deadline = time.monotonic() + timeout
     while True:
-        missing = set(names) - {p.name for p in parts_dir.glob("shard-*.h5")}
+        missing = set(names) - {p.name for p in part_files(parts_dir, SHARD_PREFIX)}
         if not missing:
             return
         if time.monotonic() > deadline:
