@@ -101,11 +101,12 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
     from tlkit.embed import embed as run_embed
+    from tlkit.embed.job import RayOptions
 
     result = run_embed(
         data_dir, cache, weights=weights, seed=seed, batch_size=batch_size, workers=workers, device=device,
         strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
-        backend_options={"address": ray_address, "shards": shards, "gpus_per_worker": gpus_per_worker},
+        ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
         progress=progress, echo=lambda msg: click.echo(msg, err=True),
     )
     if result.up_to_date:

@@ -46,7 +46,8 @@ from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
 from tlkit.embed.backbone import BACKBONE, LAYER
-from tlkit.embed.distributor import EmbedJob, get_distributor
+from tlkit.embed.distributor import get_distributor
+from tlkit.embed.job import EmbedJob, RayOptions
 from tlkit.embed.reader import check_files
 from tlkit.embed.runner import WorkItem
 from tlkit.errors import CacheError, DataError
@@ -143,7 +144,7 @@ def embed(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     backend: str = "local",
     rows_per_part: int = 2048,
-    backend_options: dict | None = None,
+    ray: RayOptions | None = None,
     progress: bool | None = None,
     echo=print,
 ) -> EmbedResult:
@@ -214,7 +215,7 @@ def embed(
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
-                rows_per_part=rows_per_part, options=backend_options or {},
+                rows_per_part=rows_per_part, ray=ray or RayOptions(),
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:

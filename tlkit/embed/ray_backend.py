@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tlkit.cache.parts import PARTS_MANIFEST, SHARD_PREFIX, part_files, scan_parts, shard_prefix
 from tlkit.device import select_device
-from tlkit.embed.distributor import EmbedJob
+from tlkit.embed.job import EmbedJob
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard
 from tlkit.embed.writer import PartWriter
@@ -320,16 +320,16 @@ def run_ray(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], N
     """Embed ``items`` into part files in ``job.parts_dir`` on a Ray cluster (see module docs)."""
     if not items:
         return RayStats()
-    joined_here = _connect(job.options.get("address"))
+    joined_here = _connect(job.ray.address)
     actors: list = []
     board = None
     try:
-        gpus = float(job.options.get("gpus_per_worker") or 0.0)
+        gpus = float(job.ray.gpus_per_worker)
         cpus = max(1, job.workers)
         slots = _worker_slots(cpus, gpus)
         # Actors start in Ray's own working folder, maybe on another node: give them absolute paths.
         absolute = [replace(it, file=os.path.abspath(it.file)) for it in items]
-        shards = split_shards(absolute, job.options.get("shards") or 2 * slots)
+        shards = split_shards(absolute, job.ray.shards or 2 * slots)
         remote_job = replace(job, state_dict={}, parts_dir=Path(job.parts_dir).resolve())
         # Shipped once: every actor (and every restart) fetches it from the object store.
         state = [ray.put(job.state_dict)]
