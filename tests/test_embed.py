@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -333,6 +334,23 @@ def test_bad_arguments_give_one_line_and_keep_files(case, hymenoptera_small, tmp
     assert_one_line_error(proc, expect)
     if before is not None:
         assert out.read_bytes() == before
+
+
+def test_starting_the_cli_loads_no_torch_so_embed_can_set_the_openmp_policy_first(tmp_path):
+    # OMP_WAIT_POLICY is read once, when torch loads: `tlkit embed` sets it in its command function,
+    # which only works while registering the commands (tlkit.embed.cli included) imports no torch.
+    code = ("import sys, tlkit.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    code = ("import os, sys\nfrom tlkit.cli import main\n"
+            "try:\n    main(['embed', sys.argv[1], sys.argv[2], '--weights', 'nope'])\n"
+            "except SystemExit:\n    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope"), str(tmp_path / "f.h5")], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert proc.stdout.strip() == "PASSIVE True", proc.stderr
 
 
 def test_second_writer_is_refused(hymenoptera_small, tmp_path):
