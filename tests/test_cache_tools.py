@@ -328,6 +328,27 @@ def test_verify_with_a_weights_file(hymenoptera_small, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # damaged files: one line from info / verify / load_cache (fit-head), never a traceback
 
+def test_digests_are_utf8_text_and_caches_with_byte_string_digests_still_load(small_cache, tmp_path):
+    with h5py.File(small_cache, "r") as f:
+        for obj, key in ((f, "content_sha256"), (f["train/paths"], "sha256"), (f, "weights_id")):
+            info = h5py.check_string_dtype(obj.attrs.get_id(key).dtype)
+            assert info.encoding == "utf-8" and info.length is None, key
+            assert isinstance(obj.attrs[key], str)
+    old = tmp_path / "old.h5"  # as caches written before: fixed-length byte strings
+    shutil.copy2(small_cache, old)
+    with h5py.File(old, "r+") as f:
+        for obj, key in [(f, "content_sha256")] + [(f[s]["paths"], "sha256") for s in f.attrs["splits"]]:
+            obj.attrs[key] = np.bytes_(obj.attrs[key])
+        assert h5py.check_string_dtype(f.attrs.get_id("content_sha256").dtype).length == 64
+    assert verify_cache(old, progress=False).ok
+    cache = load_cache(old)
+    np.testing.assert_array_equal(cache["val"].features, load_cache(small_cache)["val"].features)
+    with h5py.File(old, "r+") as f:  # and the digests are still checked
+        f["val/paths"].attrs["sha256"] = np.bytes_("0" * 64)
+    with pytest.raises(CacheError, match="do not match their sha256 digest"):
+        load_cache(old)
+
+
 def test_truncated_cache_is_one_line_everywhere(small_cache, tmp_path):
     bad = tmp_path / "trunc.h5"
     bad.write_bytes(small_cache.read_bytes()[: small_cache.stat().st_size // 2])

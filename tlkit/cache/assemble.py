@@ -218,11 +218,11 @@ def assemble(
                 if start < upper:  # duplicates were dropped
                     for name in ("features", "labels", "paths"):
                         group[name].resize(start, axis=0)
-                group["paths"].attrs[PATHS_DIGEST_ATTR] = np.bytes_(written.hexdigest())
+                group["paths"].attrs[PATHS_DIGEST_ATTR] = written.hexdigest()  # UTF-8 text, like every string attribute
                 counts[split] = start
             write_skipped(out, [e for e in skipped if e[0] not in embedded_skipped])
             out.attrs["complete"] = True
-            out.attrs[CONTENT_DIGEST_ATTR] = np.bytes_(content_digest(out))  # last write before the atomic rename
+            out.attrs[CONTENT_DIGEST_ATTR] = content_digest(out)  # last write before the atomic rename
         return counts
     finally:
         for f in files:
