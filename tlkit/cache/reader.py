@@ -37,8 +37,8 @@ H5_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError)
 # provenance). Finished caches therefore carry sha256 digests of that text: one on each
 # split's paths dataset, and one over all root attributes, the skipped lists and those
 # path digests. Files without them (hand-made ones) are read without this check. The digests
-# are UTF-8 text; caches written before tlkit stored them so hold fixed-length byte strings,
-# which read the same (see _plain).
+# are UTF-8 text; older caches hold them as fixed-length byte strings, which read the same
+# (see _plain).
 PATHS_DIGEST_ATTR = "sha256"
 CONTENT_DIGEST_ATTR = "content_sha256"
 

@@ -41,6 +41,7 @@ def ordered_splits(present) -> list[str]:
     present = set(present)
     return [s for s in SPLIT_ORDER if s in present]
 
+
 # The fields whose equality means "the same feature space": caches that differ in
 # any of them must never be appended to or merged with each other.
 FEATURE_SPACE_FIELDS = ("backbone", "layer", "weights_sha256", "transform", "feature_dim")
