@@ -78,10 +78,10 @@ def _tutorial_loaders(data: Path, workers: int, batch_size: int, augment: bool =
 def _frozen_backbone(weights: str):
     import torchvision
 
-    from tlkit.embed.weights import resolve_weights
+    from tlkit.weights import Weights
 
     model = torchvision.models.resnet18(weights=None)
-    state = {k: v for k, v in resolve_weights(weights, seed=0).state_dict.items()}
+    state = {k: v for k, v in Weights.parse(weights, seed=0).load().state_dict.items()}
     model.load_state_dict(state)
     for param in model.parameters():
         param.requires_grad = False

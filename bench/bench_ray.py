@@ -36,6 +36,7 @@ from tlkit.cache.assemble import assemble
 from tlkit.cache.schema import FORMAT, PART_FORMAT, SCHEMA_VERSION
 from tlkit.cache.writer import write_root_attrs, write_split
 from tlkit.embed import embed
+from tlkit.embed.job import RayOptions
 
 QUIET = {"weights": "random", "seed": 0, "progress": False, "echo": lambda *_: None}
 
@@ -85,7 +86,7 @@ def bench_backends(data: Path, tmp: Path, rounds: int) -> tuple[dict, list]:
     print(f"== embed {data} ({cpus} CPUs), {rounds} rounds, median images/s ==")
     # Cold: the CLI's first call starts (and stops) a Ray cluster of its own.
     rates["ray cold (own cluster, 1 run), --workers 1"] = [
-        timed_embed(data, tmp, "cold", backend="ray", workers=1, backend_options={"address": "local"})
+        timed_embed(data, tmp, "cold", backend="ray", workers=1, ray=RayOptions(address="local"))
     ]
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     configs = {

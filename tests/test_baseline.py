@@ -121,9 +121,9 @@ def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(h
 
 def test_finetune_starts_from_the_embed_weights(hymenoptera_small, tmp_path):
     from tlkit.baseline.model import build_resnet18
-    from tlkit.embed.weights import random_weights
+    from tlkit.weights import Weights
 
-    weights = random_weights(3)
+    weights = Weights.random(3).load()
     model = build_resnet18(2, seed=0, init_state_dict=weights.state_dict)
     state = model.state_dict()
     for key, value in weights.state_dict.items():

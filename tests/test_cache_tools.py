@@ -28,8 +28,9 @@ from tlkit.cache.verify import verify_cache
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
 from tlkit.data import TransformSpec
 from tlkit.embed import embed
-from tlkit.embed.weights import random_weights
+from tlkit.embed.check import verify_with_data
 from tlkit.errors import CacheBusy, CacheError
+from tlkit.weights import Weights
 
 QUIET = {"progress": False, "echo": lambda *_: None}
 
@@ -198,10 +199,30 @@ def test_info_on_missing_and_foreign_files_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# layering: the cache package stands on its own
+
+def test_the_cache_package_never_imports_the_embed_side():
+    """Every module of tlkit.cache, imported in a fresh interpreter, pulls in no layer above it (nor torch)."""
+    code = (
+        "import importlib, json, pkgutil, sys, tlkit.cache\n"
+        "names = [m.name for m in pkgutil.iter_modules(tlkit.cache.__path__, 'tlkit.cache.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "above = ('tlkit.embed', 'tlkit.data', 'tlkit.weights', 'tlkit.device', 'torch', 'torchvision')\n"
+        "print(json.dumps([names, sorted(m for m in sys.modules if m.split('.')[0] in above or m.startswith(above))]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names, imported = json.loads(proc.stdout)
+    assert {"tlkit.cache.verify", "tlkit.cache.parts", "tlkit.cache.cli", "tlkit.cache.merge"} <= set(names)
+    assert imported == []
+
+
+# ---------------------------------------------------------------------------------------------
 # verify: integrity
 
 def test_verify_passes_a_good_cache_and_reembeds_a_sample(hymenoptera_small, small_cache):
-    report = verify_cache(small_cache, data_dir=hymenoptera_small, sample=6, progress=False)
+    report = verify_with_data(small_cache, data_dir=hymenoptera_small, sample=6, progress=False)
     assert report.ok, report.problems
     assert any("re-embedded 6 sampled image(s)" in line for line in report.passed)
     proc = tlkit_cli("verify", small_cache, "--data", hymenoptera_small, "--sample", "4")
@@ -269,7 +290,7 @@ def test_verify_catches_changed_and_missing_images(hymenoptera_small, small_cach
     ImageOps.mirror(Image.open(changed).convert("RGB")).save(changed, quality=95)
     missing = sorted((data / "val" / "bees").iterdir())[0]
     missing.unlink()
-    report = verify_cache(small_cache, data_dir=data, sample=26, progress=False)
+    report = verify_with_data(small_cache, data_dir=data, sample=26, progress=False)
     rel = lambda p: p.relative_to(data).as_posix()  # noqa: E731
     assert any(line.startswith(f"{rel(changed)}: stored features differ from a fresh embedding (max abs diff")
                for line in report.problems), report.problems
@@ -285,27 +306,48 @@ def test_verify_tolerance_separates_rounding_from_real_change(hymenoptera_small,
     changed = {s: (p, y, x * np.float32(1.01) + np.float32(1e-3)) for s, (p, y, x) in splits.items()}
     near = synthetic_cache(tmp_path / "near.h5", rounding, cache.class_names, prov)
     far = synthetic_cache(tmp_path / "far.h5", changed, cache.class_names, prov)
-    assert verify_cache(near, data_dir=hymenoptera_small, sample=5, progress=False).ok
-    report = verify_cache(far, data_dir=hymenoptera_small, sample=5, progress=False)
+    assert verify_with_data(near, data_dir=hymenoptera_small, sample=5, progress=False).ok
+    report = verify_with_data(far, data_dir=hymenoptera_small, sample=5, progress=False)
     assert len(report.problems) == 5 and all("> tolerance 0.0001" in p for p in report.problems)
 
 
 def test_verify_with_a_weights_file(hymenoptera_small, tmp_path):
     weights = tmp_path / "mine.pt"
-    torch.save(random_weights(3).state_dict, weights)
+    torch.save(Weights.random(3).load().state_dict, weights)
     out = tmp_path / "feats.h5"
     embed(hymenoptera_small, out, weights=str(weights), workers=0, **QUIET)
-    report = verify_cache(out, data_dir=hymenoptera_small, sample=2, progress=False)
+    report = verify_with_data(out, data_dir=hymenoptera_small, sample=2, progress=False)
     assert report.problems == ["the cache was made with the weights file 'mine.pt': pass --weights PATH to re-embed with it"]
-    assert verify_cache(out, data_dir=hymenoptera_small, sample=2, weights=weights, progress=False).ok
+    assert verify_with_data(out, data_dir=hymenoptera_small, sample=2, weights=weights, progress=False).ok
     other = tmp_path / "other.pt"
-    torch.save(random_weights(4).state_dict, other)
-    report = verify_cache(out, data_dir=hymenoptera_small, sample=2, weights=other, progress=False)
+    torch.save(Weights.random(4).load().state_dict, other)
+    report = verify_with_data(out, data_dir=hymenoptera_small, sample=2, weights=other, progress=False)
     assert len(report.problems) == 1 and "not the weights the features were made with" in report.problems[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # damaged files: one line from info / verify / load_cache (fit-head), never a traceback
+
+def test_digests_are_utf8_text_and_caches_with_byte_string_digests_still_load(small_cache, tmp_path):
+    with h5py.File(small_cache, "r") as f:
+        for obj, key in ((f, "content_sha256"), (f["train/paths"], "sha256"), (f, "weights_id")):
+            info = h5py.check_string_dtype(obj.attrs.get_id(key).dtype)
+            assert info.encoding == "utf-8" and info.length is None, key
+            assert isinstance(obj.attrs[key], str)
+    old = tmp_path / "old.h5"  # as caches written before: fixed-length byte strings
+    shutil.copy2(small_cache, old)
+    with h5py.File(old, "r+") as f:
+        for obj, key in [(f, "content_sha256")] + [(f[s]["paths"], "sha256") for s in f.attrs["splits"]]:
+            obj.attrs[key] = np.bytes_(obj.attrs[key])
+        assert h5py.check_string_dtype(f.attrs.get_id("content_sha256").dtype).length == 64
+    assert verify_cache(old, progress=False).ok
+    cache = load_cache(old)
+    np.testing.assert_array_equal(cache["val"].features, load_cache(small_cache)["val"].features)
+    with h5py.File(old, "r+") as f:  # and the digests are still checked
+        f["val/paths"].attrs["sha256"] = np.bytes_("0" * 64)
+    with pytest.raises(CacheError, match="do not match their sha256 digest"):
+        load_cache(old)
+
 
 def test_truncated_cache_is_one_line_everywhere(small_cache, tmp_path):
     bad = tmp_path / "trunc.h5"
@@ -418,7 +460,7 @@ def test_merge_of_per_class_caches_equals_one_embed(hymenoptera_small, small_cac
     record = cache_info(out)["merged_from"]
     assert [r["class_names"] for r in record] == [["bees"], ["ants"]]
     assert [r["label_map"] for r in record] == [[1], [0]]
-    assert verify_cache(out, data_dir=hymenoptera_small, sample=4, progress=False).ok
+    assert verify_with_data(out, data_dir=hymenoptera_small, sample=4, progress=False).ok
 
 
 def test_merge_deduplicates_first_input_wins_and_keeps_skipped(tmp_path):

@@ -11,7 +11,8 @@ from PIL import Image
 from synthetic import (
     save_bomb, save_exif_rotated, save_mode, save_not_an_image, save_truncated, save_zero_bytes,
 )
-from tlkit.data import ALL_SPLIT, discover, load_rgb
+from tlkit.cache.schema import ALL_SPLIT
+from tlkit.data import discover, load_rgb
 from tlkit.errors import BadImage, DataError
 
 

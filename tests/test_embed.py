@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -20,8 +21,8 @@ from synthetic import make_class_folder, save_bomb, save_mode, save_not_an_image
 from tlkit.cache import load_cache
 from tlkit.data import TransformSpec, load_rgb
 from tlkit.embed import embed
-from tlkit.embed.weights import random_weights, state_dict_sha256
 from tlkit.errors import CacheBusy, CacheError, WeightsError
+from tlkit.weights import Weights, state_dict_sha256
 
 QUIET = {"progress": False, "echo": lambda *_: None}
 
@@ -51,7 +52,7 @@ def small_cache(hymenoptera_small, tmp_path_factory) -> Path:
 def test_features_equal_direct_torchvision_forward(hymenoptera_small, small_cache):
     cache = load_cache(small_cache)
     model = torchvision.models.resnet18(weights=None)
-    model.load_state_dict(random_weights(0).state_dict)
+    model.load_state_dict(Weights.random(0).load().state_dict)
     model.fc = torch.nn.Identity()
     model.eval()
     transform = TransformSpec().build()
@@ -82,7 +83,7 @@ def test_cache_follows_the_documented_contract_with_plain_h5py(hymenoptera_small
                     "torch_version", "torchvision_version", "created"):
             assert key in f.attrs, key
         assert f.attrs["weights_id"] == "random:seed=0"
-        assert f.attrs["weights_sha256"] == state_dict_sha256(random_weights(0).state_dict)
+        assert f.attrs["weights_sha256"] == state_dict_sha256(Weights.random(0).load().state_dict)
         assert f.attrs["torch_version"] == torch.__version__
         assert TransformSpec.from_json(f.attrs["transform"]) == TransformSpec()
         assert f["train/features"].fletcher32
@@ -146,7 +147,7 @@ def test_other_weights_or_transform_are_refused(hymenoptera_small, small_cache, 
 
 def test_state_dict_file_weights(hymenoptera_small, small_cache, tmp_path):
     weights_file = tmp_path / "my-resnet.pt"
-    torch.save(random_weights(0).state_dict, weights_file)
+    torch.save(Weights.random(0).load().state_dict, weights_file)
     out = tmp_path / "feats.h5"
     embed(hymenoptera_small, out, weights=str(weights_file), **QUIET)
     cache = load_cache(out)
@@ -156,7 +157,7 @@ def test_state_dict_file_weights(hymenoptera_small, small_cache, tmp_path):
     np.testing.assert_allclose(cache["val"].features, load_cache(small_cache)["val"].features, atol=1e-6)
     # ...so appending to the random-weights cache is allowed, another state dict is not
     other = tmp_path / "other.pt"
-    torch.save(random_weights(5).state_dict, other)
+    torch.save(Weights.random(5).load().state_dict, other)
     with pytest.raises(CacheError, match="weights_sha256"):
         embed(hymenoptera_small, out, weights=str(other), **QUIET)
 
@@ -187,9 +188,80 @@ def test_imagenet_offline_fails_fast_with_instructions(hymenoptera_small, tmp_pa
 def test_imagenet_file_with_wrong_hash_is_refused(hymenoptera_small, tmp_path):
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    torch.save(random_weights(0).state_dict, checkpoints / "resnet18-f37072fd.pth")
+    torch.save(Weights.random(0).load().state_dict, checkpoints / "resnet18-f37072fd.pth")
     proc = tlkit_cli("embed", hymenoptera_small, tmp_path / "f.h5", env={"TORCH_HOME": str(tmp_path / "torch")})
     assert_one_line_error(proc, "does not match the sha256 prefix f37072fd")
+
+
+# ---------------------------------------------------------------------------------------------
+# weights as a value: --weights in, provenance id out, and back
+
+@pytest.mark.parametrize("spec, seed, weights_id", [
+    ("imagenet", 0, "torchvision:ResNet18_Weights.IMAGENET1K_V1"),
+    ("random", 0, "random:seed=0"),
+    ("random", 7, "random:seed=7"),
+    ("random:3", 7, "random:seed=3"),  # a seed in the value wins over --seed
+    ("random:-2", 0, "random:seed=-2"),
+])
+def test_weights_parse_and_id_round_trip(spec, seed, weights_id):
+    weights = Weights.parse(spec, seed=seed)
+    assert weights.id == weights_id
+    assert Weights.from_id(weights_id) == weights
+    assert Weights.from_id(weights_id).id == weights_id
+    assert weights.known and weights.transform == TransformSpec()
+
+
+def test_weights_file_round_trip_names_the_file_but_needs_its_path(tmp_path):
+    path = tmp_path / "my-resnet.pt"
+    torch.save(Weights.random(2).load().state_dict, path)
+    weights = Weights.parse(str(path))
+    assert weights.kind == "file" and weights.path == path and weights.id == "file:my-resnet.pt"
+    assert weights.load().sha256 == Weights.random(2).load().sha256  # same tensors, same fingerprint
+    by_id = Weights.from_id(weights.id)
+    assert by_id.name == "my-resnet.pt" and by_id.path is None and not by_id.known
+    with pytest.raises(WeightsError, match="known only by its name; pass --weights PATH"):
+        by_id.load()
+
+
+def test_random_weights_are_seeded_and_leave_the_global_generator_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, b, c = Weights.random(0).load(), Weights.random(0).load(), Weights.random(1).load()
+    assert torch.rand(1) == expected_next
+    assert a.sha256 == b.sha256 == state_dict_sha256(b.state_dict) != c.sha256
+    assert a.id == "random:seed=0"
+
+
+@pytest.mark.parametrize("weights_id", ["", "imagenet", "random:seed=x", "torchvision:", "file:", "http://x/y.pth"])
+def test_weights_from_a_malformed_id_is_a_weights_error(weights_id):
+    with pytest.raises(WeightsError, match="is not a weights id"):
+        Weights.from_id(weights_id)
+
+
+def test_unknown_torchvision_weights_parse_but_cannot_load():
+    weights = Weights.from_id("torchvision:ResNet18_Weights.SOMETHING_NEWER")
+    assert weights.id == "torchvision:ResNet18_Weights.SOMETHING_NEWER" and not weights.known
+    with pytest.raises(WeightsError, match="not known to this tlkit"):
+        weights.load()
+
+
+def test_named_weights_registry_carries_torchvisions_url_and_hash():
+    from tlkit.weights import PRETRAINED
+
+    entry = PRETRAINED["imagenet"]
+    assert entry.url == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    assert entry.file_name == "resnet18-f37072fd.pth" and entry.sha256_prefix == "f37072fd"
+    assert Weights.parse("imagenet").entry is entry
+
+
+@pytest.mark.parametrize("spec", ["imagenett", "random:x", "random:seed=1"])
+def test_bad_weights_value_is_one_line(spec, hymenoptera_small, tmp_path):
+    with pytest.raises(WeightsError, match="is neither imagenet, random nor an existing state_dict file"):
+        Weights.parse(spec)
+    proc = tlkit_cli("embed", hymenoptera_small, tmp_path / "f.h5", "--weights", spec)
+    assert_one_line_error(proc, f"--weights {spec!r} is neither")
+    assert not (tmp_path / "f.h5").exists()
 
 
 @pytest.fixture
@@ -262,6 +334,23 @@ def test_bad_arguments_give_one_line_and_keep_files(case, hymenoptera_small, tmp
     assert_one_line_error(proc, expect)
     if before is not None:
         assert out.read_bytes() == before
+
+
+def test_starting_the_cli_loads_no_torch_so_embed_can_set_the_openmp_policy_first(tmp_path):
+    # OMP_WAIT_POLICY is read once, when torch loads: `tlkit embed` sets it in its command function,
+    # which only works while registering the commands (tlkit.embed.cli included) imports no torch.
+    code = ("import sys, tlkit.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    code = ("import os, sys\nfrom tlkit.cli import main\n"
+            "try:\n    main(['embed', sys.argv[1], sys.argv[2], '--weights', 'nope'])\n"
+            "except SystemExit:\n    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope"), str(tmp_path / "f.h5")], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert proc.stdout.strip() == "PASSIVE True", proc.stderr
 
 
 def test_second_writer_is_refused(hymenoptera_small, tmp_path):

@@ -35,6 +35,7 @@ from tlkit.cache.verify import verify_cache
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
 from tlkit.data import TransformSpec
 from tlkit.embed import embed
+from tlkit.embed.check import verify_with_data
 from tlkit.errors import CacheError, TlkitError
 from tlkit.runs import load_run
 
@@ -171,7 +172,7 @@ def test_embed_killed_at_random_moments_then_rerun(hymenoptera_small, reference_
     assert proc.returncode == 0, proc.stderr
     assert_same_cache(out, reference_file, atol=1e-5)
     assert not state.parts.exists() and not list(tmp_path.glob(tmp_files)), log
-    assert verify_cache(out, data_dir=hymenoptera_small, sample=3, progress=False).ok
+    assert verify_with_data(out, data_dir=hymenoptera_small, sample=3, progress=False).ok
 
 
 def test_incremental_embed_killed_never_loses_the_published_cache(hymenoptera_small, reference_cache, tmp_path):

@@ -57,15 +57,15 @@ def test_head_runs_reproduce_their_val_predictions(hymenoptera_small, tmp_path_f
 
 
 def test_cache_from_a_weights_file_needs_that_file(hymenoptera_small, tmp_path_factory, tmp_path):
-    from tlkit.embed.weights import random_weights
+    from tlkit.weights import Weights
 
     weights = tmp_path_factory.mktemp("weights") / "my-resnet.pt"
-    torch.save(random_weights(5).state_dict, weights)
+    torch.save(Weights.random(5).load().state_dict, weights)
     run_dir = head_run(tmp_path_factory, embedded(tmp_path_factory, hymenoptera_small, str(weights)), "linear")
     images = hymenoptera_small / "val"
     assert_invoke_error(invoke("predict", run_dir, images), "weights file my-resnet.pt", "--weights PATH", ignore=("skipped ",))
     other = tmp_path / "other.pt"
-    torch.save(random_weights(6).state_dict, other)
+    torch.save(Weights.random(6).load().state_dict, other)
     assert_invoke_error(invoke("predict", run_dir, images, "--weights", other), "are not the ones", "sha256", ignore=("skipped ",))
     result = invoke("predict", run_dir, images, "--weights", weights, "--format", "json")
     assert result.exit_code == 0, result.output

@@ -23,6 +23,7 @@ import pytest
 from tlkit.cache import load_cache
 from tlkit.cache.reader import read_paths, split_names
 from tlkit.embed import embed
+from tlkit.embed.job import EmbedJob, RayOptions
 
 RAY_OPTIONS = {"batch_size": 2, "workers": 0, "weights": "random", "seed": 0, "progress": False}
 
@@ -116,7 +117,7 @@ def test_without_ray_the_ray_backend_says_how_to_install_it(hymenoptera_small, t
 @pytest.mark.ray
 def test_ray_cache_equals_local_cache(ray_cluster, local_run, ray_stats, hymenoptera_small, tmp_path):
     out = tmp_path / "ray.h5"
-    result = embed(hymenoptera_small, out, backend="ray", backend_options={"shards": 3}, echo=lambda *_: None, **RAY_OPTIONS)
+    result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=3), echo=lambda *_: None, **RAY_OPTIONS)
     assert result.embedded == 26 and not result.skipped
     assert_same_cache(out, local_run[0])
     assert not out.with_name("ray.h5.parts").exists()
@@ -157,7 +158,7 @@ def test_killed_worker_has_its_shard_redone(ray_cluster, local_run, ray_stats, h
     killer.start()
     out = tmp_path / "ray.h5"
     try:
-        result = embed(hymenoptera_small, out, backend="ray", backend_options={"shards": 2}, echo=lambda *_: None, **RAY_OPTIONS)
+        result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=2), echo=lambda *_: None, **RAY_OPTIONS)
     finally:
         finished.set()
         killer.join()
@@ -190,7 +191,7 @@ def test_interrupted_run_keeps_finished_shards_and_resumes(ray_cluster, local_ru
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
         try:
-            embed(hymenoptera_small, out, backend="ray", backend_options={"shards": 4}, echo=lambda *_: None, **RAY_OPTIONS)
+            embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=4), echo=lambda *_: None, **RAY_OPTIONS)
         finally:
             finished.set()
             watcher.join()
@@ -198,7 +199,7 @@ def test_interrupted_run_keeps_finished_shards_and_resumes(ray_cluster, local_ru
     done_at_interrupt = len(load_parts_paths(parts))
     assert done_at_interrupt >= 6  # at least one whole shard (26 images in 4 shards of 6 or 7)
 
-    result = embed(hymenoptera_small, out, backend="ray", backend_options={"shards": 4}, echo=lambda *_: None, **RAY_OPTIONS)
+    result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=4), echo=lambda *_: None, **RAY_OPTIONS)
     assert result.already_cached >= done_at_interrupt
     assert result.embedded == 26 - result.already_cached
     assert result.embedded < 26
@@ -219,12 +220,11 @@ def test_retried_shard_skips_the_rows_its_earlier_attempt_wrote(ray_cluster, loc
     """An attempt killed after a part was flushed leaves that part; the retry must not embed its rows again."""
     from tlkit.data.discovery import discover
     from tlkit.data.transforms import TransformSpec
-    from tlkit.embed.distributor import EmbedJob
-    from tlkit.cache.reader import PARTS_MANIFEST as MANIFEST
+    from tlkit.cache.parts import PARTS_MANIFEST as MANIFEST
     from tlkit.embed.ray_backend import run_ray
     from tlkit.embed.runner import WorkItem
-    from tlkit.embed.weights import resolve_weights
     from tlkit.embed.writer import PartWriter
+    from tlkit.weights import Weights
 
     reference = load_cache(local_run[0])
     parts = tmp_path / "feats.h5.parts"
@@ -243,9 +243,9 @@ def test_retried_shard_skips_the_rows_its_earlier_attempt_wrote(ray_cluster, loc
     earlier.close()
 
     job = EmbedJob(
-        state_dict=resolve_weights("random", 0).state_dict, spec=TransformSpec(), parts_dir=parts,
+        state_dict=Weights.random(0).load().state_dict, spec=TransformSpec(), parts_dir=parts,
         class_names=reference.class_names, batch_size=2, workers=0, device="cpu", max_pixels=None,
-        options={"shards": 2},
+        ray=RayOptions(shards=2),
     )
     progress = []
     stats = run_ray(job, items, progress.append)

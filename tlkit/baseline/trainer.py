@@ -39,8 +39,7 @@ from tlkit.baseline.model import ARCHITECTURE, build_resnet18
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import select_device
-from tlkit.embed.weights import resolve_weights
+from tlkit.device import select_device
 from tlkit.errors import DataError, TlkitError
 from tlkit.runs import (
     CONFIG,
@@ -55,6 +54,7 @@ from tlkit.runs import (
     read_config,
 )
 from tlkit.train.loop import EpochRecord, TrainConfig, train_classifier
+from tlkit.weights import Weights
 
 # Evaluation batch sizes. On CPU small batches keep activations in cache (measured on 2 cores: 8.8 ms per
 # image at 4, 11.9 ms at 32); a GPU wants large ones.
@@ -149,7 +149,9 @@ def train_scratch(
 
     spec = TransformSpec()
     if finetune:
-        loaded = resolve_weights(weights, seed=weights_seed)
+        init_weights = Weights.parse(weights, seed=weights_seed)
+        spec = init_weights.transform
+        loaded = init_weights.load()
         init = {"weights_id": loaded.id, "weights_sha256": loaded.sha256}
         init_state = loaded.state_dict
     else:

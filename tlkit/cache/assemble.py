@@ -32,10 +32,9 @@ from tlkit.cache.reader import (
     split_names,
     stored_digest,
 )
-from tlkit.errors import CacheError
-from tlkit.cache.schema import FORMAT, SCHEMA_VERSION
+from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, ordered_splits
 from tlkit.cache.writer import atomic_h5, create_split, write_root_attrs, write_skipped
-from tlkit.data.discovery import ALL_SPLIT, SPLIT_NAMES
+from tlkit.errors import CacheError
 
 COPY_ROWS = 4096  # rows gathered per write: 8 MiB of features
 PATH_BLOCK = 16384  # paths read per step from each source (one chunk of the paths dataset)
@@ -181,8 +180,7 @@ def assemble(
             if missing:
                 raise ValueError(f"{p} has classes {missing} that are not in the output's class list")
             remaps.append(np.array([label_of[n] for n in names], dtype=np.int64))
-        present = {s for f in files for s in split_names(f)}
-        splits = [s for s in (*SPLIT_NAMES, ALL_SPLIT) if s in present]
+        splits = ordered_splits(s for f in files for s in split_names(f))
         skipped_paths = {e[0] for e in skipped}
         embedded_skipped: set[str] = set()
         counts: dict[str, int] = {}
@@ -220,11 +218,11 @@ def assemble(
                 if start < upper:  # duplicates were dropped
                     for name in ("features", "labels", "paths"):
                         group[name].resize(start, axis=0)
-                group["paths"].attrs[PATHS_DIGEST_ATTR] = np.bytes_(written.hexdigest())
+                group["paths"].attrs[PATHS_DIGEST_ATTR] = written.hexdigest()  # UTF-8 text, like every string attribute
                 counts[split] = start
             write_skipped(out, [e for e in skipped if e[0] not in embedded_skipped])
             out.attrs["complete"] = True
-            out.attrs[CONTENT_DIGEST_ATTR] = np.bytes_(content_digest(out))  # last write before the atomic rename
+            out.attrs[CONTENT_DIGEST_ATTR] = content_digest(out)  # last write before the atomic rename
         return counts
     finally:
         for f in files:

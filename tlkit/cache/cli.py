@@ -1,14 +1,13 @@
-"""``tlkit info``, ``tlkit verify``, ``tlkit merge``: the cache as a tool of its own.
+"""``tlkit info``, ``tlkit merge``: the cache as a tool of its own.
 
 Top-level imports stay light (click only): ``info`` must answer in well
-under a second, so torch is imported only by ``verify --data`` and
-``merge``.
+under a second. (``tlkit verify``, whose ``--data`` check re-embeds images,
+is defined on the embed side: :mod:`tlkit.embed.cli`.)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -40,67 +39,6 @@ def info(cache, as_json, all_classes):
 
     details = cache_info(cache)
     click.echo(json.dumps(details, indent=1) if as_json else format_info(details, all_classes=all_classes))
-
-
-@click.command()
-@click.argument("cache", type=click.Path(path_type=str))
-@click.option("--data", "data_dir", type=click.Path(path_type=str), default=None,
-              help="The image folder the cache was made from: re-embed a sample and compare [default: integrity checks only].")
-@click.option("--sample", default=32, show_default=True, type=click.IntRange(0),
-              help="How many randomly chosen images to re-embed (with --data).")
-@click.option("--seed", default=0, show_default=True, help="Seed for choosing the sample.")
-@click.option("--weights", default=None, type=click.Path(dir_okay=False, path_type=str),
-              help="State_dict file to re-embed with; needed when the cache was made with --weights PATH "
-                   "(checked against the recorded sha256) [default: the weights the cache records].")
-@click.option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
-              help="Largest absolute difference allowed between a stored and a fresh feature value.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="Where to re-embed. Use the kind of device the cache was made on: a GPU's TF32 "
-                   "convolutions differ from a CPU's float32 by more than the default tolerance.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
-def verify(cache, data_dir, sample, seed, weights, tolerance, device, as_json, progress):
-    """Check that the feature cache CACHE is intact and still matches its backbone.
-
-    \b
-    Integrity (always): reads every chunk of features and labels, so HDF5
-    validates their fletcher32 checksums; checks that features, labels and
-    paths have equal row counts, that no feature is NaN or inf, that labels
-    index the class list, that paths are unique and sorted, and that the
-    list of skipped files agrees with the rows.
-
-    \b
-    Reproduction (with --data DIR): embeds a seeded random sample of the
-    images again with the weights and transform the cache records and
-    compares with the stored features (absolute tolerance 1e-4: a rerun on
-    the same kind of device agrees to about 1e-6, while other weights, an
-    edited image or another torchvision moves features by 1e-2 or more).
-
-    Prints each check that held and each problem on its own line; exits 0
-    only when there is no problem, 1 otherwise.
-
-    \b
-    Examples:
-        tlkit verify cache/feats.h5
-        tlkit verify cache/feats.h5 --data data/ --sample 64
-        tlkit verify cache/feats.h5 --data data/ --weights my_resnet18.pt
-    """
-    from tlkit.cache.verify import verify_cache
-
-    report = verify_cache(cache, data_dir=data_dir, sample=sample, seed=seed, weights=weights,
-                          tolerance=tolerance, device=device, progress=progress)
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=1))
-    else:
-        for line in report.passed:
-            click.echo(f"ok       {line}")
-        for line in report.notes:
-            click.echo(f"note     {line}")
-        for line in report.problems:
-            click.echo(f"PROBLEM  {line}")
-        verdict = "verified: no problems" if report.ok else f"{len(report.problems)} problem(s) found"
-        click.echo(f"{verdict} in {cache}")
-    sys.exit(0 if report.ok else 1)
 
 
 @click.command()

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import h5py
 
+from tlkit.atomic import remove_stale_tmp
+from tlkit.cache.assemble import assemble
 from tlkit.cache.lock import CacheLock
 from tlkit.cache.reader import H5_LOCKING, class_names_of, open_h5, read_skipped, reporting_damage, split_names
 from tlkit.cache.schema import FORMAT, Provenance
-from tlkit.cache.writer import remove_stale_tmp
 from tlkit.errors import CacheError
 
 
@@ -190,8 +191,6 @@ def merge(
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "merged_from": json.dumps(record),
         }
-        from tlkit.cache.assemble import assemble  # imports torchvision (via tlkit.data): refusals above stay fast
-
         if on_start:
             on_start(result.input_rows)
         try:

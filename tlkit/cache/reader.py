@@ -27,8 +27,6 @@ from tlkit.errors import CacheError
 # lets reading work where it does not (some NFS mounts). HDF5_USE_FILE_LOCKING overrides this.
 H5_LOCKING = "best-effort"
 
-PARTS_MANIFEST = "manifest.json"  # <cache>.parts/manifest.json: the provenance and size of an embed in progress
-
 # What h5py raises when the bytes of a file are not what its metadata promise
 # (checksum failure, truncated or overwritten structures).
 H5_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError)
@@ -38,7 +36,9 @@ H5_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError)
 # format, its own structures -- but not variable-length strings (paths, class names, the
 # provenance). Finished caches therefore carry sha256 digests of that text: one on each
 # split's paths dataset, and one over all root attributes, the skipped lists and those
-# path digests. Files without them (hand-made ones) are read without this check.
+# path digests. Files without them (hand-made ones) are read without this check. The digests
+# are UTF-8 text; older caches hold them as fixed-length byte strings, which read the same
+# (see _plain).
 PATHS_DIGEST_ATTR = "sha256"
 CONTENT_DIGEST_ATTR = "content_sha256"
 
@@ -105,12 +105,6 @@ def check_paths_digest(group: h5py.Group, paths, path) -> None:
                          f"check it with `tlkit verify {path}`")
 
 
-def parts_dir_of(cache: str | Path) -> Path:
-    """Where an embed in progress keeps its finished work: ``<cache>.parts/``."""
-    cache = Path(cache)
-    return cache.with_name(cache.name + ".parts")
-
-
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -166,6 +160,8 @@ def open_h5(path: str | Path, *, allow_unfinished: bool = False, check_digest: b
     (``check_digest``) that its attributes and skipped lists match their digest."""
     path = Path(path)
     if not path.exists():
+        from tlkit.cache.parts import parts_dir_of  # here: the parts module reads part files with this one
+
         parts = parts_dir_of(path)
         if parts.is_dir():
             raise CacheError(f"{path} is unfinished: an embed into it is running or was interrupted ({parts}/ holds its progress); rerun the same `tlkit embed` command to finish it")

@@ -10,6 +10,9 @@ Layout (see README, "The cache file")::
 Root attributes: ``format``, ``schema_version``, ``complete``, ``splits``,
 ``class_names`` and the provenance fields of :class:`Provenance`.
 A reader must refuse a file whose ``complete`` attribute is not true.
+
+Splits are ``train``, ``val`` and ``test`` (a data folder with split folders)
+or ``all`` (one without), always listed in that order (:func:`ordered_splits`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ SKIPPED_GROUP = "skipped"
 CHUNK_ROWS = 256  # 256 rows x 2 KiB = 512 KiB chunks: inside HDF5's sweet spot of 10 KiB to 1 MiB
 
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
+
+SPLIT_NAMES = ("train", "val", "test")  # split folders a data root may hold
+ALL_SPLIT = "all"  # the one split of a data root without split folders
+SPLIT_ORDER = (*SPLIT_NAMES, ALL_SPLIT)  # the order of splits everywhere: attributes, files, listings
+
+
+def ordered_splits(present) -> list[str]:
+    """The known splits among ``present``, in :data:`SPLIT_ORDER`."""
+    present = set(present)
+    return [s for s in SPLIT_ORDER if s in present]
+
 
 # The fields whose equality means "the same feature space": caches that differ in
 # any of them must never be appended to or merged with each other.

@@ -2,16 +2,16 @@
 
 Two kinds of check:
 
-* **integrity**, from the file alone: every chunk of features and labels is
-  read, which makes HDF5 validate its fletcher32 checksum; features, labels
-  and paths have the same row count; no NaN or inf; labels index the class
-  list; paths are non-empty, sorted and unique (within and across splits);
-  the skipped-file lists agree.
+* **integrity**, from the file alone (this module): every chunk of features
+  and labels is read, which makes HDF5 validate its fletcher32 checksum;
+  features, labels and paths have the same row count; no NaN or inf; labels
+  index the class list; paths are non-empty, sorted and unique (within and
+  across splits); the skipped-file lists agree.
 * **reproduction**, given the data folder: a seeded random sample of rows is
   embedded again with the recorded weights and transform and compared with
-  the stored features. This catches a cache made with other weights, with a
-  torch/torchvision whose numerics or initialisation changed, or from images
-  that have been edited since.
+  the stored features. It needs the backbone, so it lives on the embed side
+  (:mod:`tlkit.embed.check`) and comes in as the ``reproduce`` step of
+  :func:`verify_cache`: the cache package never imports the layer above it.
 
 Each problem is one line; the cache holds only if there are none.
 """
@@ -39,12 +39,6 @@ from tlkit.cache.reader import (
 from tlkit.cache.schema import FEATURE_DIM, SKIPPED_GROUP, Provenance
 from tlkit.errors import TlkitError
 
-# Re-embedding on the same kind of hardware reproduces features to ~1e-6: only the
-# order of float32 sums changes with batch size and the convolution algorithm picked.
-# Anything real -- other weights, an edited or re-encoded image, another resize --
-# moves features by 1e-2 or more. 1e-4 sits well between the two.
-DEFAULT_TOLERANCE = 1e-4
-DEFAULT_SAMPLE = 32
 SCAN_CHUNKS = 16  # chunks read per step of the integrity scan (4096 rows with the default chunking)
 MAX_ROWS_LISTED = 5  # rows named in one problem line before it summarises
 
@@ -66,18 +60,17 @@ class VerifyReport:
         return {"path": str(self.path), "ok": self.ok, "passed": self.passed, "problems": self.problems, "notes": self.notes}
 
 
+# The reproduction check: (open cache, paths read per split, provenance, report) -> adds its lines to the report.
+Reproduce = Callable[[h5py.File, dict[str, np.ndarray], Provenance, VerifyReport], None]
+
+
 def verify_cache(
     path: str | Path,
-    data_dir: str | Path | None = None,
-    sample: int = DEFAULT_SAMPLE,
-    seed: int = 0,
-    weights: str | Path | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    device: str = "cpu",
-    batch_size: int = 16,
+    *,
     progress: bool | None = None,
+    reproduce: Reproduce | None = None,
 ) -> VerifyReport:
-    """Run every check on the cache at ``path``; see the module docs."""
+    """Run the integrity checks on the cache at ``path``, then ``reproduce`` if given; see the module docs."""
     report = VerifyReport(Path(path))
     try:
         f = open_h5(path, check_digest=False)  # checked below, as one problem among the others
@@ -91,13 +84,12 @@ def verify_cache(
         except H5_DAMAGE as exc:  # damage where no check expected it: still one line
             report.problems.append(f"the file is damaged: {one_line(exc)}")
             provenance = None
-        if data_dir is None:
+        if reproduce is None:
             report.notes.append("features not compared with a fresh embedding (pass --data DIR to do so)")
         elif provenance is None:
             report.problems.append("cannot re-embed: the provenance is unreadable")
-        elif sample > 0:
-            _check_sample(f, Path(data_dir), paths_by_split, provenance, report, sample, seed, weights, tolerance,
-                          device, batch_size)
+        else:
+            reproduce(f, paths_by_split, provenance, report)
     return report
 
 
@@ -304,114 +296,3 @@ def _check_skipped(f: h5py.File, paths_by_split: dict[str, np.ndarray], report: 
         report.problems.append(f"{len(embedded)} file(s) are listed as skipped and also have features, e.g. {embedded[0]}")
     else:
         report.passed.append(f"skipped: {lengths['paths']} file(s) listed, none of them among the rows")
-
-
-def _check_sample(
-    f: h5py.File, data_dir: Path, paths_by_split: dict[str, np.ndarray], provenance: Provenance,
-    report: VerifyReport, sample: int, seed: int, weights, tolerance: float, device: str, batch_size: int,
-) -> None:
-    """Re-embed a seeded random sample of rows and compare with the stored features."""
-    import torch
-    import torchvision
-
-    from tlkit.data.decode import DEFAULT_MAX_PIXELS
-    from tlkit.data.transforms import TransformSpec
-    from tlkit.embed.backbone import select_device
-    from tlkit.embed.mapper import FeatureMapper
-    from tlkit.embed.reader import read_batches
-
-    if not data_dir.is_dir():
-        report.problems.append(f"data folder {data_dir} does not exist")
-        return
-    loaded = _recorded_weights(provenance, weights, report)
-    if loaded is None:
-        return
-    try:
-        spec = TransformSpec.from_json(provenance.transform)
-    except (ValueError, TypeError, KeyError) as exc:
-        report.problems.append(f"the recorded transform cannot be rebuilt ({one_line(exc)}): {provenance.transform}")
-        return
-    for name, then, now in (("torch", provenance.torch_version, str(torch.__version__)),
-                            ("torchvision", provenance.torchvision_version, str(torchvision.__version__))):
-        if then != now:
-            report.notes.append(f"the cache was made with {name} {then}; this is {name} {now}")
-
-    splits = list(paths_by_split)
-    ends = np.cumsum([len(paths_by_split[s]) for s in splits])  # rows numbered across splits, in order
-    total = int(ends[-1]) if len(ends) else 0
-    if total == 0:
-        report.notes.append("no rows to re-embed")
-        return
-    rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(total, size=min(sample, total), replace=False))
-    todo = []
-    for i in picked.tolist():
-        k = int(np.searchsorted(ends, i, side="right"))
-        split, r = splits[k], i - (int(ends[k - 1]) if k else 0)
-        rel = str(paths_by_split[split][r])
-        file = data_dir / rel
-        if not file.is_file():
-            report.problems.append(f"{rel}: missing from {data_dir} (cannot re-embed it)")
-        else:
-            todo.append((split, r, rel, file))
-    if not todo:
-        return
-
-    mapper = FeatureMapper(loaded.state_dict, select_device(device))
-    worst = 0.0
-    compared = 0
-    files = [str(t[3]) for t in todo]
-    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS):
-        for i, reason in batch.errors:
-            report.problems.append(f"{todo[i][2]}: cannot be decoded now ({reason}), but it was embedded")
-        if not batch.indices:
-            continue
-        fresh = mapper(batch.images)
-        for row, i in enumerate(batch.indices):
-            split, r, rel, _ = todo[i]
-            try:
-                stored = f[split]["features"][r]
-            except H5_DAMAGE:
-                continue  # already reported by the integrity scan
-            diff = float(np.max(np.abs(fresh[row].astype(np.float64) - stored)))
-            worst = max(worst, diff)
-            compared += 1
-            if not diff <= tolerance:
-                report.problems.append(
-                    f"{rel}: stored features differ from a fresh embedding (max abs diff {diff:.3g} > tolerance {tolerance:g})"
-                )
-    if compared and worst <= tolerance:
-        report.passed.append(
-            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id}: "
-            f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
-        )
-
-
-def _recorded_weights(provenance: Provenance, weights, report: VerifyReport):
-    """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
-    from tlkit.embed.weights import random_weights, resolve_weights
-
-    wid = provenance.weights_id
-    try:
-        if weights is not None:
-            loaded = resolve_weights(str(weights))
-        elif wid.startswith("random:seed=") and wid.split("=", 1)[1].lstrip("-").isdigit():
-            loaded = random_weights(int(wid.split("=", 1)[1]))
-        elif wid == "torchvision:ResNet18_Weights.IMAGENET1K_V1":
-            loaded = resolve_weights("imagenet")
-        elif wid.startswith("file:"):
-            report.problems.append(f"the cache was made with the weights file {wid[5:]!r}: pass --weights PATH to re-embed with it")
-            return None
-        else:
-            report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
-            return None
-    except TlkitError as exc:
-        report.problems.append(f"cannot load the weights: {exc}")
-        return None
-    if loaded.sha256 != provenance.weights_sha256:
-        report.problems.append(
-            f"weights {loaded.id} have sha256 {loaded.sha256[:16]}..., the cache records {provenance.weights_sha256[:16]}... "
-            f"({wid}): not the weights the features were made with"
-        )
-        return None
-    return loaded

@@ -1,22 +1,21 @@
-"""Writing cache files: split groups, root attributes, and atomic publication.
+"""Writing cache files: the HDF5 layout of split groups, root attributes and skipped lists.
 
 Nothing is ever modified in place: a cache (or a part of an unfinished one)
-is written under a temporary name in the same folder and renamed over its
-final name once it is complete and on disk. A reader therefore sees the old
-file or the new one, never a torn one, and ``kill -9`` at any moment leaves
-at worst a stray temporary file that the next run removes.
+is written through :func:`atomic_h5`, under a temporary name in the same
+folder, and renamed over its final name once it is complete and on disk
+(:mod:`tlkit.atomic`). A reader therefore sees the old file or the new one,
+never a torn one, and ``kill -9`` at any moment leaves at worst a stray
+temporary file that the next run removes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from tlkit import atomic
 from tlkit.cache.reader import H5_LOCKING
 from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE
 
@@ -28,78 +27,10 @@ from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE
 H5_LIBVER = ("v110", "v110")
 
 
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def remove_stale_tmp(path: Path) -> None:
-    """Remove temporary files (and discarded folders) a killed writer left beside ``path`` (call under the lock)."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
-def discard_dir(folder: Path, beside: Path) -> None:
-    """Delete ``folder`` so that it disappears at once, not file by file.
-
-    It is first renamed to a temporary name beside ``beside`` (the cache): a
-    kill during the slow delete then leaves a stale temporary folder, which
-    :func:`remove_stale_tmp` removes, never a half-emptied ``folder`` that a
-    later run or ``tlkit info`` would take for work in progress.
-    """
-    trash = beside.with_name(f".{beside.name}.tmp-{os.getpid()}-{folder.name}")
-    try:
-        os.replace(folder, trash)
-    except FileNotFoundError:
-        return
-    _fsync_dir(beside.parent)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file that readers see whole or not at all."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
 def atomic_h5(path: Path):
-    """Yield an open, writable ``h5py.File`` that appears at ``path`` only on success."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    try:
-        with h5py.File(tmp, "w", locking=H5_LOCKING, libver=H5_LIBVER) as f:
-            yield f
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """:func:`tlkit.atomic.atomic_h5` in the cache's HDF5 file format and locking mode:
+    ``with atomic_h5(path) as f:`` writes a cache-shaped file that appears whole or not at all."""
+    return atomic.atomic_h5(path, locking=H5_LOCKING, libver=H5_LIBVER)
 
 
 def create_split(parent: h5py.Group, split: str, n_rows: int) -> h5py.Group:

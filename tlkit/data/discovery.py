@@ -17,11 +17,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlkit.cache.schema import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
 from tlkit.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
-SPLIT_NAMES = ("train", "val", "test")
-ALL_SPLIT = "all"
 
 
 @dataclass(frozen=True)
@@ -44,8 +43,7 @@ class DataIndex:
 
     @property
     def splits(self) -> list[str]:
-        present = {item.split for item in self.items}
-        return [s for s in (*SPLIT_NAMES, ALL_SPLIT) if s in present]
+        return ordered_splits({item.split for item in self.items})
 
     def label(self, item: ImageItem) -> int:
         return self._label_of[item.class_name]
@@ -120,7 +118,7 @@ def discover(root: str | os.PathLike) -> DataIndex:
             f"ROOT/<split>/<class>/<image> with splits {', '.join(SPLIT_NAMES)} "
             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    split_order = {s: i for i, s in enumerate((*SPLIT_NAMES, ALL_SPLIT))}
+    split_order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     items.sort(key=lambda it: (split_order[it.split], it.path))
     class_names = sorted({it.class_name for it in items})
     return DataIndex(root=root, class_names=class_names, items=items, ignored=ignored)

@@ -5,8 +5,22 @@ The pipeline has the roles of clip-retrieval's inference: a **reader**
 **writer** (atomic part files), composed by a **runner** per shard and
 driven by a **distributor** (local, or Ray). :func:`embed` plans the work
 and publishes the finished cache.
+
+The CLI imports this package when it starts (:mod:`tlkit.embed.cli`), and
+``tlkit embed`` must set ``OMP_WAIT_POLICY`` before torch loads: so
+:func:`embed` and :class:`EmbedResult` (which import torch) are loaded on
+first use, not here.
 """
 
-from tlkit.embed.pipeline import EmbedResult, embed
+from __future__ import annotations
+
+
+def __getattr__(name):
+    if name in ("embed", "EmbedResult"):
+        from tlkit.embed import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EmbedResult", "embed"]

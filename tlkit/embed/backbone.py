@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torchvision
 from torch import nn
 
@@ -50,11 +49,3 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
                 groups.append([f"{prefix}.downsample.0", f"{prefix}.downsample.1"])
     return fuse_modules(model.eval(), groups, inplace=False)
 
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise WeightsError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)

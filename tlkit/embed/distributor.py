@@ -9,30 +9,12 @@ folder, which :func:`tlkit.embed.pipeline.embed` then publishes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import select_device
+from tlkit.device import select_device
+from tlkit.embed.job import EmbedJob
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard
 from tlkit.embed.writer import PartWriter
-
-
-@dataclass
-class EmbedJob:
-    """Everything a distributor needs to embed items into part files."""
-
-    state_dict: dict
-    spec: TransformSpec
-    parts_dir: Path
-    class_names: list[str]
-    batch_size: int
-    workers: int
-    device: str
-    max_pixels: int | None
-    rows_per_part: int = 2048  # rows per atomic part file: the most an interruption can lose
-    options: dict = field(default_factory=dict)  # backend-specific (--ray-address, --shards, ...)
 
 
 def run_local(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], None]) -> ShardStats:

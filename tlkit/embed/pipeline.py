@@ -15,8 +15,6 @@ finished parts on disk; the same command then continues where it stopped.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,32 +26,32 @@ import torchvision
 from tqdm.auto import tqdm
 
 import tlkit
+from tlkit.atomic import remove_stale_tmp
 from tlkit.cache.assemble import assemble
 from tlkit.cache.lock import CacheLock
-from tlkit.cache.reader import (
-    H5_LOCKING,
+from tlkit.cache.parts import (
     PARTS_MANIFEST,
-    check_content_digest,
-    class_names_of,
-    open_h5,
+    PartsScan,
+    discard_parts,
+    part_files,
     parts_dir_of,
-    read_paths,
-    read_skipped,
-    split_names,
+    read_manifest,
+    scan_parts,
+    start_parts,
 )
-from tlkit.cache.schema import FEATURE_DIM, FORMAT, PART_FORMAT, Provenance
-from tlkit.cache.writer import atomic_write_text, discard_dir, remove_stale_tmp
+from tlkit.cache.reader import H5_LOCKING, check_content_digest, class_names_of, open_h5, read_paths, read_skipped, split_names
+from tlkit.cache.schema import FEATURE_DIM, FORMAT, Provenance
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import BACKBONE, LAYER, select_device
-from tlkit.embed.distributor import EmbedJob, get_distributor
+from tlkit.device import select_device
+from tlkit.embed.backbone import BACKBONE, LAYER
+from tlkit.embed.distributor import get_distributor
+from tlkit.embed.job import EmbedJob, RayOptions
 from tlkit.embed.reader import check_files
 from tlkit.embed.runner import WorkItem
-from tlkit.embed.weights import resolve_weights
 from tlkit.errors import CacheError, DataError
-
-MANIFEST = PARTS_MANIFEST
+from tlkit.weights import Weights
 
 
 @dataclass
@@ -63,7 +61,6 @@ class EmbedResult:
     already_cached: int = 0
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, split, reason)
     seconds: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
     up_to_date: bool = False
 
     @property
@@ -122,49 +119,23 @@ def _refuse_mix(where: str, theirs: Provenance, ours: Provenance) -> None:
         )
 
 
-def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[list[Path], set[str], list[tuple[str, str, str]], str | None]:
-    """Finished parts of an interrupted run: (files, done paths, skipped entries, created)."""
-    manifest_file = parts_dir / MANIFEST
-    if not manifest_file.exists():
-        return [], set(), [], None
+def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[PartsScan, str | None]:
+    """The finished parts of an interrupted run of this feature space, and when that run started."""
     try:
-        manifest = json.loads(manifest_file.read_text())
+        manifest = read_manifest(parts_dir)
+        if manifest is None:
+            return PartsScan(), None
         theirs = Provenance(**manifest["provenance"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CacheError(f"{manifest_file} is damaged ({exc}); delete {parts_dir} to start over") from None
+        raise CacheError(f"{parts_dir / PARTS_MANIFEST} is damaged ({exc}); delete {parts_dir} to start over") from None
     _refuse_mix(f"the interrupted run in {parts_dir}", theirs, ours)
-    files, done, skipped = [], set(), []
-    for part in sorted(parts_dir.glob("*.h5")):
-        try:
-            with h5py.File(part, "r", locking=H5_LOCKING) as f:
-                if f.attrs.get("format") != PART_FORMAT:
-                    continue
-                for split in split_names(f):
-                    done.update(read_paths(f[split]).tolist())
-                for entry in read_skipped(f):
-                    skipped.append(entry)
-                    done.add(entry[0])
-        except OSError as exc:
-            raise CacheError(f"part file {part} is damaged ({exc}); delete it and rerun to embed its images again") from None
-        files.append(part)
-    return files, done, skipped, theirs.created
-
-
-def _start_parts(parts_dir: Path, out: Path, manifest: str) -> None:
-    """Create ``parts_dir`` with its manifest in one step, or rewrite the manifest of an existing one."""
-    if parts_dir.is_dir():
-        atomic_write_text(parts_dir / MANIFEST, manifest)
-        return
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}-parts")  # removed by remove_stale_tmp if we die here
-    staging.mkdir()
-    atomic_write_text(staging / MANIFEST, manifest)
-    os.replace(staging, parts_dir)
+    return scan_parts(parts_dir), theirs.created
 
 
 def embed(
     data_root: str | Path,
     out: str | Path,
-    weights: str = "imagenet",
+    weights: str | Weights = "imagenet",
     seed: int = 0,
     batch_size: int = 32,
     workers: int = 2,
@@ -173,7 +144,7 @@ def embed(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     backend: str = "local",
     rows_per_part: int = 2048,
-    backend_options: dict | None = None,
+    ray: RayOptions | None = None,
     progress: bool | None = None,
     echo=print,
 ) -> EmbedResult:
@@ -184,8 +155,9 @@ def embed(
     index = discover(data_root)
     select_device(device)  # a bad --device fails now, before the weights load
     distribute = get_distributor(backend)
-    loaded = resolve_weights(weights, seed)
-    spec = TransformSpec()
+    chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed)
+    loaded = chosen.load()
+    spec = chosen.transform
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
 
@@ -206,7 +178,7 @@ def embed(
                 cached_classes = class_names_of(f)
                 for split in split_names(f):
                     cached_paths.update(read_paths(f[split]).tolist())
-        part_files, part_done, part_skipped, parts_created = _read_parts(parts_dir, ours)
+        parts, parts_created = _read_parts(parts_dir, ours)
         created = created or parts_created or now
         ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, created)
         class_names = sorted(set(cached_classes) | set(index.class_names))
@@ -215,15 +187,14 @@ def embed(
         pending = [
             WorkItem(file=str(data_root / it.path), path=it.path, split=it.split, label=label_of[it.class_name])
             for it in index.items
-            if it.path not in cached_paths and it.path not in part_done
+            if it.path not in cached_paths and it.path not in parts.done
         ]
         result.already_cached = len(index.items) - len(pending)
-        if not pending and not part_files:
+        if not pending and not parts.files:
             result.up_to_date = True
             result.seconds = time.perf_counter() - start
             with open_h5(out) as f:
                 result.skipped = read_skipped(f)
-                result.counts = {s: len(f[s]["labels"]) for s in split_names(f)}
             return result
 
         if strict and pending:
@@ -235,10 +206,7 @@ def embed(
 
         # The manifest says what the parts belong to and how many images this run covers
         # (`tlkit info` shows the progress); the folder and the file appear whole or not at all.
-        manifest = json.dumps(
-            {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(part_done), "started": now}, indent=1
-        )
-        _start_parts(parts_dir, out, manifest)
+        start_parts(out, {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(parts.done), "started": now})
         if pending:
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
@@ -247,22 +215,22 @@ def embed(
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
-                rows_per_part=rows_per_part, options=backend_options or {},
+                rows_per_part=rows_per_part, ray=ray or RayOptions(),
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:
                     stats = distribute(job, pending, bar.update)
                 except BaseException:
-                    if not any(parts_dir.glob("*.h5")):  # nothing finished: leave no "unfinished" trace
-                        discard_dir(parts_dir, out)
+                    if not part_files(parts_dir):  # nothing finished: leave no "unfinished" trace
+                        discard_parts(out)
                     raise
             result.embedded = stats.embedded
-            part_files, _, part_skipped, _ = _read_parts(parts_dir, ours)
+            parts, _ = _read_parts(parts_dir, ours)
 
-        sources = ([out] if out.exists() else []) + part_files
+        sources = ([out] if out.exists() else []) + parts.files
         attrs = ours.to_attrs() | {"updated": now}
-        result.counts = assemble(out, sources, class_names, attrs, skipped=sorted(set(part_skipped)))
-        result.skipped = sorted(set(part_skipped))
-        discard_dir(parts_dir, out)
+        result.skipped = sorted(set(parts.skipped))
+        assemble(out, sources, class_names, attrs, skipped=result.skipped)
+        discard_parts(out)
     result.seconds = time.perf_counter() - start
     return result

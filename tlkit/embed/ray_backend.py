@@ -30,11 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
-
-from tlkit.cache.reader import H5_LOCKING, PARTS_MANIFEST, read_paths, read_skipped, split_names
-from tlkit.embed.backbone import select_device
-from tlkit.embed.distributor import EmbedJob
+from tlkit.cache.parts import PARTS_MANIFEST, SHARD_PREFIX, part_files, scan_parts, shard_prefix
+from tlkit.device import select_device
+from tlkit.embed.job import EmbedJob
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard
 from tlkit.embed.writer import PartWriter
@@ -59,10 +57,6 @@ MAX_RETRIES = 3  # restarts of a dead actor, and re-runs of the shard it was emb
 POLL_SECONDS = 0.2  # how often the driver refreshes the progress bar while shards run
 LISTING_TIMEOUT = 90.0  # seconds to wait for the workers' part files to show in the driver's listing
 ACTOR_NAME = "tlkit-embed"  # actors are named f"{ACTOR_NAME}-{run id}-{slot}" (see `ray list actors`)
-
-
-def shard_prefix(k: int) -> str:
-    return f"shard-{k:05d}"
 
 
 def split_shards(items: list[WorkItem], n_shards: int) -> list[list[WorkItem]]:
@@ -91,17 +85,6 @@ class ShardReport:
 @dataclass
 class RayStats(ShardStats):
     shards: list[ShardReport] = field(default_factory=list)
-
-
-def _rows_in_parts(parts_dir: Path, prefix: str) -> tuple[set[str], set[str]]:
-    """(embedded paths, skipped paths) already in the part files named ``prefix-*.h5``."""
-    embedded, skipped = set(), set()
-    for part in parts_dir.glob(f"{prefix}-*.h5"):
-        with h5py.File(part, "r", locking=H5_LOCKING) as f:
-            for split in split_names(f):
-                embedded.update(read_paths(f[split]).tolist())
-            skipped.update(path for path, _, _ in read_skipped(f))
-    return embedded, skipped
 
 
 @ray.remote(num_cpus=0, max_restarts=MAX_RETRIES)
@@ -157,7 +140,8 @@ class ShardEmbedder:
         self._check_shared_filesystem(items)
         prefix = shard_prefix(k)
         # A retry after a crash finds the parts its earlier attempt finished: skip their rows.
-        embedded, skipped = _rows_in_parts(self.job.parts_dir, prefix)
+        earlier = scan_parts(self.job.parts_dir, prefix)
+        embedded, skipped = earlier.embedded, {path for path, _, _ in earlier.skipped}
         todo = [it for it in items if it.path not in embedded and it.path not in skipped]
         self.shard, self.rows = k, len(items) - len(todo)
         self._report()
@@ -176,7 +160,7 @@ class ShardEmbedder:
             node=socket.gethostname(),
             pid=os.getpid(),
             restarted=bool(ray.get_runtime_context().was_current_actor_reconstructed),
-            parts=tuple(sorted(p.name for p in self.job.parts_dir.glob(f"{prefix}-*.h5"))),
+            parts=tuple(p.name for p in part_files(self.job.parts_dir, prefix)),
         )
 
     def _advance(self, n: int) -> None:
@@ -321,7 +305,7 @@ def _wait_until_listed(parts_dir: Path, names: list[str], timeout: float = LISTI
     """
     deadline = time.monotonic() + timeout
     while True:
-        missing = set(names) - {p.name for p in parts_dir.glob("shard-*.h5")}
+        missing = set(names) - {p.name for p in part_files(parts_dir, SHARD_PREFIX)}
         if not missing:
             return
         if time.monotonic() > deadline:
@@ -336,16 +320,16 @@ def run_ray(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], N
     """Embed ``items`` into part files in ``job.parts_dir`` on a Ray cluster (see module docs)."""
     if not items:
         return RayStats()
-    joined_here = _connect(job.options.get("address"))
+    joined_here = _connect(job.ray.address)
     actors: list = []
     board = None
     try:
-        gpus = float(job.options.get("gpus_per_worker") or 0.0)
+        gpus = float(job.ray.gpus_per_worker)
         cpus = max(1, job.workers)
         slots = _worker_slots(cpus, gpus)
         # Actors start in Ray's own working folder, maybe on another node: give them absolute paths.
         absolute = [replace(it, file=os.path.abspath(it.file)) for it in items]
-        shards = split_shards(absolute, job.options.get("shards") or 2 * slots)
+        shards = split_shards(absolute, job.ray.shards or 2 * slots)
         remote_job = replace(job, state_dict={}, parts_dir=Path(job.parts_dir).resolve())
         # Shipped once: every actor (and every restart) fetches it from the object store.
         state = [ray.put(job.state_dict)]

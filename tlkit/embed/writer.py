@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION
+from tlkit.cache.parts import LOCAL_PREFIX, next_seq, part_name
+from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION, ordered_splits
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
-from tlkit.data.discovery import ALL_SPLIT, SPLIT_NAMES
 
 
 class PartWriter:
@@ -25,7 +25,7 @@ class PartWriter:
         self,
         parts_dir: Path,
         class_names: list[str],
-        prefix: str = "part",
+        prefix: str = LOCAL_PREFIX,
         rows_per_part: int = 2048,
         flush_seconds: float = 30.0,
     ):
@@ -40,12 +40,7 @@ class PartWriter:
         self._splits: list[str] = []
         self._skipped: list[tuple[str, str, str]] = []
         self._last_flush = time.monotonic()
-        self._seq = self._next_seq()
-        self.rows_written = 0
-
-    def _next_seq(self) -> int:
-        taken = [int(p.stem.rsplit("-", 1)[1]) for p in self.parts_dir.glob(f"{self.prefix}-*.h5")]
-        return max(taken, default=-1) + 1
+        self._seq = next_seq(self.parts_dir, prefix)
 
     def add(self, features: np.ndarray, labels, paths, splits) -> None:
         self._features.append(np.asarray(features, dtype=np.float32))
@@ -65,8 +60,8 @@ class PartWriter:
         labels = np.asarray(self._labels, dtype=np.int64)
         paths = np.asarray(self._paths, dtype=object)
         splits = np.asarray(self._splits, dtype=object)
-        present = [s for s in (*SPLIT_NAMES, ALL_SPLIT) if s in set(self._splits)]
-        target = self.parts_dir / f"{self.prefix}-{self._seq:06d}.h5"
+        present = ordered_splits(self._splits)
+        target = self.parts_dir / part_name(self.prefix, self._seq)
         with atomic_h5(target) as f:
             write_root_attrs(
                 f, format=PART_FORMAT, schema_version=SCHEMA_VERSION, complete=True,
@@ -76,7 +71,6 @@ class PartWriter:
                 rows = splits == split
                 write_split(f, split, features[rows], labels[rows], paths[rows].tolist())
             write_skipped(f, self._skipped)
-        self.rows_written += len(self._paths)
         self._seq += 1
         self._features, self._labels, self._paths, self._splits, self._skipped = [], [], [], [], []
         self._last_flush = time.monotonic()

@@ -22,7 +22,7 @@ import torch
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import find_images
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.backbone import select_device
+from tlkit.device import select_device
 from tlkit.embed.reader import read_batches
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.metrics import predict_from_proba
@@ -64,26 +64,24 @@ def _spec(value) -> TransformSpec:
 
 def backbone_weights(provenance: dict, weights_path=None):
     """The exact backbone weights a cache was embedded with, or a one-line error saying how to supply them."""
-    from tlkit.embed.weights import NAMED_WEIGHTS, load_named, random_weights, resolve_weights
+    from tlkit.weights import Weights
 
     weights_id = str(provenance.get("weights_id", ""))
     expected = provenance.get("weights_sha256")
     if weights_path is not None:
-        loaded = resolve_weights(str(weights_path))
-    elif weights_id.startswith("random:seed="):
-        loaded = random_weights(int(weights_id.split("=", 1)[1]))
-    elif weights_id.startswith("torchvision:"):
-        enum = weights_id.split(":", 1)[1]
-        source = next((s for s in NAMED_WEIGHTS.values() if s.enum == enum), None)
-        if source is None:
+        chosen = Weights.parse(str(weights_path))
+    else:
+        try:
+            chosen = Weights.from_id(weights_id)
+        except WeightsError:
+            raise WeightsError(f"the run records unknown backbone weights {weights_id!r}; pass --weights PATH") from None
+        if chosen.kind == "file":  # an id names the file, not where it is
+            raise WeightsError(f"the run's features were embedded with the weights file {chosen.name}; "
+                               "pass --weights PATH to that file")
+        if not chosen.known:
             raise WeightsError(f"the run's backbone weights {weights_id} are not known to this tlkit; "
                                "pass --weights PATH to a state_dict file of them")
-        loaded = load_named(source)
-    elif weights_id.startswith("file:"):
-        raise WeightsError(f"the run's features were embedded with the weights file {weights_id[5:]}; "
-                           "pass --weights PATH to that file")
-    else:
-        raise WeightsError(f"the run records unknown backbone weights {weights_id!r}; pass --weights PATH")
+    loaded = chosen.load()
     if expected and loaded.sha256 != expected:
         raise WeightsError(
             f"the weights {loaded.id} (sha256 {loaded.sha256[:12]}) are not the ones the run's cache was embedded "

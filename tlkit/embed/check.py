@@ -1,0 +1,162 @@
+"""``tlkit verify --data``: re-embed a sample of a cache's images and compare with the stored features.
+
+The integrity checks need only the file and live with the cache
+(:mod:`tlkit.cache.verify`); this check needs the backbone, so it lives on the
+embed side and runs as the ``reproduce`` step of
+:func:`tlkit.cache.verify.verify_cache`. It catches a cache made with other
+weights, with a torch/torchvision whose numerics or initialisation changed,
+or from images that have been edited since.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torchvision
+
+from tlkit.cache.reader import H5_DAMAGE, one_line
+from tlkit.cache.schema import Provenance
+from tlkit.cache.verify import VerifyReport, verify_cache
+from tlkit.data.decode import DEFAULT_MAX_PIXELS
+from tlkit.data.transforms import TransformSpec
+from tlkit.device import select_device
+from tlkit.embed.mapper import FeatureMapper
+from tlkit.embed.reader import read_batches
+from tlkit.errors import TlkitError, WeightsError
+from tlkit.weights import Weights
+
+# Re-embedding on the same kind of hardware reproduces features to ~1e-6: only the
+# order of float32 sums changes with batch size and the convolution algorithm picked.
+# Anything real -- other weights, an edited or re-encoded image, another resize --
+# moves features by 1e-2 or more. 1e-4 sits well between the two.
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_SAMPLE = 32
+
+
+def verify_with_data(
+    path: str | Path,
+    data_dir: str | Path,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    weights: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    device: str = "cpu",
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> VerifyReport:
+    """Every check of ``tlkit verify --data``: the cache's integrity, then ``sample`` images re-embedded.
+
+    ``weights`` is a state_dict file to re-embed with (needed when the cache was made from one);
+    by default the weights the cache records.
+    """
+    def reproduce(f, paths_by_split, provenance, report) -> None:
+        if sample > 0:
+            check_sample(f, Path(data_dir), paths_by_split, provenance, report, sample, seed, weights, tolerance,
+                         device, batch_size)
+
+    return verify_cache(path, progress=progress, reproduce=reproduce)
+
+
+def check_sample(
+    f: h5py.File, data_dir: Path, paths_by_split: dict[str, np.ndarray], provenance: Provenance,
+    report: VerifyReport, sample: int, seed: int, weights, tolerance: float, device: str, batch_size: int,
+) -> None:
+    """Re-embed a seeded random sample of rows and compare with the stored features."""
+    if not data_dir.is_dir():
+        report.problems.append(f"data folder {data_dir} does not exist")
+        return
+    loaded = _recorded_weights(provenance, weights, report)
+    if loaded is None:
+        return
+    try:
+        spec = TransformSpec.from_json(provenance.transform)
+    except (ValueError, TypeError, KeyError) as exc:
+        report.problems.append(f"the recorded transform cannot be rebuilt ({one_line(exc)}): {provenance.transform}")
+        return
+    for name, then, now in (("torch", provenance.torch_version, str(torch.__version__)),
+                            ("torchvision", provenance.torchvision_version, str(torchvision.__version__))):
+        if then != now:
+            report.notes.append(f"the cache was made with {name} {then}; this is {name} {now}")
+
+    splits = list(paths_by_split)
+    ends = np.cumsum([len(paths_by_split[s]) for s in splits])  # rows numbered across splits, in order
+    total = int(ends[-1]) if len(ends) else 0
+    if total == 0:
+        report.notes.append("no rows to re-embed")
+        return
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(total, size=min(sample, total), replace=False))
+    todo = []
+    for i in picked.tolist():
+        k = int(np.searchsorted(ends, i, side="right"))
+        split, r = splits[k], i - (int(ends[k - 1]) if k else 0)
+        rel = str(paths_by_split[split][r])
+        file = data_dir / rel
+        if not file.is_file():
+            report.problems.append(f"{rel}: missing from {data_dir} (cannot re-embed it)")
+        else:
+            todo.append((split, r, rel, file))
+    if not todo:
+        return
+
+    mapper = FeatureMapper(loaded.state_dict, select_device(device))
+    worst = 0.0
+    compared = 0
+    files = [str(t[3]) for t in todo]
+    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS):
+        for i, reason in batch.errors:
+            report.problems.append(f"{todo[i][2]}: cannot be decoded now ({reason}), but it was embedded")
+        if not batch.indices:
+            continue
+        fresh = mapper(batch.images)
+        for row, i in enumerate(batch.indices):
+            split, r, rel, _ = todo[i]
+            try:
+                stored = f[split]["features"][r]
+            except H5_DAMAGE:
+                continue  # already reported by the integrity scan
+            diff = float(np.max(np.abs(fresh[row].astype(np.float64) - stored)))
+            worst = max(worst, diff)
+            compared += 1
+            if not diff <= tolerance:
+                report.problems.append(
+                    f"{rel}: stored features differ from a fresh embedding (max abs diff {diff:.3g} > tolerance {tolerance:g})"
+                )
+    if compared and worst <= tolerance:
+        report.passed.append(
+            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id}: "
+            f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
+        )
+
+
+def _recorded_weights(provenance: Provenance, weights, report: VerifyReport):
+    """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
+    wid = provenance.weights_id
+    try:
+        if weights is not None:
+            chosen = Weights.parse(str(weights))
+        else:
+            try:
+                chosen = Weights.from_id(wid)
+            except WeightsError:
+                chosen = None
+            if chosen is not None and chosen.kind == "file":  # an id names the file, not where it is
+                report.problems.append(f"the cache was made with the weights file {chosen.name!r}: pass --weights PATH to re-embed with it")
+                return None
+            if chosen is None or not chosen.known:
+                report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
+                return None
+        loaded = chosen.load()
+    except TlkitError as exc:
+        report.problems.append(f"cannot load the weights: {exc}")
+        return None
+    if loaded.sha256 != provenance.weights_sha256:
+        report.problems.append(
+            f"weights {loaded.id} have sha256 {loaded.sha256[:16]}..., the cache records {provenance.weights_sha256[:16]}... "
+            f"({wid}): not the weights the features were made with"
+        )
+        return None
+    return loaded

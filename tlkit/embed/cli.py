@@ -1,0 +1,150 @@
+"""``tlkit embed`` and ``tlkit verify``: the commands that run the backbone over images.
+
+``verify`` is here, not with the other cache tools, because its ``--data``
+check re-embeds a sample of images (:mod:`tlkit.embed.check`); without
+``--data`` it runs only the cache's own integrity checks.
+
+Imported when the CLI starts: top-level imports stay light (click only), and
+torch must not be imported before ``embed`` has set ``OMP_WAIT_POLICY``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(path_type=str))
+@click.argument("cache", type=click.Path(path_type=str), default="cache/feats.h5", required=False)
+@click.option("--weights", default="imagenet", show_default=True,
+              help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, downloaded once into $TORCH_HOME), "
+                   "'random' (seeded initialisation), or a path to a ResNet-18 state_dict file.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--workers", default=_default_workers, show_default="min(4, CPU count)", type=click.IntRange(0),
+              help="Decoding processes running beside the network (0: decode in the main process).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the backbone runs; auto picks CUDA when torch sees a GPU.")
+@click.option("--strict", is_flag=True,
+              help="Fail before writing anything if any image cannot be decoded (default: skip and report it).")
+@click.option("--max-pixels", default=None, type=click.IntRange(1),
+              help="Treat larger images as decompression bombs [default: PIL's limit, about 89 megapixels].")
+@click.option("--checkpoint-every", default=2048, show_default=True, type=click.IntRange(1),
+              help="Rows per atomic part file: an interruption loses at most this many embedded images "
+                   "(parts are also written every 30 s).")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: this machine; ray: shards on a Ray cluster (pip install 'tlkit[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster address (--backend ray); default: start or join a local one.")
+@click.option("--shards", default=None, type=click.IntRange(1), help="Number of shards (--backend ray) [default: 2 per worker].")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="GPUs each Ray actor reserves (--backend ray); 0 runs actors on CPUs.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
+def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, checkpoint_every, backend,
+          ray_address, shards, gpus_per_worker, progress):
+    """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
+
+    \b
+    DATA_DIR is laid out as DATA_DIR/<split>/<class>/<image> (splits train,
+    val, test) or DATA_DIR/<class>/<image> (stored as split 'all').
+    CACHE defaults to cache/feats.h5.
+
+    Each image goes once through ResNet-18 without its fc layer (512-d
+    features), frozen, with the ImageNet eval transform (resize 256, center
+    crop 224). The run is resumable and incremental: after an interruption,
+    or after adding images, run the same command again and only the missing
+    images are embedded. Unreadable images are skipped, listed and recorded.
+    """
+    # libgomp (torch's OpenMP on Linux) lets idle threads spin between parallel regions; while
+    # decoding processes share the cores, the spinning steals them: embedding ran 2.2x slower on
+    # 2 cores (bench/bench_embed.py). Read once when torch loads, hence here, before the import;
+    # a policy the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tlkit.data.decode import DEFAULT_MAX_PIXELS
+    from tlkit.embed import embed as run_embed
+    from tlkit.embed.job import RayOptions
+
+    result = run_embed(
+        data_dir, cache, weights=weights, seed=seed, batch_size=batch_size, workers=workers, device=device,
+        strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
+        ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
+        progress=progress, echo=lambda msg: click.echo(msg, err=True),
+    )
+    if result.up_to_date:
+        click.echo(f"{cache} is up to date ({result.already_cached} images cached); nothing to embed")
+    for path, split, reason in result.skipped:
+        click.echo(f"skipped {path}: {reason}")
+    click.echo(result.summary())
+
+
+@click.command()
+@click.argument("cache", type=click.Path(path_type=str))
+@click.option("--data", "data_dir", type=click.Path(path_type=str), default=None,
+              help="The image folder the cache was made from: re-embed a sample and compare [default: integrity checks only].")
+@click.option("--sample", default=32, show_default=True, type=click.IntRange(0),
+              help="How many randomly chosen images to re-embed (with --data).")
+@click.option("--seed", default=0, show_default=True, help="Seed for choosing the sample.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="State_dict file to re-embed with; needed when the cache was made with --weights PATH "
+                   "(checked against the recorded sha256) [default: the weights the cache records].")
+@click.option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
+              help="Largest absolute difference allowed between a stored and a fresh feature value.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where to re-embed. Use the kind of device the cache was made on: a GPU's TF32 "
+                   "convolutions differ from a CPU's float32 by more than the default tolerance.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
+def verify(cache, data_dir, sample, seed, weights, tolerance, device, as_json, progress):
+    """Check that the feature cache CACHE is intact and still matches its backbone.
+
+    \b
+    Integrity (always): reads every chunk of features and labels, so HDF5
+    validates their fletcher32 checksums; checks that features, labels and
+    paths have equal row counts, that no feature is NaN or inf, that labels
+    index the class list, that paths are unique and sorted, and that the
+    list of skipped files agrees with the rows.
+
+    \b
+    Reproduction (with --data DIR): embeds a seeded random sample of the
+    images again with the weights and transform the cache records and
+    compares with the stored features (absolute tolerance 1e-4: a rerun on
+    the same kind of device agrees to about 1e-6, while other weights, an
+    edited image or another torchvision moves features by 1e-2 or more).
+
+    Prints each check that held and each problem on its own line; exits 0
+    only when there is no problem, 1 otherwise.
+
+    \b
+    Examples:
+        tlkit verify cache/feats.h5
+        tlkit verify cache/feats.h5 --data data/ --sample 64
+        tlkit verify cache/feats.h5 --data data/ --weights my_resnet18.pt
+    """
+    if data_dir is None:
+        from tlkit.cache.verify import verify_cache
+
+        report = verify_cache(cache, progress=progress)
+    else:
+        from tlkit.embed.check import verify_with_data
+
+        report = verify_with_data(cache, data_dir, sample=sample, seed=seed, weights=weights, tolerance=tolerance,
+                                  device=device, progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=1))
+    else:
+        for line in report.passed:
+            click.echo(f"ok       {line}")
+        for line in report.notes:
+            click.echo(f"note     {line}")
+        for line in report.problems:
+            click.echo(f"PROBLEM  {line}")
+        verdict = "verified: no problems" if report.ok else f"{len(report.problems)} problem(s) found"
+        click.echo(f"{verdict} in {cache}")
+    sys.exit(0 if report.ok else 1)

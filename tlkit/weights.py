@@ -1,0 +1,301 @@
+"""Backbone weights as a value: what ``--weights`` names, its provenance id, its tensors, its transform.
+
+``--weights`` takes one of:
+
+* a name from :data:`PRETRAINED` -- ``imagenet`` is torchvision's
+  ``ResNet18_Weights.IMAGENET1K_V1``, fetched once into torch's download cache
+  (``$TORCH_HOME/hub/checkpoints``) and hash-checked against the prefix in its
+  file name;
+* ``random`` or ``random:SEED`` -- torchvision's own initialisation under a
+  fixed seed (a bare ``random`` takes the command's ``--seed``);
+* a path -- a ``state_dict`` file, loaded with ``weights_only=True``.
+
+::
+
+    w = Weights.parse("random", seed=3)     # or Weights.parse("imagenet"), Weights.parse("my.pt")
+    w.id                                    # 'random:seed=3' -- what a cache records
+    Weights.from_id(w.id) == w              # and back, from a cache's provenance
+    loaded = w.load()                       # loaded.state_dict, loaded.sha256
+    w.transform                             # the TransformSpec these weights expect
+
+This is the only place that builds or reads a weights id. It lives at the top
+of the package, not under ``embed/``, because four commands resolve weights:
+``embed``, ``verify --data`` (the weights a cache records), ``predict`` (the
+weights a head's cache was made with) and ``train-scratch --finetune``.
+
+Whatever the source, :func:`state_dict_sha256` fingerprints the tensors that
+are actually used; the cache stores it so feature spaces never mix. torch is
+imported only to load tensors: parsing and naming weights stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import socket
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tlkit.data.transforms import TransformSpec
+from tlkit.errors import WeightsError
+
+DOWNLOAD_TIMEOUT_S = 20
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Weights that torchvision publishes, as data: the entry of its weights enum that tlkit uses.
+
+    Modelled on torchvision's ``Weights`` (``torchvision/models/_api.py``), which
+    carries a url, a hash and the transforms: the url is read from torchvision's
+    own enum (its file name holds the sha256 prefix torchvision checks), and
+    the transform is the one the weights were trained for.
+    """
+
+    name: str  # the --weights value
+    module: str  # the torchvision module that defines the enum
+    enum: str  # "<enum class>.<member>"; the provenance id is "torchvision:<enum>"
+    transform: TransformSpec
+
+    @property
+    def url(self) -> str:
+        enum_class, member = self.enum.split(".")
+        return getattr(getattr(importlib.import_module(self.module), enum_class), member).url
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.url)
+
+    @property
+    def sha256_prefix(self) -> str:
+        # torchvision names its files "<arch>-<first hex digits of sha256>.pth"
+        match = re.search(r"-([a-f0-9]+)\.", self.file_name)
+        return match.group(1) if match else ""
+
+
+# The named weights, by --weights value. A new entry (say, torchvision's quantized
+# ResNet-18 weights) is one more value here.
+PRETRAINED: dict[str, Pretrained] = {
+    "imagenet": Pretrained(
+        name="imagenet", module="torchvision.models", enum="ResNet18_Weights.IMAGENET1K_V1",
+        transform=TransformSpec(),  # torchvision's ImageClassification(crop_size=224): resize 256, crop 224, bilinear
+    ),
+}
+# Random and file weights were trained for nothing in particular: they get the ImageNet eval
+# transform, so their features are comparable with those of the ImageNet weights.
+DEFAULT_TRANSFORM = TransformSpec()
+
+_RANDOM_SPEC = re.compile(rf"{RANDOM}:(-?\d+)")
+_RANDOM_ID = re.compile(rf"{RANDOM}:seed=(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One choice of backbone weights; frozen, so it can be compared, stored and passed around."""
+
+    kind: Literal["torchvision", "random", "file"]
+    name: str = ""  # torchvision: the enum ("ResNet18_Weights.IMAGENET1K_V1"); file: the file's name
+    seed: int = 0  # random: the seed of torchvision's initialisation
+    path: Path | None = None  # file: where to read it; None when only its name is known (from an id)
+
+    # -- making one --------------------------------------------------------------------------------
+
+    @classmethod
+    def pretrained(cls, name: str) -> Weights:
+        return cls("torchvision", name=PRETRAINED[name].enum)
+
+    @classmethod
+    def random(cls, seed: int = 0) -> Weights:
+        return cls(RANDOM, seed=int(seed))
+
+    @classmethod
+    def file(cls, path: str | os.PathLike) -> Weights:
+        path = Path(path)
+        return cls("file", name=path.name, path=path)
+
+    @classmethod
+    def parse(cls, spec: str, seed: int = 0) -> Weights:
+        """A ``--weights`` value: a name from :data:`PRETRAINED`, ``random[:SEED]`` or a state_dict file."""
+        spec = str(spec)
+        if spec in PRETRAINED:
+            return cls.pretrained(spec)
+        if spec == RANDOM:
+            return cls.random(seed)
+        match = _RANDOM_SPEC.fullmatch(spec)
+        if match:
+            return cls.random(int(match.group(1)))
+        if not Path(spec).is_file():
+            raise WeightsError(
+                f"--weights {spec!r} is neither {', '.join([*PRETRAINED, RANDOM])} nor an existing state_dict file"
+            )
+        return cls.file(spec)
+
+    @classmethod
+    def from_id(cls, weights_id: str) -> Weights:
+        """The weights a provenance id names; a ``file:`` id gives weights known only by name (no path).
+
+        Torchvision weights this tlkit has no entry for still parse (``known`` is False):
+        the id is well formed, only loading them is impossible.
+        """
+        weights_id = str(weights_id)
+        kind, _, rest = weights_id.partition(":")
+        match = _RANDOM_ID.fullmatch(weights_id)
+        if match:
+            return cls.random(int(match.group(1)))
+        if kind == "torchvision" and rest:
+            return cls("torchvision", name=rest)
+        if kind == "file" and rest:
+            return cls("file", name=rest)
+        raise WeightsError(f"{weights_id!r} is not a weights id this tlkit reads")
+
+    # -- what it is --------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The provenance id a cache records: ``torchvision:<enum>``, ``random:seed=<seed>`` or ``file:<name>``."""
+        if self.kind == RANDOM:
+            return f"{RANDOM}:seed={self.seed}"
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def entry(self) -> Pretrained | None:
+        """The :data:`PRETRAINED` entry of torchvision weights (None for others, and for unknown ones)."""
+        if self.kind != "torchvision":
+            return None
+        return next((p for p in PRETRAINED.values() if p.enum == self.name), None)
+
+    @property
+    def known(self) -> bool:
+        """Whether :meth:`load` can find the tensors (not for a file known only by name, nor unknown torchvision weights)."""
+        if self.kind == "file":
+            return self.path is not None
+        return self.kind == RANDOM or self.entry is not None
+
+    @property
+    def transform(self) -> TransformSpec:
+        """The evaluation transform these weights expect."""
+        entry = self.entry
+        return entry.transform if entry is not None else DEFAULT_TRANSFORM
+
+    # -- the tensors -------------------------------------------------------------------------------
+
+    def load(self) -> LoadedWeights:
+        """The state dict and its fingerprint, or a one-line :class:`WeightsError`."""
+        if self.kind == RANDOM:
+            state_dict = _random_state_dict(self.seed)
+        elif self.kind == "file":
+            if self.path is None:
+                raise WeightsError(f"the weights file {self.name!r} is known only by its name; pass --weights PATH to it")
+            state_dict = _load_state_dict_file(self.path)
+        else:
+            entry = self.entry
+            if entry is None:
+                raise WeightsError(f"the weights {self.id} are not known to this tlkit; "
+                                   "pass --weights PATH to a state_dict file of them")
+            state_dict = _load_pretrained(entry)
+        return LoadedWeights(weights=self, state_dict=state_dict, sha256=state_dict_sha256(state_dict))
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Weights with their tensors: what to build the backbone from, and what to record about it."""
+
+    weights: Weights
+    state_dict: dict
+    sha256: str
+
+    @property
+    def id(self) -> str:
+        return self.weights.id
+
+
+def state_dict_sha256(state_dict: dict) -> str:
+    """A fingerprint of the tensors (names, dtypes, shapes and bytes), file format aside."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def checkpoint_dir() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(entry: Pretrained, target: Path) -> None:
+    import torch
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail in seconds when offline, not minutes
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(entry.url, str(target), hash_prefix=entry.sha256_prefix, progress=True)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise WeightsError(
+            f"cannot download {entry.enum} from {entry.url} ({getattr(exc, 'reason', exc)}); "
+            f"offline? copy {entry.file_name} to {target.parent}/ (set TORCH_HOME to change that folder), "
+            f"or pass --weights PATH_TO_STATE_DICT or --weights random"
+        ) from None
+    except RuntimeError as exc:  # torch.hub's hash mismatch
+        raise WeightsError(f"download of {entry.url} failed its hash check: {exc}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _load_pretrained(entry: Pretrained) -> dict:
+    target = checkpoint_dir() / entry.file_name
+    if not target.exists():
+        _download(entry, target)
+    actual = _file_sha256(target)
+    if not actual.startswith(entry.sha256_prefix):
+        raise WeightsError(
+            f"{target} does not match the sha256 prefix {entry.sha256_prefix} of {entry.enum} "
+            f"(got {actual[:12]}); delete it to download again"
+        )
+    return _load_state_dict_file(target)
+
+
+def _load_state_dict_file(path: Path) -> dict:
+    import torch
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise WeightsError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise WeightsError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
+    return state_dict
+
+
+def _random_state_dict(seed: int) -> dict:
+    import torch
+    import torchvision
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return torchvision.models.resnet18(weights=None).state_dict()
+    finally:
+        torch.random.set_rng_state(generator_state)
