@@ -151,6 +151,17 @@ def test_a_qnode_simulator_is_not_vectorised_and_fit_head_seeds_falls_back_to_si
     assert [h.seed for h in heads] == [0, 1] and all(h.module_.runner.simulator == "qnode" for h in heads)
 
 
+def test_fit_head_seeds_fits_logreg_seed_by_seed(data):
+    from tlkit.heads import LogRegHead
+
+    X, y, _, _ = data
+    heads = fit_head_seeds(LogRegHead(cv=3), X, y, [0, 1])
+    assert [h.seed for h in heads] == [0, 1]
+    for head in heads:
+        single = LogRegHead(cv=3, seed=head.seed).fit(X, y)
+        assert np.array_equal(head.predict_proba(X), single.predict_proba(X))
+
+
 def test_training_leaves_the_global_torch_rng_alone(data):
     X, y, _, _ = data
     torch.manual_seed(123)

@@ -199,12 +199,15 @@ def train_seeds(
 
 def fit_head_seeds(head, X, y, seeds: Sequence[int], eval_set=None, *, device="cpu", method="auto",
                    on_epoch=None) -> list:
-    """One fitted copy of a torch head per seed, as ``clone(head).set_params(seed=s).fit(X, y, eval_set)``
-    would give, trained in one pass (one after another where the module is not vectorisable).
+    """One fitted copy of a head per seed, as ``clone(head).set_params(seed=s).fit(X, y, eval_set)``
+    would give: torch heads trained in one pass, others (logreg, whose seed
+    moves its cross-validation folds; a quantum head on a QNode) one after
+    another.
 
     Sets the attributes ``TorchHead.fit`` sets: ``classes_``,
     ``n_features_in_``, ``module_``, ``history_``, ``best_epoch_``,
     ``best_state_dict_``, ``training_seconds_``, ``eval_proba_``.
+    ``on_epoch(epoch, records)`` is called in the one-pass case only.
     """
     from dataclasses import asdict
 
@@ -212,6 +215,12 @@ def fit_head_seeds(head, X, y, seeds: Sequence[int], eval_set=None, *, device="c
 
     seeds = check_seeds(seeds)
     heads = [clone(head).set_params(seed=s) for s in seeds]
+
+    def one_by_one():
+        return [h.fit(X, y) if eval_set is None else h.fit(X, y, eval_set=eval_set) for h in heads]
+
+    if not hasattr(head, "_build_module"):
+        return one_by_one()
     template = heads[0]
     template.check_params()
     # The single fit's own input checks and label encoding, run once on the first copy.
@@ -231,7 +240,7 @@ def fit_head_seeds(head, X, y, seeds: Sequence[int], eval_set=None, *, device="c
                              n_classes=len(classes), eval_set=(X_eval, y_eval) if has_eval else None,
                              device=device, method=method, on_epoch=on_epoch)
     except NotVectorisable:
-        return [h.fit(X, y, eval_set=eval_set) for h in heads]
+        return one_by_one()
     for h, run in zip(heads, result.runs):
         h.classes_ = classes
         h.n_features_in_ = template.n_features_in_
