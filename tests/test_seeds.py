@@ -1,0 +1,237 @@
+"""Many seeds in one vectorised pass: each seed equals the single run with that seed.
+
+Also the seed axis of the quantum head's state-vector replay, the bottleneck
+control head, and the ``--seeds`` parser.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from test_heads_data import blobs
+from tlkit.heads import HeadError, LinearHead, QuantumHead
+from tlkit.heads.bottleneck import BottleneckHead, BottleneckNet
+from tlkit.train.seeds import NotVectorisable, fit_head_seeds, parse_seeds, train_seeds
+
+HEADS = {"linear": LinearHead, "quantum": QuantumHead, "bottleneck": BottleneckHead}
+SEEDS = [0, 3, 11]
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Overlapping blobs (noisy enough that heads disagree), batch size 3 leaves a short last batch."""
+    X, y = blobs(40, 2, seed=1, noise=2.5)
+    X_val, y_val = blobs(25, 2, seed=2, noise=2.5)
+    return X, y, X_val, y_val
+
+
+def single_fits(cls, params, data, seeds):
+    X, y, X_val, y_val = data
+    return [cls(**params, seed=s).fit(X, y, eval_set=(X_val, y_val)) for s in seeds]
+
+
+def assert_same_as_single(run, head, atol=1e-4):
+    assert np.abs(run.final_proba - head.eval_proba_["final"]).max() <= atol
+    assert np.abs(run.best_proba - head.eval_proba_["best"]).max() <= atol
+    assert run.history[-1].val_acc == head.history_[-1]["val_acc"]  # the same final accuracy
+    assert run.best_epoch == head.best_epoch_
+    for mine, theirs in zip(run.history, head.history_):
+        assert mine.epoch == theirs["epoch"] and mine.lr == pytest.approx(theirs["lr"])
+        for key in ("train_loss", "val_loss"):
+            assert getattr(mine, key) == pytest.approx(theirs[key], abs=1e-5)
+        for key in ("train_acc", "val_acc"):
+            assert getattr(mine, key) == theirs[key]
+    for name, value in head.module_.state_dict().items():
+        assert torch.allclose(run.final_state[name], value, atol=1e-5), name
+        assert torch.allclose(run.best_state[name], head.best_state_dict_[name], atol=1e-5), name
+
+
+# --- each seed is its single run ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_vectorised_seeds_equal_separate_single_seed_fits(name, data):
+    X, y, X_val, y_val = data
+    params = {"epochs": 4, "batch_size": 3, "lr": 0.01, "step_size": 2}  # StepLR acts within the run
+    template = HEADS[name](**params)
+    result = train_seeds(template._build_module, X, y, SEEDS, template.train_config(), eval_set=(X_val, y_val))
+    assert result.method == "batched" and [r.seed for r in result.runs] == SEEDS
+    singles = single_fits(HEADS[name], params, data, SEEDS)
+    for run, head in zip(result.runs, singles):
+        assert_same_as_single(run, head)
+    # The seeds really are different runs (so the comparison above is not between copies).
+    assert not np.allclose(result.runs[0].final_proba, result.runs[1].final_proba)
+
+
+@pytest.mark.parametrize("name", ["linear", "quantum"])
+def test_the_vmap_recipe_gives_the_same_runs(name, data):
+    """torch.func.stack_module_state + functional_call + vmap, the generic way (quantum: vmap over run)."""
+    X, y, X_val, y_val = data
+    params = {"epochs": 2, "batch_size": 3, "lr": 0.01}
+    template = HEADS[name](**params)
+    result = train_seeds(template._build_module, X, y, SEEDS[:2], template.train_config(), eval_set=(X_val, y_val),
+                         method="vmap")
+    assert result.method == "vmap"
+    for run, head in zip(result.runs, single_fits(HEADS[name], params, data, SEEDS[:2])):
+        assert_same_as_single(run, head)
+
+
+@pytest.mark.parametrize("config", [
+    {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.05},
+    {"optimizer": "adam", "weight_decay": 0.01, "gamma": 0.5, "step_size": 1},
+])
+def test_one_optimizer_over_stacked_seeds_updates_each_seed_as_its_own(config, data):
+    """Momentum, Adam's moments, weight decay and StepLR act element by element."""
+    X, y, X_val, y_val = data
+    params = {"epochs": 3, "batch_size": 4, "lr": 0.01, **config}
+    template = BottleneckHead(**params)
+    result = train_seeds(template._build_module, X, y, SEEDS, template.train_config(), eval_set=(X_val, y_val))
+    for run, head in zip(result.runs, single_fits(BottleneckHead, params, data, SEEDS)):
+        assert_same_as_single(run, head)
+
+
+class FixedInitLinear(LinearHead):
+    """A linear head whose initialisation ignores the seed: only the batch order depends on it."""
+
+    def _build_module(self, n_features, n_classes):
+        module = nn.Linear(n_features, n_classes)
+        with torch.no_grad():
+            module.weight.copy_(torch.linspace(-0.01, 0.01, module.weight.numel()).view_as(module.weight))
+            module.bias.zero_()
+        return module
+
+
+def test_each_seed_owns_its_batch_order(data):
+    X, y, X_val, y_val = data
+    template = FixedInitLinear(epochs=1, batch_size=3, lr=0.05, momentum=0.0)
+    result = train_seeds(template._build_module, X, y, [0, 1], template.train_config(), eval_set=(X_val, y_val))
+    first, second = (run.final_state["weight"] for run in result.runs)
+    assert not torch.allclose(first, second)  # same start, different visiting order: different weights
+    for run, seed in zip(result.runs, [0, 1]):
+        single = FixedInitLinear(epochs=1, batch_size=3, lr=0.05, momentum=0.0, seed=seed).fit(X, y)
+        assert torch.allclose(run.final_state["weight"], single.module_.weight, atol=1e-6)
+
+
+def test_without_an_evaluation_set_there_is_no_best_epoch(data):
+    X, y, _, _ = data
+    template = LinearHead(epochs=2)
+    result = train_seeds(template._build_module, X, y, [0, 1], template.train_config())
+    for run in result.runs:
+        assert run.best_epoch is None and run.final_proba is None and run.best_state is None
+        assert len(run.history) == 2 and np.isnan(run.history[0].val_acc)
+        single = LinearHead(epochs=2, seed=run.seed).fit(X, y)
+        assert np.allclose(predict(run.module, X), single.predict_proba(X), atol=1e-5)
+
+
+def predict(module, X):
+    with torch.no_grad():
+        return torch.softmax(module(torch.from_numpy(X)).double(), dim=1).numpy()
+
+
+def test_fit_head_seeds_gives_fitted_heads_like_fit(data):
+    X, y, X_val, y_val = data
+    labels, labels_val = np.array(["ants", "bees"])[y], np.array(["ants", "bees"])[y_val]
+    heads = fit_head_seeds(QuantumHead(epochs=2, batch_size=3), X, labels, [2, 5], eval_set=(X_val, labels_val))
+    for head, seed in zip(heads, [2, 5]):
+        single = QuantumHead(epochs=2, batch_size=3, seed=seed).fit(X, labels, eval_set=(X_val, labels_val))
+        assert head.seed == seed and list(head.classes_) == ["ants", "bees"]
+        assert np.abs(head.predict_proba(X_val) - single.predict_proba(X_val)).max() <= 1e-4
+        assert list(head.predict(X_val)) == list(single.predict(X_val))
+        assert head.best_epoch_ == single.best_epoch_ and len(head.history_) == 2
+
+
+def test_a_qnode_simulator_is_not_vectorised_and_fit_head_seeds_falls_back_to_single_fits(data):
+    X, y, _, _ = data
+    template = QuantumHead(epochs=1, simulator="qnode", batch_size=20)
+    with pytest.raises(NotVectorisable, match="qnode"):
+        train_seeds(template._build_module, X, y, [0, 1], template.train_config())
+    heads = fit_head_seeds(template, X[:20], y[:20], [0, 1])
+    assert [h.seed for h in heads] == [0, 1] and all(h.module_.runner.simulator == "qnode" for h in heads)
+
+
+def test_fit_head_seeds_fits_logreg_seed_by_seed(data):
+    from tlkit.heads import LogRegHead
+
+    X, y, _, _ = data
+    heads = fit_head_seeds(LogRegHead(cv=3), X, y, [0, 1])
+    assert [h.seed for h in heads] == [0, 1]
+    for head in heads:
+        single = LogRegHead(cv=3, seed=head.seed).fit(X, y)
+        assert np.array_equal(head.predict_proba(X), single.predict_proba(X))
+
+
+def test_training_leaves_the_global_torch_rng_alone(data):
+    X, y, _, _ = data
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    template = LinearHead(epochs=1)
+    train_seeds(template._build_module, X, y, [4, 5], template.train_config())
+    assert torch.equal(torch.rand(3), expected)
+
+
+# --- the seed axis of the state-vector replay --------------------------------------------------
+
+@pytest.mark.parametrize("n_qubits,depth", [(4, 6), (3, 2), (5, 1), (1, 2)])
+def test_statevector_seed_axis_equals_one_run_per_seed(n_qubits, depth):
+    from tlkit.heads import statevector
+    from tlkit.heads.circuit import dressed_circuit
+
+    program = statevector.trace(dressed_circuit, n_qubits, (depth, n_qubits))
+    gen = torch.Generator().manual_seed(n_qubits * 10 + depth)
+    angles = ((torch.rand(3, 5, n_qubits, generator=gen, dtype=torch.float64) - 0.5) * torch.pi).requires_grad_()
+    weights = torch.randn(3, depth, n_qubits, generator=gen, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 5, n_qubits, generator=gen, dtype=torch.float64)
+
+    seeded = statevector.run(program, angles, weights)
+    separate = torch.stack([statevector.run(program, angles[s], weights[s]) for s in range(3)])
+    vmapped = torch.vmap(lambda a, w: statevector.run(program, a, w))(angles, weights)
+    assert seeded.shape == (3, 5, n_qubits)
+    assert torch.allclose(seeded, separate, atol=1e-12, rtol=0)
+    assert torch.allclose(vmapped, separate, atol=1e-12, rtol=0)
+    grads_seeded = torch.autograd.grad((seeded * probe).sum(), [angles, weights])
+    grads_separate = torch.autograd.grad((separate * probe).sum(), [angles, weights])
+    for g_seeded, g_separate in zip(grads_seeded, grads_separate):
+        assert g_separate.abs().max() > 1e-3
+        assert torch.allclose(g_seeded, g_separate, atol=1e-12, rtol=0)
+
+
+# --- the bottleneck control --------------------------------------------------------------------
+
+def test_bottleneck_is_the_quantum_dressing_around_a_classical_layer():
+    torch.manual_seed(0)
+    net = BottleneckNet(512, 3, n_qubits=5)
+    assert [tuple(p.shape) for p in net.parameters()] == [(5, 512), (5,), (5, 5), (5,), (3, 5), (3,)]
+    x = torch.randn(7, 512)
+    middle = torch.tanh(net.middle(torch.tanh(net.pre(x)) * (torch.pi / 2)))
+    assert torch.allclose(net(x), net.post(middle))
+    assert middle.abs().max() <= 1  # the range of <Z>
+
+
+def test_bottleneck_head_is_a_classifier_with_the_quantum_heads_width_name():
+    X, y = blobs(120, 2, seed=1)
+    X_val, y_val = blobs(60, 2, seed=2)
+    head = BottleneckHead(n_qubits=3, epochs=10).fit(X, y)
+    assert head.module_.middle.in_features == 3
+    assert head.score(X_val, y_val) >= 0.95
+    with pytest.raises(HeadError, match="width"):
+        BottleneckHead(n_qubits=0).fit(X, y)
+
+
+# --- --seeds SPEC ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,seeds", [("10", list(range(10))), ("0-9", list(range(10))), ("3-5", [3, 4, 5]),
+                                        ("1,5,9", [1, 5, 9]), ("7", list(range(7))), ("4-4", [4])])
+def test_parse_seeds(spec, seeds):
+    assert parse_seeds(spec) == seeds
+
+
+@pytest.mark.parametrize("spec,message", [("0", "at least 1"), ("5-2", "backwards"), ("1,5,1", "twice"),
+                                          ("ten", "not a count"), ("-3", "at least 1"), ("2,-1", "non-negative"),
+                                          ("1,,2", "not a count"), ("", "not a count")])
+def test_bad_seed_specs_are_one_line_errors(spec, message):
+    with pytest.raises(HeadError, match=message) as info:
+        parse_seeds(spec)
+    assert "\n" not in str(info.value)
