@@ -15,6 +15,7 @@ from pathlib import Path
 from tlkit.data.transforms import TransformSpec
 from tlkit.embed.backbone import select_device
 from tlkit.embed.mapper import FeatureMapper
+from tlkit.embed.precision import Int8Calibration
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard
 from tlkit.embed.writer import PartWriter
 
@@ -33,10 +34,12 @@ class EmbedJob:
     max_pixels: int | None
     rows_per_part: int = 2048  # rows per atomic part file: the most an interruption can lose
     options: dict = field(default_factory=dict)  # backend-specific (--ray-address, --shards, ...)
+    precision: str = "fp32"  # tlkit.embed.precision.PRECISIONS
+    calibration: Int8Calibration | None = None  # int8 with calibrated weights: one for every shard
 
 
 def run_local(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], None]) -> ShardStats:
-    mapper = FeatureMapper(job.state_dict, select_device(job.device))
+    mapper = FeatureMapper(job.state_dict, select_device(job.device), job.precision, job.calibration)
     writer = PartWriter(job.parts_dir, job.class_names, rows_per_part=job.rows_per_part)
     return run_shard(items, mapper, writer, job.spec, job.batch_size, job.workers, job.max_pixels, on_progress)
 
