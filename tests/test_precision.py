@@ -382,3 +382,24 @@ def test_embed_at_each_precision_stores_float32_features_near_fp32(hymenoptera_s
             key, target = ("min_cosine", 0.999) if precision == "bf16" else ("mean_cosine", 0.99)
             assert agreement[key] >= target, (precision, agreement)
             assert agreement["max_abs_diff"] > 0
+
+
+@pytest.mark.slow
+def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera_small, tmp_path):
+    """Every Ray actor builds the network the local run builds: the precision and the driver's
+    int8 calibration travel in the job, so sharded features equal local ones within verify's tolerance."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    options = {"weights": "random", "batch_size": 4, "workers": 0, **QUIET}
+    try:
+        for precision in ("bf16", "int8"):
+            local = load_cache(embed(hymenoptera_small, tmp_path / f"local-{precision}.h5", precision=precision,
+                                     **options).out)
+            sharded = load_cache(embed(hymenoptera_small, tmp_path / f"ray-{precision}.h5", precision=precision,
+                                       backend="ray", backend_options={"shards": 3}, **options).out)
+            for split in ("train", "val"):
+                assert sharded[split].paths.tolist() == local[split].paths.tolist()
+                diff = np.abs(sharded[split].features - local[split].features).max()
+                assert diff <= Precision(precision).verify_tolerance, (precision, split, diff)
+    finally:
+        ray.shutdown()
