@@ -45,7 +45,7 @@ So the first run into a cache calibrates once, on a deterministic sample of
 the real images (:func:`calibration_sample`: the first
 :data:`CALIBRATION_IMAGES` paths of the training split in the order of their
 sha256, recorded by name), and the result is a small :class:`Int8Calibration`:
-one (scale, zero point) per activation observer, about 40 numbers. It is
+one (scale, zero point) per activation observer, 29 of them for ResNet-18. It is
 stored with the cache's provenance (:meth:`Int8Calibration.to_json`, a few KiB
 of text, fit for an HDF5 attribute and the parts manifest alike) and every
 later run rebuilds the network from it with :func:`build_int8`. The first run
@@ -75,7 +75,7 @@ from tlkit.embed.backbone import build_backbone, fuse_batchnorm
 from tlkit.errors import TlkitError, WeightsError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-CALIBRATION_IMAGES = 32  # enough for stable histograms (measured: 64 changes no probe result), one batch's worth
+CALIBRATION_IMAGES = 32  # one batch; 128 photos gave no closer features (mean cosine 0.9975 vs 0.9979, bench weights)
 QUANT_ENGINE = "x86"  # PyTorch's x86 quantization backend: fbgemm or oneDNN kernels, whichever is faster per op
 
 
