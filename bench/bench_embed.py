@@ -1,14 +1,30 @@
-"""Stage-one throughput: `tlkit embed` against a plain torchvision loop, in one run.
+"""Stage-one throughput: `tlkit embed` at each precision against a competent PyTorch loop, in one run.
 
-    .venv/bin/python bench/bench_embed.py [DATA_DIR] [--repeat 10]
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] [--precision fp32,bf16,int8] [--rounds 3] [--repeat 10]
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] --profile     # where an image's time goes, per stage
 
-Prints, measured side by side on this machine:
-  * images/s of a plain ImageFolder + DataLoader(batch_size=4) + resnet18 loop;
-  * images/s of tlkit embed (defaults) on the same images, and the ratio (target >= 1.3x);
-  * this machine's fp32 matmul peak and the fraction of it embedding reaches
-    (1.82 GFLOPs per 224x224 image; target >= 40%);
-  * peak memory (RSS, main process + decoding workers) of embed on 1x and Nx the images
-    (features stream to disk, so it must not grow with the image count).
+Every contender runs as a whole process (interpreter start-up, imports, writing
+the result included), interleaved in rounds so that all see the same machine load:
+
+  * **the peer**: what a competent PyTorch user writes -- ImageFolder +
+    DataLoader(batch_size=32, num_workers=2) + torchvision resnet18 with fc removed,
+    under inference_mode, features saved to one .npy; it runs once as is and once
+    with OMP_WAIT_POLICY=PASSIVE (which tlkit sets), and the faster of the two is
+    the reference of its round;
+  * today's tutorial loop (batch 4, no workers, no_grad), as a second line;
+  * `tlkit embed --weights random --precision P` for each P, into a fresh cache
+    (HDF5 publish, and int8's calibration, included).
+
+Then prints:
+  * the ratio of each precision to the peer, median over rounds
+    (targets: fp32 >= 1.3x, bf16 >= 2x, int8 >= 3x);
+  * the fraction of this machine's GEMM peak at that precision that embedding reaches
+    (1.82 GFLOPs per 224x224 image; fp32 and bf16 peaks from a 2048^2 matmul, int8 from
+    a 2048^2 quantized Linear, the fbgemm/oneDNN kernels the int8 network runs);
+  * decode + eval transform images/s per core (PIL, the default pixels), and for
+    reference PIL decode alone, PIL's reduced-size draft decode and torchvision.io.decode_jpeg;
+  * peak memory (RSS, main process and decoding workers) of embed at each precision
+    on 1x and --repeat x the images (features stream to disk: it must not grow).
 Weights are random (the ImageNet file cannot be downloaded here); speed does not depend on them.
 """
 
@@ -26,23 +42,29 @@ from pathlib import Path
 import torch
 
 GFLOPS_PER_IMAGE = 1.82
+TARGETS = {"fp32": 1.3, "bf16": 2.0, "fp16": 2.0, "int8": 3.0}
 
+PEER = """
+import sys, numpy as np, torch, torchvision
+from pathlib import Path
+from torch.utils.data import ConcatDataset, DataLoader
+from torchvision.datasets import ImageFolder
+data, out, batch_size, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+dataset = ConcatDataset([ImageFolder(data / s, transform=transform) for s in ("train", "val") if (data / s).is_dir()])
+model = torchvision.models.resnet18(weights=None)
+model.fc = torch.nn.Identity()
+model.eval()
+features = []
+with torch.inference_mode():
+    for images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+        features.append(model(images))
+np.save(out, torch.cat(features).numpy())
+print(len(dataset))
+"""
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 * reps / best / 1e9
-
-
-PLAIN_LOOP = """
-import sys, time, torch, torchvision
+TUTORIAL = """
+import sys, torch, torchvision
 from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision.datasets import ImageFolder
@@ -52,32 +74,117 @@ dataset = ConcatDataset([ImageFolder(data / s, transform=transform) for s in ("t
 model = torchvision.models.resnet18(weights=None)
 model.fc = torch.nn.Identity()
 model.eval()
-t = time.perf_counter()
-n = 0
 with torch.no_grad():
     for images, _ in DataLoader(dataset, batch_size=4):
         model(images)
-        n += len(images)
-print(n, time.perf_counter() - t)
+print(len(dataset))
 """
 
 
-def plain_loop(data: Path, env: dict | None = None) -> tuple[int, float]:
-    """The tutorial way, in a fresh process: ImageFolder + DataLoader(batch_size=4) + resnet18, eval mode."""
-    proc = subprocess.run([sys.executable, "-c", PLAIN_LOOP, str(data)], capture_output=True, text=True, check=True,
-                          env={**os.environ, **(env or {})})
-    n, seconds = proc.stdout.split()
-    return int(n), float(seconds)
+def whole_process(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
+    """Wall seconds of ``cmd`` from spawn to exit, and its stdout."""
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} ... failed:\n{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
 
 
-def tlkit_embed(data: Path, out: Path) -> tuple[int, float]:
-    """`tlkit embed` as a user runs it (the console command, default flags); the rate is its own summary line's."""
-    proc = subprocess.run([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out), "--weights", "random"],
-                          capture_output=True, text=True, check=True)
-    summary = proc.stdout.strip().splitlines()[-1]  # "embedded N, skipped K, ..., S s, R images/s -> OUT"
+def peer(data: Path, out: Path, env: dict | None = None) -> tuple[int, float]:
+    seconds, stdout = whole_process([sys.executable, "-c", PEER, str(data), str(out), "32", "2"], env)
+    return int(stdout.split()[-1]), seconds
+
+
+def tutorial(data: Path) -> tuple[int, float]:
+    seconds, stdout = whole_process([sys.executable, "-c", TUTORIAL, str(data)])
+    return int(stdout.split()[-1]), seconds
+
+
+def tlkit_embed(data: Path, out: Path, precision: str) -> tuple[int, float, float]:
+    """(images, whole-process seconds, tlkit's own images/s) of the console command."""
+    seconds, stdout = whole_process([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out),
+                                     "--weights", "random", "--precision", precision, "--no-progress"])
+    summary = stdout.strip().splitlines()[-1]  # "embedded N, skipped K, ..., S s, R images/s -> OUT"
     n = int(summary.split(",")[0].split()[1])
-    seconds = float(summary.split(",")[3].split()[0])
-    return n, seconds
+    own_rate = float(summary.split(",")[4].split()[0])
+    return n, seconds, own_rate
+
+
+def gemm_peak_gflops(precision: str, n: int = 2048, reps: int = 10) -> float:
+    """Best of 3 timings of ``reps`` n x n GEMMs at ``precision``, in GFLOP/s (2 n^3 per GEMM)."""
+    if precision == "int8":
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "x86"
+        layer = torch.ao.nn.quantized.Linear(n, n)
+        weight = torch.quantize_per_channel(torch.randn(n, n), torch.full((n,), 0.01), torch.zeros(n, dtype=torch.long),
+                                            0, torch.qint8)
+        layer.set_weight_bias(weight, None)
+        x = torch.quantize_per_tensor(torch.rand(n, n), 0.01, 0, torch.quint8)
+
+        def gemm():
+            layer(x)
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+
+        def gemm():
+            a @ b
+    for _ in range(3):
+        gemm()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            gemm()
+        best = min(best, time.perf_counter() - t)
+    if precision == "int8":
+        torch.backends.quantized.engine = previous
+    return 2 * n**3 * reps / best / 1e9
+
+
+def decode_rates(data: Path, limit: int = 100) -> dict[str, float]:
+    """Images/s on one core of: PIL decode + tlkit's eval transform (the default pixels); for
+    reference, PIL decode alone, PIL's reduced-size draft decode (JPEG DCT scaling, never below
+    the resize target), and torchvision.io.decode_jpeg alone; plus the share of images at least
+    twice the resize target, the only ones a draft decode makes cheaper."""
+    import torchvision.io
+    from PIL import Image
+
+    from tlkit.data.decode import load_rgb
+    from tlkit.data.transforms import TransformSpec
+
+    spec = TransformSpec()
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:limit]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def rate(fn, inputs) -> float:
+        t = time.perf_counter()
+        for x in inputs:
+            fn(x)
+        return len(inputs) / (time.perf_counter() - t)
+
+    def draft(f):
+        with Image.open(f) as im:
+            im.draft("RGB", (spec.resize, spec.resize))
+            return im.convert("RGB")
+
+    try:
+        transform = spec.build()
+        out = {"PIL + eval transform": rate(lambda f: transform(load_rgb(f)), files),
+               "PIL decode alone": rate(load_rgb, files),
+               "PIL draft decode alone": rate(draft, files)}
+        raw = [torchvision.io.read_file(str(f)) for f in files]
+        out["torchvision.io.decode_jpeg alone"] = rate(torchvision.io.decode_jpeg, raw)
+    finally:
+        torch.set_num_threads(threads)
+    big = 0
+    for f in files:
+        with Image.open(f) as im:
+            big += min(im.size) >= 2 * spec.resize
+    out["share of images >= 2x the resize target"] = big / max(1, len(files))
+    return out
 
 
 def replicate(data: Path, target: Path, times: int) -> Path:
@@ -92,12 +199,12 @@ def replicate(data: Path, target: Path, times: int) -> Path:
     return target
 
 
-def peak_memory_child(data: Path, out: Path) -> dict:
+def peak_memory_child(data: Path, out: Path, precision: str) -> dict:
     """Run embed in a fresh process and report its peak RSS and its workers'."""
     code = (
         "import json, os, resource, sys, time; os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE');"  # as the CLI does
         "from tlkit.embed import embed; t=time.perf_counter();"
-        f"r = embed({str(data)!r}, {str(out)!r}, weights='random', progress=False, echo=lambda *_: None);"
+        f"r = embed({str(data)!r}, {str(out)!r}, weights='random', precision={precision!r}, progress=False, echo=lambda *_: None);"
         "print(json.dumps({'images': r.embedded, 'seconds': time.perf_counter()-t,"
         " 'main_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,"
         " 'workers_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
@@ -106,45 +213,138 @@ def peak_memory_child(data: Path, out: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def profile_stages(data: Path, precisions: list[str], n: int = 96) -> None:
+    """Where an image's time goes, stage by stage, in this process: decode, transform, network, write.
+
+    Decode and transform run on one core (as in a decoding worker); the network on all of
+    torch's threads at batch 32; the write through tlkit's part writer. CPU-seconds per image
+    bound what the cores can do together: cores / (decode + transform + network x threads + write).
+    """
+    import numpy as np
+
+    from tlkit.data.decode import load_rgb
+    from tlkit.data.transforms import TransformSpec
+    from tlkit.embed.mapper import FeatureMapper
+    from tlkit.embed.precision import calibrate_int8
+    from tlkit.embed.weights import random_weights
+    from tlkit.embed.writer import PartWriter
+
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    transform = TransformSpec().build()
+    t = time.perf_counter()
+    decoded = [load_rgb(f) for f in files]
+    decode_ms = 1000 * (time.perf_counter() - t) / len(files)
+    t = time.perf_counter()
+    tensors = [transform(im) for im in decoded]
+    transform_ms = 1000 * (time.perf_counter() - t) / len(files)
+    torch.set_num_threads(threads)
+    images = torch.stack(tensors)
+    state_dict = random_weights(0).state_dict
+    cores = os.cpu_count() or 1
+    print(f"profile, {len(files)} photos, {threads} network threads, {cores} cores: decode (PIL) {decode_ms:.1f} ms, "
+          f"eval transform {transform_ms:.1f} ms per image on one core")
+    for p in precisions:
+        calibration = calibrate_int8(state_dict, [images[:32]], "profile") if p == "int8" else None
+        mapper = FeatureMapper(state_dict, torch.device("cpu"), p, calibration)
+        mapper(images[:32])  # warm-up: oneDNN picks and caches its kernels
+        t = time.perf_counter()
+        features = np.concatenate([mapper(images[i:i + 32]) for i in range(0, len(images), 32)])
+        network_ms = 1000 * (time.perf_counter() - t) / len(images)
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = PartWriter(Path(tmp), ["a", "b"], rows_per_part=2048)
+            t = time.perf_counter()
+            for i in range(0, len(features), 32):
+                rows = range(i, min(i + 32, len(features)))
+                writer.add(features[i:i + 32], [0] * len(rows), [f"x/{k:06d}.jpg" for k in rows], ["train"] * len(rows))
+            writer.close()
+            write_ms = 1000 * (time.perf_counter() - t) / len(features)
+        cpu_ms = decode_ms + transform_ms + network_ms * threads + write_ms
+        print(f"  {p}: network {network_ms:.1f} ms per image ({1000 / network_ms:.0f} images/s on {threads} threads), "
+              f"write {write_ms:.2f} ms; CPU time per image: decode+transform {decode_ms + transform_ms:.1f} ms = "
+              f"{(decode_ms + transform_ms) / cpu_ms:.0%}, network {network_ms * threads:.1f} ms = "
+              f"{network_ms * threads / cpu_ms:.0%}, write {write_ms / cpu_ms:.1%}; "
+              f"bound for {cores} cores: {1000 * cores / cpu_ms:.0f} images/s")
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", nargs="?", default=os.environ.get("TLKIT_HYMENOPTERA", "../shared/datasets/hymenoptera_data"))
+    parser.add_argument("data", nargs="?", default=os.environ.get("TLKIT_HYMENOPTERA"))
+    parser.add_argument("--precision", default="fp32,bf16,int8", help="comma-separated precisions of tlkit embed")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the peer vs tlkit")
     parser.add_argument("--repeat", type=int, default=10, help="the N of the Nx memory check")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of plain loop vs tlkit")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-tutorial", action="store_true", help="leave out today's batch-4 loop")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile the stages (decode, transform, network, write) per precision, in-process")
     args = parser.parse_args()
+    if not args.data:
+        sys.exit("error: pass DATA_DIR or set TLKIT_HYMENOPTERA")
     data = Path(args.data)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.profile:
+        profile_stages(data, precisions)
+        return
 
-    peak = matmul_peak_gflops()
-    print(f"fp32 matmul peak (2048x2048, best of 3): {peak:.1f} GFLOP/s")
+    peaks = {p: gemm_peak_gflops(p) for p in sorted(set(precisions) | {"fp32"}) if p != "fp16"}
+    print("GEMM peak (2048^2, best of 3): " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in peaks.items()))
+    decode = decode_rates(data)
+    share = decode.pop("share of images >= 2x the resize target")
+    print("decode, images/s per core: " + ", ".join(f"{k} {v:.0f}" for k, v in decode.items())
+          + f" ({share:.0%} of the images are >= 2x the resize target)")
 
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
         rounds = []
-        for r in range(args.rounds):  # interleaved, so both see the same machine load
-            plain = plain_loop(data)
-            plain_passive = plain_loop(data, {"OMP_WAIT_POLICY": "PASSIVE"})
-            ours = tlkit_embed(data, Path(tmp) / f"round{r}.h5")
-            rounds.append((plain, plain_passive, ours))
-            print(f"round {r + 1}: plain loop {plain[0] / plain[1]:.1f} images/s, plain loop with "
-                  f"OMP_WAIT_POLICY=PASSIVE {plain_passive[0] / plain_passive[1]:.1f}, tlkit embed {ours[0] / ours[1]:.1f}")
-        best_plain = max(max(p[0] / p[1], q[0] / q[1]) for p, q, _ in rounds)
-        best_ours = max(o[0] / o[1] for _, _, o in rounds)
-        median_ratio = sorted((o[0] / o[1]) / max(p[0] / p[1], q[0] / q[1]) for p, q, o in rounds)[len(rounds) // 2]
-        print(f"plain ImageFolder + DataLoader(batch_size=4) loop, best of {2 * args.rounds}: {best_plain:.1f} images/s")
-        print(f"tlkit embed (console command, defaults; its own summary line, HDF5 publish included): best {best_ours:.1f} images/s")
-        print(f"speed-up vs the better plain loop of each round, median of {args.rounds}: {median_ratio:.2f}x (target >= 1.3x)")
-        print(f"fraction of matmul peak: {best_ours * GFLOPS_PER_IMAGE / peak:.0%} "
-              f"({best_ours * GFLOPS_PER_IMAGE:.1f} GFLOP/s of {peak:.1f}; target >= 40%)")
+        for r in range(args.rounds):  # interleaved, so every contender sees the same machine load
+            row = {"peer": peer(data, tmp / "peer.npy"),
+                   "peer_passive": peer(data, tmp / "peer.npy", {"OMP_WAIT_POLICY": "PASSIVE"})}
+            if not args.skip_tutorial:
+                row["tutorial"] = tutorial(data)
+            order = precisions[r % len(precisions):] + precisions[:r % len(precisions)]  # rotate who goes first
+            for p in order:
+                row[p] = tlkit_embed(data, tmp / f"round{r}-{p}.h5", p)
+            rounds.append(row)
+            line = ", ".join(f"{p} {row[p][0] / row[p][1]:.1f}" for p in precisions)
+            print(f"round {r + 1} (images/s, whole processes): peer {row['peer'][0] / row['peer'][1]:.1f}, "
+                  f"peer with OMP_WAIT_POLICY=PASSIVE {row['peer_passive'][0] / row['peer_passive'][1]:.1f}"
+                  + (f", tutorial batch-4 loop {row['tutorial'][0] / row['tutorial'][1]:.1f}" if "tutorial" in row else "")
+                  + f"; tlkit embed {line}", flush=True)
+
+        def rate(x):
+            return x[0] / x[1]
+
+        best_peer = [max(rate(row["peer"]), rate(row["peer_passive"])) for row in rounds]
+        print(f"peer (ImageFolder + DataLoader(batch_size=32, num_workers=2) + inference_mode + .npy), "
+              f"the faster variant of each round, median of {args.rounds}: {median(best_peer):.1f} images/s")
+        if not args.skip_tutorial:
+            print(f"tutorial loop (batch 4, no workers), median: {median([rate(row['tutorial']) for row in rounds]):.1f} images/s")
+        for p in precisions:
+            ratio = median([rate(row[p]) / b for row, b in zip(rounds, best_peer)])
+            whole = median([rate(row[p]) for row in rounds])
+            own = median([row[p][2] for row in rounds])
+            peak = peaks.get(p)
+            fraction = (f"; {own * GFLOPS_PER_IMAGE / peak:.0%} of the {p} GEMM peak "
+                        f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak else ""
+            print(f"tlkit embed --precision {p}: {whole:.1f} images/s whole process ({own:.1f} by its summary line); "
+                  f"{ratio:.2f}x the peer (target >= {TARGETS[p]}x){fraction}")
 
         if not args.skip_memory:
-            one = peak_memory_child(data, Path(tmp) / "one.h5")
-            many_data = replicate(data, Path(tmp) / "many", args.repeat)
-            many = peak_memory_child(many_data, Path(tmp) / "many.h5")
-            for label, m in ((" 1x", one), (f"{args.repeat}x", many)):
-                print(f"peak RSS, {label}: {m['images']:>6} images: main process {m['main_mib']:.0f} MiB, "
-                      f"largest decoding worker {m['workers_mib']:.0f} MiB ({m['images'] / m['seconds']:.1f} images/s)")
-            print(f"memory growth {args.repeat}x images: {many['main_mib'] / one['main_mib']:.2f}x (main process)")
+            many_data = replicate(data, tmp / "many", args.repeat)
+            for p in precisions:
+                one = peak_memory_child(data, tmp / f"one-{p}.h5", p)
+                many = peak_memory_child(many_data, tmp / f"many-{p}.h5", p)
+                for label, m in ((" 1x", one), (f"{args.repeat}x", many)):
+                    print(f"peak RSS {p}, {label}: {m['images']:>6} images: main process {m['main_mib']:.0f} MiB, "
+                          f"largest decoding worker {m['workers_mib']:.0f} MiB ({m['images'] / m['seconds']:.1f} images/s)")
+                print(f"memory growth {p}, {args.repeat}x images: {many['main_mib'] / one['main_mib']:.2f}x (main process)")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def _default_workers() -> int:
 @click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0),
               help="GPUs each Ray actor reserves (--backend ray); 0 runs actors on CPUs.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
+# The choices are tlkit.embed.precision.PRECISIONS, written out: importing it here would load torch.
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+              help="Arithmetic of the backbone: fp32 (reproducible bit for bit), bf16 (autocast, CPU or CUDA), "
+                   "fp16 (CUDA only), int8 (CPU, post-training static quantization). Features are stored as float32.")
 def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, checkpoint_every, backend,
-          ray_address, shards, gpus_per_worker, progress):
+          ray_address, shards, gpus_per_worker, progress, precision):
     """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
 
     \b
@@ -75,7 +79,7 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
         data_dir, cache, weights=weights, seed=seed, batch_size=batch_size, workers=workers, device=device,
         strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
         ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
-        progress=progress, echo=lambda msg: click.echo(msg, err=True),
+        progress=progress, echo=lambda msg: click.echo(msg, err=True), precision=precision,
     )
     if result.up_to_date:
         click.echo(f"{cache} is up to date ({result.already_cached} images cached); nothing to embed")

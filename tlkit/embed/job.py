@@ -34,3 +34,5 @@ class EmbedJob:
     max_pixels: int | None
     rows_per_part: int = 2048  # rows per atomic part file: the most an interruption can lose
     ray: RayOptions = RayOptions()
+    precision: str = "fp32"  # tlkit.embed.precision.PRECISIONS
+    calibration: object = None  # tlkit.embed.precision.Int8Calibration: int8 with calibrated weights, one for every shard

@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlkit.embed.backbone import build_backbone, fuse_batchnorm
+from tlkit.embed.precision import Int8Calibration, Precision
 
 
 class FeatureMapper:
     """Holds the frozen backbone on its device and maps batches to numpy features."""
 
-    def __init__(self, state_dict: dict, device: torch.device):
+    def __init__(self, state_dict: dict, device: torch.device, precision: str | Precision = "fp32",
+                 calibration: Int8Calibration | None = None):
         self.device = device
-        # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolutions;
-        # folding BatchNorm into the convolutions saves a pass over every activation.
-        model = fuse_batchnorm(build_backbone(state_dict))
-        self.model = model.to(device=device, memory_format=torch.channels_last)
+        self.precision = Precision.parse(precision)
+        # fp32: BatchNorm folded, channels_last, as always; the others: see tlkit/embed/precision.py.
+        self.model = self.precision.build(state_dict, device, calibration)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self.model(images).float().cpu().numpy()
+        with self.precision.autocast(self.device):
+            features = self.model(images)
+        return features.float().cpu().numpy()

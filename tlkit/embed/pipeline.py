@@ -45,6 +45,7 @@ from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
+from tlkit.embed import precision as precisions
 from tlkit.embed.backbone import BACKBONE, LAYER
 from tlkit.embed.distributor import get_distributor
 from tlkit.embed.job import EmbedJob, RayOptions
@@ -147,16 +148,19 @@ def embed(
     ray: RayOptions | None = None,
     progress: bool | None = None,
     echo=print,
+    precision: str = "fp32",
 ) -> EmbedResult:
     """Embed every image under ``data_root`` that ``out`` does not hold yet; see module docs."""
     start = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     check_output_path(out)
     index = discover(data_root)
-    select_device(device)  # a bad --device fails now, before the weights load
+    precision, device = precisions.Precision.parse(precision), precisions.device_for(precision, device)
+    precision.check_device(select_device(device))  # a bad --device or --precision fails now, before the weights load
     distribute = get_distributor(backend)
     chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed)
-    loaded = chosen.load()
+    int8_named = precision.name == "int8" and isinstance(weights, str) and weights in precisions.INT8_NAMED_WEIGHTS
+    loaded = precisions.load_int8_named(weights) if int8_named else chosen.load()
     spec = chosen.transform
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
@@ -211,11 +215,20 @@ def embed(
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
                 f"{loaded.id} on {select_device(device)}, backend {backend}"
+                + (f", precision {precision}" if precision.name != "fp32" else "")
+            )
+            for note in filter(None, [precisions.speed_warning(precision, select_device(device))]):
+                echo(note)
+            # TODO(lead): store the calibration with the provenance and reuse it on later runs.
+            calibration = (
+                precisions.calibrate_on_images(loaded.state_dict, data_root, index.items, spec, max_pixels)
+                if precision.name == "int8" and not int8_named else None
             )
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
                 rows_per_part=rows_per_part, ray=ray or RayOptions(),
+                precision=precision.name, calibration=calibration,
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:
