@@ -226,7 +226,7 @@ def profile_stages(data: Path, precisions: list[str], n: int = 96) -> None:
     from tlkit.data.transforms import TransformSpec
     from tlkit.embed.mapper import FeatureMapper
     from tlkit.embed.precision import calibrate_int8
-    from tlkit.embed.weights import random_weights
+    from tlkit.weights import Weights
     from tlkit.embed.writer import PartWriter
 
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
@@ -241,7 +241,7 @@ def profile_stages(data: Path, precisions: list[str], n: int = 96) -> None:
     transform_ms = 1000 * (time.perf_counter() - t) / len(files)
     torch.set_num_threads(threads)
     images = torch.stack(tensors)
-    state_dict = random_weights(0).state_dict
+    state_dict = Weights.random(0).load().state_dict
     cores = os.cpu_count() or 1
     print(f"profile, {len(files)} photos, {threads} network threads, {cores} cores: decode (PIL) {decode_ms:.1f} ms, "
           f"eval transform {transform_ms:.1f} ms per image on one core")

@@ -44,7 +44,7 @@ from tlkit.data.transforms import TransformSpec
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.precision import CALIBRATION_IMAGES, calibrate_int8, calibration_sample, compare_features
 from tlkit.embed.reader import read_batches
-from tlkit.embed.weights import resolve_weights
+from tlkit.weights import Weights
 from tlkit.heads.logreg import LogRegHead
 
 TARGETS = {"bf16": "min cos >= 0.999", "fp16": "min cos >= 0.999", "int8": "mean cos >= 0.99",
@@ -138,9 +138,9 @@ def main() -> None:
     print(f"{len(images)} images ({(splits == 'train').sum()} train, {(splits == 'val').sum()} val)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         state_file = Path(args.state_dict) if args.state_dict else trained_state_dict(data, args.epochs, Path(tmp))
-        file_weights = resolve_weights(str(state_file))
+        file_weights = Weights.parse(str(state_file)).load()
         trained_label = f"file ({state_file.name})" if args.state_dict else f"file (scratch, {args.epochs} epochs)"
-        rows = rows_for("random", resolve_weights("random").state_dict, images, labels, splits, paths, device)
+        rows = rows_for("random", Weights.parse("random").load().state_dict, images, labels, splits, paths, device)
         rows += rows_for(trained_label, file_weights.state_dict, images, labels, splits, paths, device)
     print()
     n_val = int((splits == "val").sum())

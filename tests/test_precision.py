@@ -45,7 +45,7 @@ from tlkit.embed.precision import (
     speed_warning,
 )
 from tlkit.embed.reader import read_batches
-from tlkit.embed.weights import random_weights, resolve_weights
+from tlkit.weights import Weights
 from tlkit.errors import WeightsError
 from tlkit.heads.logreg import LogRegHead
 
@@ -84,8 +84,8 @@ def weights(photos, tmp_path_factory):
     """name -> state dict: ``random``, and a state-dict ``file`` loaded through --weights PATH."""
     images, _, splits, _ = photos
     path = tmp_path_factory.mktemp("weights") / "bn-recalibrated.pt"
-    torch.save(bn_recalibrated(random_weights(0).state_dict, images[torch.from_numpy(splits == "train")]), path)
-    return {"random": random_weights(0).state_dict, "file": resolve_weights(str(path)).state_dict}
+    torch.save(bn_recalibrated(Weights.random(0).load().state_dict, images[torch.from_numpy(splits == "train")]), path)
+    return {"random": Weights.random(0).load().state_dict, "file": Weights.parse(str(path)).load().state_dict}
 
 
 def features_of(mapper: FeatureMapper, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
@@ -329,7 +329,7 @@ def test_published_int8_state_dict_loads_and_builds_losslessly(tmp_path):
     path = tmp_path / "resnet18_fbgemm_test.pth"
     torch.save(original.state_dict(), path)
     state_dict = load_quantized_state_dict(path)  # weights_only=True, as for any downloaded file
-    assert is_quantized_state_dict(state_dict) and not is_quantized_state_dict(random_weights(0).state_dict)
+    assert is_quantized_state_dict(state_dict) and not is_quantized_state_dict(Weights.random(0).load().state_dict)
     mapper = FeatureMapper(state_dict, CPU, "int8")  # no calibration: the numbers come with the weights
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     features = mapper(images)
@@ -338,7 +338,7 @@ def test_published_int8_state_dict_loads_and_builds_losslessly(tmp_path):
         expected = original(images).numpy()
     assert features.shape == (2, 512) and features.dtype == np.float32
     np.testing.assert_array_equal(features, expected)
-    torch.save(random_weights(0).state_dict, tmp_path / "plain.pt")
+    torch.save(Weights.random(0).load().state_dict, tmp_path / "plain.pt")
     with pytest.raises(WeightsError, match="not a quantized"):
         load_quantized_state_dict(tmp_path / "plain.pt")
     with pytest.raises(WeightsError, match="do not fit"):
