@@ -35,7 +35,7 @@ class CacheLock:
             ) from None
         except OSError as exc:  # e.g. ENOLCK on a network filesystem without lock support
             os.close(fd)
-            raise CacheError(f"cannot lock {self.path}: {exc.strerror} (see README: network filesystems)") from None
+            raise CacheError(f"cannot lock {self.path}: {exc.strerror} (see docs/cache-format.md: network filesystems)") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
         self._fd = fd

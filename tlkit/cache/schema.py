@@ -1,6 +1,6 @@
 """The HDF5 feature-cache contract (schema version 1), in one place.
 
-Layout (see README, "The cache file")::
+Layout (see docs/cache-format.md)::
 
     /<split>/features   float32 (N, 512)   one row per image
     /<split>/labels     int64   (N,)       index into the root attribute class_names
