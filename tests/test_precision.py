@@ -587,3 +587,16 @@ def test_predict_rebuilds_the_backbone_of_the_cache(hymenoptera_small, caches, t
     assert sorted(got) == sorted(expected)
     for path, proba in expected.items():
         np.testing.assert_allclose(got[path], proba, atol=1e-6, err_msg=path)
+
+
+def test_report_refuses_head_runs_of_different_precisions(caches, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = tmp_path / f"run-{precision}"
+        fit = invoke("fit-head", "--head", "logreg", "--cache", caches[precision], "--out", runs[precision], "--no-progress")
+        assert fit.exit_code == 0, fit.output
+    result = invoke("report", runs["fp32"], runs["bf16"], "--out", tmp_path / "report")
+    assert_invoke_error(result, "different precisions", "at fp32", "at bf16")
+    same = invoke("report", runs["bf16"], runs["bf16"], "--out", tmp_path / "report-bf16")
+    assert same.exit_code == 0, same.output
+    assert "at bf16" in (tmp_path / "report-bf16" / "report.json").read_text()
