@@ -24,7 +24,6 @@ from tlkit.embed.job import RayOptions
 from tlkit.embed.backbone import build_backbone, fuse_batchnorm
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.precision import (
-    INT8_NAMED_WEIGHTS,
     PRECISIONS,
     Int8Calibration,
     Precision,
@@ -39,13 +38,10 @@ from tlkit.embed.precision import (
     calibration_sample,
     compare_features,
     device_for,
-    is_quantized_state_dict,
-    load_int8_named,
-    load_quantized_state_dict,
     speed_warning,
 )
 from tlkit.embed.reader import read_batches
-from tlkit.weights import Weights
+from tlkit.weights import PRETRAINED, Weights, is_quantized_state_dict, load_quantized_state_dict
 from tlkit.errors import WeightsError
 from tlkit.heads.logreg import LogRegHead
 
@@ -294,16 +290,22 @@ def test_calibration_sample_depends_on_the_names_only():
 # -- int8 with torchvision's published quantized weights ------------------------------------------------------
 
 
-def test_published_int8_source_is_sha_checked():
-    source = INT8_NAMED_WEIGHTS["imagenet"]
-    assert source.enum == "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1"
+def test_published_int8_weights_are_a_variant_in_the_one_registry():
+    source = PRETRAINED["imagenet"].int8
+    assert source.enum == "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1" and source.quantized
     assert source.url.endswith(f"_{source.sha256_prefix}.pth") and len(source.sha256_prefix) >= 8
+    assert PRETRAINED["imagenet"].sha256_prefix == "f37072fd"  # the fp32 file's, unchanged
+    int8 = Weights.parse("imagenet").at_precision("int8")
+    assert int8.id == "torchvision:ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1"
+    assert Weights.from_id(int8.id) == int8 and int8.known and int8.entry is source
+    assert Weights.parse("imagenet").at_precision("bf16") == Weights.parse("imagenet")
+    assert Weights.random(3).at_precision("int8") == Weights.random(3)  # calibrated, not published
 
 
 def test_published_int8_offline_fails_in_one_line(hymenoptera_small, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsError, match="offline"):
-        load_int8_named("imagenet")
+        Weights.parse("imagenet").at_precision("int8").load()
     result = invoke("embed", hymenoptera_small, tmp_path / "f.h5", "--precision", "int8", "--no-progress")
     line = assert_invoke_error(result, "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1", "offline?")
     assert "ResNet18_Weights.IMAGENET1K_V1" not in line  # the int8 run never needs the fp32 file
@@ -312,11 +314,11 @@ def test_published_int8_offline_fails_in_one_line(hymenoptera_small, tmp_path, m
 
 def test_published_int8_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    target = tmp_path / "torch" / "hub" / "checkpoints" / INT8_NAMED_WEIGHTS["imagenet"].file_name
+    target = tmp_path / "torch" / "hub" / "checkpoints" / PRETRAINED["imagenet"].int8.file_name
     target.parent.mkdir(parents=True)
     target.write_bytes(b"not the published weights")
     with pytest.raises(WeightsError, match="does not match the sha256 prefix"):
-        load_int8_named("imagenet")
+        Weights.parse("imagenet").at_precision("int8").load()
 
 
 def test_published_int8_state_dict_loads_and_builds_losslessly(tmp_path):
@@ -386,6 +388,7 @@ def test_embed_at_each_precision_stores_float32_features_near_fp32(hymenoptera_s
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera_small, tmp_path):
     """Every Ray actor builds the network the local run builds: the precision and the driver's
     int8 calibration travel in the job, so sharded features equal local ones within verify's tolerance."""
@@ -398,9 +401,204 @@ def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera
                                      **options).out)
             sharded = load_cache(embed(hymenoptera_small, tmp_path / f"ray-{precision}.h5", precision=precision,
                                        backend="ray", ray=RayOptions(shards=3), **options).out)
+            assert sharded.provenance.int8_calibration_sha256 == local.provenance.int8_calibration_sha256
             for split in ("train", "val"):
                 assert sharded[split].paths.tolist() == local[split].paths.tolist()
-                diff = np.abs(sharded[split].features - local[split].features).max()
-                assert diff <= Precision(precision).verify_tolerance, (precision, split, diff)
+                # same machine, same network: exactly equal (the tightest bound that holds)
+                np.testing.assert_array_equal(sharded[split].features, local[split].features, err_msg=f"{precision} {split}")
     finally:
         ray.shutdown()
+
+
+# -- precision is part of the feature space: stored, reused, refused, verified, predicted ---------------------
+
+
+def _embed(data, out, precision, **kw):
+    return embed(data, out, weights="random", precision=precision, batch_size=8, workers=0, **QUIET, **kw)
+
+
+@pytest.fixture(scope="module")
+def caches(hymenoptera_small, tmp_path_factory):
+    """precision -> a cache of the subset embedded in one uninterrupted run."""
+    root = tmp_path_factory.mktemp("precision-caches")
+    return {p: _embed(hymenoptera_small, root / f"{p}.h5", p).out for p in ("fp32", "bf16", "int8")}
+
+
+def _assert_same_cache(got, expected, precision):
+    a, b = load_cache(got), load_cache(expected)
+    assert a.provenance.precision == b.provenance.precision == precision
+    assert a.provenance.int8_calibration_sha256 == b.provenance.int8_calibration_sha256
+    for split in ("train", "val"):
+        assert a[split].paths.tolist() == b[split].paths.tolist()
+        # Same machine, same network (int8: from the same stored calibration): the kernels are
+        # deterministic whatever the batch, so the tightest bound that holds is exact equality.
+        np.testing.assert_array_equal(a[split].features, b[split].features)
+
+
+def test_the_cache_records_its_precision_and_int8_calibration(caches, hymenoptera_small):
+    fp32, bf16, int8 = (load_cache(caches[p]).provenance for p in ("fp32", "bf16", "int8"))
+    assert (fp32.precision, bf16.precision, int8.precision) == ("fp32", "bf16", "int8")
+    assert fp32.int8_calibration == bf16.int8_calibration == ""
+    calibration = Int8Calibration.from_json(int8.int8_calibration)
+    assert calibration.sha256 == int8.int8_calibration_sha256
+    used = json.loads(calibration.sample.split(": ", 1)[1])
+    items = discover(hymenoptera_small).items
+    assert used == calibration_sample({"train": [it.path for it in items if it.split == "train"]})
+    info = invoke("info", caches["int8"])
+    assert info.exit_code == 0 and "precision" in info.output and "int8" in info.output
+    assert "activation scales" in info.output  # the scales themselves only in --json
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_resumed_run_equals_an_uninterrupted_one(hymenoptera_small, caches, tmp_path, monkeypatch, precision):
+    """Interrupted after half the images (between part files), then rerun: the same cache, bit for bit."""
+    import tlkit.embed.pipeline as pipeline
+    from tlkit.cache.parts import parts_dir_of, read_manifest
+
+    real = pipeline.get_distributor("local")
+
+    def half_then_killed(job, items, on_progress):
+        real(job, items[: len(items) // 2], on_progress)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "resumed.h5"
+    monkeypatch.setattr(pipeline, "get_distributor", lambda backend: half_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        _embed(hymenoptera_small, out, precision, rows_per_part=4)
+    manifest = read_manifest(parts_dir_of(out))
+    recorded = manifest["provenance"]
+    assert recorded["precision"] == precision and not out.exists()
+    if precision == "int8":  # the calibration is in the manifest, so the rerun does not measure another
+        assert recorded["int8_calibration_sha256"] == load_cache(caches["int8"]).provenance.int8_calibration_sha256
+    monkeypatch.setattr(pipeline, "get_distributor", lambda backend: real)
+    result = _embed(hymenoptera_small, out, precision, rows_per_part=4)
+    assert 0 < result.embedded < result.embedded + result.already_cached
+    _assert_same_cache(out, caches[precision], precision)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_incremental_run_equals_an_uninterrupted_one(hymenoptera_small, caches, tmp_path, precision):
+    """A cache of part of the images, then the rest added: the same cache as one run over all.
+
+    The first part holds every training image, which is the whole int8 calibration sample of
+    this subset (fewer than 32), so the one-run cache and the first part calibrate alike; the
+    second run must then reuse the stored calibration, not measure a new one.
+    """
+    import shutil
+
+    first = tmp_path / "data"
+    shutil.copytree(hymenoptera_small, first)
+    later = sorted((first / "val").rglob("*.jpg"))[::2]
+    for path in later:
+        path.unlink()
+    out = tmp_path / "incremental.h5"
+    _embed(first, out, precision)
+    stored = load_cache(out).provenance.int8_calibration_sha256
+    result = _embed(hymenoptera_small, out, precision)
+    assert result.embedded == len(later)
+    assert load_cache(out).provenance.int8_calibration_sha256 == stored
+    _assert_same_cache(out, caches[precision], precision)
+
+
+def test_another_precision_is_refused_by_embed_and_merge(hymenoptera_small, caches, tmp_path):
+    import shutil
+
+    out = tmp_path / "fp32.h5"
+    shutil.copy(caches["fp32"], out)
+    result = invoke("embed", hymenoptera_small, out, "--weights", "random", "--precision", "bf16",
+                    "--workers", "0", "--no-progress")
+    assert_invoke_error(result, "another feature space (precision: ")
+    np.testing.assert_array_equal(load_cache(out)["train"].features, load_cache(caches["fp32"])["train"].features)
+    result = invoke("merge", tmp_path / "merged.h5", caches["bf16"], caches["int8"])
+    assert_invoke_error(result, "not in the feature space", "precision: bf16 vs int8")
+    assert not (tmp_path / "merged.h5").exists()
+
+
+def test_an_int8_calibration_of_another_run_is_refused(hymenoptera_small, caches, tmp_path):
+    """Two int8 caches from different calibrations are two feature spaces: merge says which field."""
+    import h5py
+
+    from tlkit.cache.reader import CONTENT_DIGEST_ATTR, content_digest
+
+    other = tmp_path / "other.h5"
+    import shutil
+
+    shutil.copy(caches["int8"], other)
+    calibration = Int8Calibration.from_json(load_cache(other).provenance.int8_calibration)
+    moved = Int8Calibration(calibration.sample, calibration.observers, tuple(s * 2 for s in calibration.scales),
+                            calibration.zero_points, calibration.quant_min, calibration.quant_max)
+    with h5py.File(other, "r+") as f:
+        f.attrs.update(Precision("int8").provenance_attrs(moved))
+        f.attrs[CONTENT_DIGEST_ATTR] = content_digest(f)
+    result = invoke("merge", tmp_path / "merged.h5", caches["int8"], other)
+    assert_invoke_error(result, "not in the feature space", "int8_calibration_sha256")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_verify_data_rebuilds_the_recorded_precision(hymenoptera_small, caches, tmp_path, precision):
+    import shutil
+
+    import h5py
+
+    good = invoke("verify", caches[precision], "--data", hymenoptera_small, "--sample", "6")
+    assert good.exit_code == 0, good.output
+    assert f"at {precision}" in good.output and f"tolerance {Precision(precision).verify_tolerance:g}" in good.output
+    tampered = tmp_path / "tampered.h5"
+    shutil.copy(caches[precision], tampered)
+    with h5py.File(tampered, "r+") as f:
+        f["train/features"][:, :] = f["train/features"][...] * 1.05  # an edit every precision's tolerance catches
+    bad = invoke("verify", tampered, "--data", hymenoptera_small, "--sample", "26")
+    assert bad.exit_code == 1 and "differ from a fresh embedding" in bad.output
+
+
+def test_a_cache_from_before_precisions_reads_as_fp32_and_verifies(hymenoptera_small, caches, tmp_path):
+    import shutil
+
+    import h5py
+
+    from tlkit.cache.reader import CONTENT_DIGEST_ATTR, content_digest
+
+    old = tmp_path / "old.h5"
+    shutil.copy(caches["fp32"], old)
+    with h5py.File(old, "r+") as f:  # what the tlkit before this change wrote
+        for name in ("precision", "int8_calibration", "int8_calibration_sha256"):
+            del f.attrs[name]
+        f.attrs[CONTENT_DIGEST_ATTR] = content_digest(f)
+    assert load_cache(old).provenance.precision == "fp32"
+    result = invoke("verify", old, "--data", hymenoptera_small, "--sample", "4")
+    assert result.exit_code == 0, result.output
+    up_to_date = _embed(hymenoptera_small, old, "fp32")  # the same feature space: nothing to do
+    assert up_to_date.up_to_date
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_predict_rebuilds_the_backbone_of_the_cache(hymenoptera_small, caches, tmp_path, precision):
+    """A head run on a bf16/int8 cache: predict reproduces the run's own evaluation probabilities."""
+    from tlkit.runs import load_run
+
+    run_dir = tmp_path / "run"
+    fit = invoke("fit-head", "--head", "logreg", "--cache", caches[precision], "--out", run_dir, "--no-progress")
+    assert fit.exit_code == 0, fit.output
+    result = invoke("predict", run_dir, hymenoptera_small / "val", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    got = {p["path"].removeprefix(str(hymenoptera_small) + "/"): [p["probabilities"][c] for c in doc["class_names"]]
+           for p in doc["predictions"]}
+    run = load_run(run_dir)
+    expected = dict(zip(run.predictions["paths"], run.predictions["proba_final"]))
+    assert sorted(got) == sorted(expected)
+    for path, proba in expected.items():
+        np.testing.assert_allclose(got[path], proba, atol=1e-6, err_msg=path)
+
+
+def test_report_refuses_head_runs_of_different_precisions(caches, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = tmp_path / f"run-{precision}"
+        fit = invoke("fit-head", "--head", "logreg", "--cache", caches[precision], "--out", runs[precision], "--no-progress")
+        assert fit.exit_code == 0, fit.output
+    result = invoke("report", runs["fp32"], runs["bf16"], "--out", tmp_path / "report")
+    assert_invoke_error(result, "different precisions", "at fp32", "at bf16")
+    same = invoke("report", runs["bf16"], runs["bf16"], "--out", tmp_path / "report-bf16")
+    assert same.exit_code == 0, same.output
+    assert "at bf16" in (tmp_path / "report-bf16" / "report.json").read_text()

@@ -55,12 +55,18 @@ class Pretrained:
     carries a url, a hash and the transforms: the url is read from torchvision's
     own enum (its file name holds the sha256 prefix torchvision checks), and
     the transform is the one the weights were trained for.
+
+    An entry may carry its ``int8`` variant: the same network published already
+    quantized, which ``--precision int8`` uses instead of calibrating the fp32
+    weights (see :meth:`Weights.at_precision`).
     """
 
     name: str  # the --weights value
     module: str  # the torchvision module that defines the enum
     enum: str  # "<enum class>.<member>"; the provenance id is "torchvision:<enum>"
     transform: TransformSpec
+    quantized: bool = False  # a quantized state dict (packed int8 weights), loaded and fingerprinted as a file
+    int8: "Pretrained | None" = None  # the published quantized variant of these weights, if any
 
     @property
     def url(self) -> str:
@@ -73,17 +79,28 @@ class Pretrained:
 
     @property
     def sha256_prefix(self) -> str:
-        # torchvision names its files "<arch>-<first hex digits of sha256>.pth"
-        match = re.search(r"-([a-f0-9]+)\.", self.file_name)
+        # torchvision names its files "<arch>-<first hex digits of sha256>.pth", and its quantized
+        # ones "<arch>_fbgemm_<digits>.pth": with an underscore torch.hub's own name-based check would
+        # be skipped, so the prefix is always read here and passed to the download and the check.
+        match = re.search(r"[-_]([a-f0-9]{8,})\.", self.file_name)
         return match.group(1) if match else ""
 
+    def variants(self) -> list["Pretrained"]:
+        """This entry and the variants it carries."""
+        return [self] + ([self.int8] if self.int8 is not None else [])
 
-# The named weights, by --weights value. A new entry (say, torchvision's quantized
-# ResNet-18 weights) is one more value here.
+
+# The named weights, by --weights value. A new entry (say, another torchvision backbone's
+# weights) is one more value here; a precision variant is one more field of its entry.
 PRETRAINED: dict[str, Pretrained] = {
     "imagenet": Pretrained(
         name="imagenet", module="torchvision.models", enum="ResNet18_Weights.IMAGENET1K_V1",
         transform=TransformSpec(),  # torchvision's ImageClassification(crop_size=224): resize 256, crop 224, bilinear
+        int8=Pretrained(
+            name="imagenet", module="torchvision.models.quantization", enum="ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1",
+            transform=TransformSpec(),  # the same eval transform as the fp32 weights
+            quantized=True,
+        ),
     ),
 }
 # Random and file weights were trained for nothing in particular: they get the ImageNet eval
@@ -153,6 +170,17 @@ class Weights:
             return cls("file", name=rest)
         raise WeightsError(f"{weights_id!r} is not a weights id this tlkit reads")
 
+    def at_precision(self, precision: str) -> Weights:
+        """The weights ``--precision`` runs: a named entry's published int8 variant, else these weights.
+
+        Only named weights have published variants; random and file weights at int8 are
+        calibrated (tlkit.embed.precision), from these same fp32 tensors.
+        """
+        entry = self.entry
+        if str(precision) == "int8" and entry is not None and entry.int8 is not None:
+            return Weights("torchvision", name=entry.int8.enum)
+        return self
+
     # -- what it is --------------------------------------------------------------------------------
 
     @property
@@ -167,7 +195,7 @@ class Weights:
         """The :data:`PRETRAINED` entry of torchvision weights (None for others, and for unknown ones)."""
         if self.kind != "torchvision":
             return None
-        return next((p for p in PRETRAINED.values() if p.enum == self.name), None)
+        return next((p for entry in PRETRAINED.values() for p in entry.variants() if p.enum == self.name), None)
 
     @property
     def known(self) -> bool:
@@ -197,7 +225,9 @@ class Weights:
             if entry is None:
                 raise WeightsError(f"the weights {self.id} are not known to this tlkit; "
                                    "pass --weights PATH to a state_dict file of them")
-            state_dict = _load_pretrained(entry)
+            state_dict, file_sha256 = _load_pretrained(entry)
+            if entry.quantized:  # packed weights are objects, not tensors: the file is the fingerprint
+                return LoadedWeights(weights=self, state_dict=state_dict, sha256=file_sha256)
         return LoadedWeights(weights=self, state_dict=state_dict, sha256=state_dict_sha256(state_dict))
 
 
@@ -262,7 +292,8 @@ def _download(entry: Pretrained, target: Path) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def _load_pretrained(entry: Pretrained) -> dict:
+def _load_pretrained(entry: Pretrained) -> tuple[dict, str]:
+    """The entry's state dict, fetched once into torch's checkpoint folder and sha-checked, and the file's sha256."""
     target = checkpoint_dir() / entry.file_name
     if not target.exists():
         _download(entry, target)
@@ -272,7 +303,7 @@ def _load_pretrained(entry: Pretrained) -> dict:
             f"{target} does not match the sha256 prefix {entry.sha256_prefix} of {entry.enum} "
             f"(got {actual[:12]}); delete it to download again"
         )
-    return _load_state_dict_file(target)
+    return (load_quantized_state_dict(target) if entry.quantized else _load_state_dict_file(target)), actual
 
 
 def _load_state_dict_file(path: Path) -> dict:
@@ -287,6 +318,31 @@ def _load_state_dict_file(path: Path) -> dict:
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
     return state_dict
+
+
+def load_quantized_state_dict(path: Path) -> dict:
+    """A quantized ResNet-18 state dict (torchvision's published int8 weights), with ``weights_only=True``."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch's own rebuild of quantized tensors uses its deprecated TypedStorage
+            warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated", category=UserWarning)
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise WeightsError(f"cannot load quantized weights from {path}: {str(exc).splitlines()[0]}") from None
+    if not is_quantized_state_dict(state_dict):
+        raise WeightsError(f"{path} is not a quantized ResNet-18 state_dict")
+    return state_dict
+
+
+def is_quantized_state_dict(state_dict) -> bool:
+    import torch
+
+    return isinstance(state_dict, dict) and any(
+        isinstance(v, torch.Tensor) and v.is_quantized for v in state_dict.values()
+    )
 
 
 def _random_state_dict(seed: int) -> dict:

@@ -56,6 +56,17 @@ def _state(info: dict, writer: int | None) -> str:
     return f"finished, with new images in progress: {how}" if info["finished_cache"] else f"unfinished: {how}"
 
 
+def _calibration_summary(text: str) -> str:
+    """One line for a stored int8 calibration (tlkit.embed.precision.Int8Calibration.to_json)."""
+    if not text:
+        return "(none)"
+    try:
+        raw = json.loads(text)
+        return f"{len(raw['scales'])} activation scales, {raw['engine']} backend, measured on {raw['sample'].split(':', 1)[0]}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"unreadable ({len(text)} characters)"
+
+
 def _describe(f: h5py.File) -> dict:
     class_names = class_names_of(f)
     try:
@@ -97,13 +108,14 @@ def _describe(f: h5py.File) -> dict:
 def _progress(parts_dir: Path) -> dict:
     """How far the embed whose finished work is in ``parts_dir`` has got."""
     out: dict = {"parts_dir": str(parts_dir), "parts": 0, "rows": 0, "rows_per_split": {}, "skipped": 0,
-                 "to_embed": None, "started": None, "weights_id": None, "damaged_parts": []}
+                 "to_embed": None, "started": None, "weights_id": None, "precision": None, "damaged_parts": []}
     try:
         manifest = read_manifest(parts_dir)
         if manifest is not None:
             out["to_embed"] = manifest.get("to_embed")
             out["started"] = manifest.get("started")
             out["weights_id"] = manifest.get("provenance", {}).get("weights_id")
+            out["precision"] = manifest.get("provenance", {}).get("precision", "fp32")
     except FileNotFoundError:
         pass
     except (OSError, ValueError, AttributeError) as exc:
@@ -138,6 +150,8 @@ def format_info(info: dict, all_classes: bool = False) -> str:
         lines.append("provenance")
         for key, value in info["provenance"].items():
             shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+            if key == "int8_calibration":  # a few KiB of scales: --json has them whole
+                shown = _calibration_summary(value)
             lines.append(f"  {key:<20}{shown}")
         if info["merged_from"]:
             lines.append("")
@@ -157,7 +171,7 @@ def format_info(info: dict, all_classes: bool = False) -> str:
         per_split = f": {per_split}" if per_split else ""
         lines.append(f"  done      {how_far} in {progress['parts']} part file(s){per_split}{skipped}")
         if progress["started"]:
-            lines.append(f"  started   {progress['started']} with {progress['weights_id']}")
+            lines.append(f"  started   {progress['started']} with {progress['weights_id']} at {progress['precision']}")
         if progress.get("manifest_error"):
             lines.append(f"  manifest  unreadable: {progress['manifest_error']}")
         lines.extend(f"  damaged   {d}" for d in progress["damaged_parts"])

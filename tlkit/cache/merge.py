@@ -6,7 +6,7 @@ remapped by class name to the union of the inputs' classes. The output's
 ``merged_from`` attribute records each input and its label map.
 
 Safety: inputs must share the feature space (backbone, layer, weights,
-transform, dimension) -- otherwise nothing is written and the message names
+transform, dimension, precision and int8 calibration) -- otherwise nothing is written and the message names
 the field that differs. OUT is locked like an embed, written under a
 temporary name and renamed into place, so a killed merge leaves OUT as it
 was (absent, or the previous file) plus a temporary file that the next run

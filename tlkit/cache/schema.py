@@ -44,7 +44,15 @@ def ordered_splits(present) -> list[str]:
 
 # The fields whose equality means "the same feature space": caches that differ in
 # any of them must never be appended to or merged with each other.
-FEATURE_SPACE_FIELDS = ("backbone", "layer", "weights_sha256", "transform", "feature_dim")
+# ``precision`` and the int8 calibration digest are part of it: the same weights at bf16 or
+# int8 give other numbers (docs/precision.md), and an int8 network is fixed only with its
+# activation scales. The calibration itself is compared through its sha256.
+FEATURE_SPACE_FIELDS = ("backbone", "layer", "weights_sha256", "transform", "feature_dim",
+                        "precision", "int8_calibration_sha256")
+
+# Attributes added after schema version 1 was published, with the value a cache written
+# before them means: a cache without ``precision`` was embedded in float32, uncalibrated.
+PROVENANCE_DEFAULTS = {"precision": "fp32", "int8_calibration": "", "int8_calibration_sha256": ""}
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,12 @@ class Provenance:
     torchvision_version: str
     created: str  # ISO 8601, UTC, when the first rows were written
     data_root: str
+    precision: str = "fp32"  # tlkit.embed.precision.PRECISIONS
+    # int8 with calibrated weights (random or a file): the activation scales, computed once by the
+    # first run into the cache and reused by every later one (Int8Calibration.to_json), and their
+    # sha256. Empty for other precisions and for torchvision's published quantized weights.
+    int8_calibration: str = ""
+    int8_calibration_sha256: str = ""
 
     def to_attrs(self) -> dict:
         return asdict(self)
@@ -70,7 +84,7 @@ class Provenance:
     def from_attrs(cls, attrs) -> "Provenance":
         values = {}
         for f in fields(cls):
-            value = attrs[f.name]
+            value = attrs[f.name] if f.name in attrs or f.name not in PROVENANCE_DEFAULTS else PROVENANCE_DEFAULTS[f.name]
             values[f.name] = int(value) if f.type == "int" else str(value)
         return cls(**values)
 

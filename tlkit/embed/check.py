@@ -23,16 +23,19 @@ from tlkit.cache.verify import VerifyReport, verify_cache
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
+from tlkit.embed import precision as precisions
 from tlkit.embed.mapper import FeatureMapper
+from tlkit.embed.precision import Int8Calibration, Precision, PrecisionError
 from tlkit.embed.reader import read_batches
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.weights import Weights
 
-# Re-embedding on the same kind of hardware reproduces features to ~1e-6: only the
-# order of float32 sums changes with batch size and the convolution algorithm picked.
-# Anything real -- other weights, an edited or re-encoded image, another resize --
-# moves features by 1e-2 or more. 1e-4 sits well between the two.
-DEFAULT_TOLERANCE = 1e-4
+# The default tolerance is the recorded precision's (Precision.verify_tolerance, reasons in
+# tlkit/embed/precision.py): 1e-4 for fp32 and int8, 1e-2 for bf16/fp16. For fp32: re-embedding
+# on the same kind of hardware reproduces features to ~1e-6 (only the order of float32 sums
+# changes), while anything real -- other weights, an edited or re-encoded image, another
+# resize -- moves features by 1e-2 or more.
+DEFAULT_TOLERANCE = None  # None: the recorded precision's
 DEFAULT_SAMPLE = 32
 
 
@@ -42,7 +45,7 @@ def verify_with_data(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     weights: str | Path | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = DEFAULT_TOLERANCE,
     device: str = "cpu",
     batch_size: int = 16,
     progress: bool | None = None,
@@ -50,7 +53,8 @@ def verify_with_data(
     """Every check of ``tlkit verify --data``: the cache's integrity, then ``sample`` images re-embedded.
 
     ``weights`` is a state_dict file to re-embed with (needed when the cache was made from one);
-    by default the weights the cache records.
+    by default the weights the cache records. The network is rebuilt at the recorded precision
+    (and, for int8, from the recorded calibration); ``tolerance`` None means that precision's.
     """
     def reproduce(f, paths_by_split, provenance, report) -> None:
         if sample > 0:
@@ -62,13 +66,21 @@ def verify_with_data(
 
 def check_sample(
     f: h5py.File, data_dir: Path, paths_by_split: dict[str, np.ndarray], provenance: Provenance,
-    report: VerifyReport, sample: int, seed: int, weights, tolerance: float, device: str, batch_size: int,
+    report: VerifyReport, sample: int, seed: int, weights, tolerance: float | None, device: str, batch_size: int,
 ) -> None:
     """Re-embed a seeded random sample of rows and compare with the stored features."""
+    try:
+        precision, calibration = recorded_precision(provenance)
+        precision.check_device(select_device(precisions.device_for(precision, device)))
+    except TlkitError as exc:
+        report.problems.append(f"cannot rebuild the recorded precision: {exc}")
+        return
+    if tolerance is None:
+        tolerance = precision.verify_tolerance
     if not data_dir.is_dir():
         report.problems.append(f"data folder {data_dir} does not exist")
         return
-    loaded = _recorded_weights(provenance, weights, report)
+    loaded = _recorded_weights(provenance, weights, report, precision)
     if loaded is None:
         return
     try:
@@ -102,7 +114,11 @@ def check_sample(
     if not todo:
         return
 
-    mapper = FeatureMapper(loaded.state_dict, select_device(device))
+    try:
+        mapper = FeatureMapper(loaded.state_dict, select_device(precisions.device_for(precision, device)), precision, calibration)
+    except TlkitError as exc:
+        report.problems.append(f"cannot rebuild the recorded network: {exc}")
+        return
     worst = 0.0
     compared = 0
     files = [str(t[3]) for t in todo]
@@ -127,17 +143,31 @@ def check_sample(
                 )
     if compared and worst <= tolerance:
         report.passed.append(
-            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id}: "
+            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}: "
             f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
         )
 
 
-def _recorded_weights(provenance: Provenance, weights, report: VerifyReport):
+def recorded_precision(provenance) -> tuple[Precision, Int8Calibration | None]:
+    """The precision a cache records (a Provenance or its as_dict()), and its int8 calibration if any.
+
+    A cache written before precisions existed records none: it was embedded in fp32.
+    """
+    get = provenance.get if isinstance(provenance, dict) else lambda name, default=None: getattr(provenance, name, default)
+    precision = Precision.parse(str(get("precision", "fp32") or "fp32"))
+    text = get("int8_calibration", "") or ""
+    calibration = Int8Calibration.from_json(text) if text else None
+    if calibration is not None and calibration.sha256 != get("int8_calibration_sha256", ""):
+        raise PrecisionError("the stored int8 calibration does not match its recorded sha256: the cache was altered")
+    return precision, calibration
+
+
+def _recorded_weights(provenance: Provenance, weights, report: VerifyReport, precision: Precision):
     """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
     wid = provenance.weights_id
     try:
         if weights is not None:
-            chosen = Weights.parse(str(weights))
+            chosen = Weights.parse(str(weights)).at_precision(precision.name)
         else:
             try:
                 chosen = Weights.from_id(wid)

@@ -98,8 +98,9 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
 @click.option("--weights", default=None, type=click.Path(dir_okay=False, path_type=str),
               help="State_dict file to re-embed with; needed when the cache was made with --weights PATH "
                    "(checked against the recorded sha256) [default: the weights the cache records].")
-@click.option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
-              help="Largest absolute difference allowed between a stored and a fresh feature value.")
+@click.option("--tolerance", default=None, type=click.FloatRange(0),
+              help="Largest absolute difference allowed between a stored and a fresh feature value "
+                   "[default: the recorded precision's: 1e-4 for fp32 and int8, 1e-2 for bf16 and fp16].")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where to re-embed. Use the kind of device the cache was made on: a GPU's TF32 "
                    "convolutions differ from a CPU's float32 by more than the default tolerance.")
@@ -117,10 +118,12 @@ def verify(cache, data_dir, sample, seed, weights, tolerance, device, as_json, p
 
     \b
     Reproduction (with --data DIR): embeds a seeded random sample of the
-    images again with the weights and transform the cache records and
-    compares with the stored features (absolute tolerance 1e-4: a rerun on
+    images again with the weights, transform and precision the cache
+    records (int8: from its stored calibration) and compares with the
+    stored features (absolute tolerance 1e-4 for fp32 and int8: a rerun on
     the same kind of device agrees to about 1e-6, while other weights, an
-    edited image or another torchvision moves features by 1e-2 or more).
+    edited image or another torchvision moves features by 1e-2 or more;
+    1e-2 for bf16/fp16, whose rounding may differ on another CPU or GPU).
 
     Prints each check that held and each problem on its own line; exits 0
     only when there is no problem, 1 otherwise.

@@ -16,7 +16,7 @@ finished parts on disk; the same command then continues where it stopped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,7 +95,9 @@ def check_output_path(out: Path) -> None:
         raise CacheError(f"cannot create the folder for {out}: {exc.strerror}") from None
 
 
-def make_provenance(weights_id: str, weights_sha256: str, spec: TransformSpec, data_root: Path, created: str) -> Provenance:
+def make_provenance(weights_id: str, weights_sha256: str, spec: TransformSpec, data_root: Path, created: str,
+                    precision: dict[str, str] | None = None) -> Provenance:
+    """``precision``: :meth:`Precision.provenance_attrs` (default: fp32)."""
     return Provenance(
         backbone=BACKBONE,
         layer=LAYER,
@@ -108,6 +110,7 @@ def make_provenance(weights_id: str, weights_sha256: str, spec: TransformSpec, d
         torchvision_version=str(torchvision.__version__),
         created=created,
         data_root=str(data_root.resolve()),
+        **(precision or {}),
     )
 
 
@@ -116,19 +119,36 @@ def _refuse_mix(where: str, theirs: Provenance, ours: Provenance) -> None:
     if diff:
         raise CacheError(
             f"{where} holds features of another feature space ({'; '.join(diff)}); feature spaces never mix: "
-            f"embed into a new file, or rerun with the weights and transform it was made with"
+            f"embed into a new file, or rerun with the weights, transform and precision it was made with"
         )
+
+
+def _adopt_calibration(ours: Provenance, theirs: Provenance) -> Provenance:
+    """``ours`` with the int8 calibration ``theirs`` records, when both are int8 and ours has none yet.
+
+    The first run into a cache calibrates; every later one (resume, new images, Ray shards,
+    verify, predict) rebuilds the network from the stored numbers, so all rows share one
+    quantized network (see tlkit/embed/precision.py).
+    """
+    if ours.precision == theirs.precision == "int8" and theirs.int8_calibration and not ours.int8_calibration:
+        return replace(ours, int8_calibration=theirs.int8_calibration,
+                       int8_calibration_sha256=theirs.int8_calibration_sha256)
+    return ours
+
+
+def _manifest_provenance(parts_dir: Path) -> Provenance | None:
+    try:
+        manifest = read_manifest(parts_dir)
+        return None if manifest is None else Provenance(**manifest["provenance"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"{parts_dir / PARTS_MANIFEST} is damaged ({exc}); delete {parts_dir} to start over") from None
 
 
 def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[PartsScan, str | None]:
     """The finished parts of an interrupted run of this feature space, and when that run started."""
-    try:
-        manifest = read_manifest(parts_dir)
-        if manifest is None:
-            return PartsScan(), None
-        theirs = Provenance(**manifest["provenance"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CacheError(f"{parts_dir / PARTS_MANIFEST} is damaged ({exc}); delete {parts_dir} to start over") from None
+    theirs = _manifest_provenance(parts_dir)
+    if theirs is None:
+        return PartsScan(), None
     _refuse_mix(f"the interrupted run in {parts_dir}", theirs, ours)
     return scan_parts(parts_dir), theirs.created
 
@@ -159,8 +179,10 @@ def embed(
     precision.check_device(select_device(device))  # a bad --device or --precision fails now, before the weights load
     distribute = get_distributor(backend)
     chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed)
-    int8_named = precision.name == "int8" and isinstance(weights, str) and weights in precisions.INT8_NAMED_WEIGHTS
-    loaded = precisions.load_int8_named(weights) if int8_named else chosen.load()
+    chosen = chosen.at_precision(precision.name)  # named weights at int8: their published quantized variant
+    loaded = chosen.load()
+    # int8 from fp32 tensors (random, file) is calibrated: once per cache, then read back from it
+    calibrated = precision.name == "int8" and not precisions.is_quantized_state_dict(loaded.state_dict)
     spec = chosen.transform
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
@@ -168,7 +190,7 @@ def embed(
     with CacheLock(out):
         remove_stale_tmp(out)
         parts_dir = parts_dir_of(out)
-        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, now)
+        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, now, precision.provenance_attrs())
 
         cached_paths: set[str] = set()
         cached_classes: list[str] = []
@@ -176,15 +198,19 @@ def embed(
         if out.exists():
             with open_h5(out, check_digest=False) as f:
                 theirs = Provenance.from_attrs(f.attrs)
+                ours = _adopt_calibration(ours, theirs)
                 _refuse_mix(str(out), theirs, ours)  # "another feature space" says more than "altered"
                 check_content_digest(f, out)  # never carry damaged class names into the new version
                 created = theirs.created
                 cached_classes = class_names_of(f)
                 for split in split_names(f):
                     cached_paths.update(read_paths(f[split]).tolist())
+        interrupted = _manifest_provenance(parts_dir)
+        if interrupted is not None:
+            ours = _adopt_calibration(ours, interrupted)
         parts, parts_created = _read_parts(parts_dir, ours)
         created = created or parts_created or now
-        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, created)
+        ours = replace(ours, created=created)
         class_names = sorted(set(cached_classes) | set(index.class_names))
         label_of = {name: i for i, name in enumerate(class_names)}
 
@@ -208,6 +234,13 @@ def embed(
                 more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
                 raise DataError(f"--strict: {len(bad)} unreadable image(s), nothing written: {lines}{more}")
 
+        if calibrated and not ours.int8_calibration:
+            # The first run into this cache: calibrate now, before the manifest records it, so an
+            # interrupted run resumes with these numbers, and the published cache keeps them.
+            calibration = precisions.calibrate_on_images(loaded.state_dict, data_root, index.items, spec, max_pixels)
+            ours = replace(ours, **precision.provenance_attrs(calibration))
+        calibration = precisions.Int8Calibration.from_json(ours.int8_calibration) if ours.int8_calibration else None
+
         # The manifest says what the parts belong to and how many images this run covers
         # (`tlkit info` shows the progress); the folder and the file appear whole or not at all.
         start_parts(out, {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(parts.done), "started": now})
@@ -219,11 +252,6 @@ def embed(
             )
             for note in filter(None, [precisions.speed_warning(precision, select_device(device))]):
                 echo(note)
-            # TODO(lead): store the calibration with the provenance and reuse it on later runs.
-            calibration = (
-                precisions.calibrate_on_images(loaded.state_dict, data_root, index.items, spec, max_pixels)
-                if precision.name == "int8" and not int8_named else None
-            )
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,

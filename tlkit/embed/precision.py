@@ -76,6 +76,7 @@ from torch import nn
 
 from tlkit.embed.backbone import build_backbone, fuse_batchnorm
 from tlkit.errors import TlkitError, WeightsError
+from tlkit.weights import is_quantized_state_dict, load_quantized_state_dict  # noqa: F401  (re-exported)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 CALIBRATION_IMAGES = 32  # one batch; 128 photos gave no closer features (mean cosine 0.9975 vs 0.9979, bench weights)
@@ -412,85 +413,8 @@ def device_for(precision: "str | Precision", device: str) -> str:
 
 
 # -- int8 with torchvision's published quantized ImageNet weights ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuantizedWeightsSource:
-    """A published quantized ResNet-18, as data (the shape of tlkit.weights.Pretrained).
-
-    torchvision names these files ``resnet18_fbgemm_<sha256 prefix>.pth``, with an underscore
-    where torch.hub's hash check looks for ``-<hash>.``: torch.hub would skip the check, so the
-    prefix is written out here and checked by tlkit.
-    """
-
-    name: str
-    enum: str
-    url: str
-    sha256_prefix: str
-
-    @property
-    def file_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-
-def _published_sources() -> dict[str, QuantizedWeightsSource]:
-    from torchvision.models.quantization import ResNet18_QuantizedWeights
-
-    weights = ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1
-    return {
-        "imagenet": QuantizedWeightsSource(
-            name="imagenet", enum="ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1", url=weights.url,
-            sha256_prefix=Path(weights.url).stem.rsplit("_", 1)[-1],
-        ),
-    }
-
-
-# ``--weights NAME --precision int8`` -> the published quantized weights (no calibration).
-INT8_NAMED_WEIGHTS = _published_sources()
-
-
-@dataclass(frozen=True)
-class QuantizedWeights:
-    """Loaded published int8 weights: the quantized state dict and what to record about it."""
-
-    id: str
-    state_dict: dict
-    sha256: str  # of the file: a quantized state dict holds packed objects, not only tensors
-
-
-def load_int8_named(name: str) -> QuantizedWeights:
-    """Fetch (once, into torch's checkpoint folder) and sha-check a published quantized ResNet-18."""
-    from tlkit.weights import _download, _file_sha256, checkpoint_dir
-
-    source = INT8_NAMED_WEIGHTS[name]
-    target = checkpoint_dir() / source.file_name
-    if not target.exists():
-        _download(source, target)
-    actual = _file_sha256(target)
-    if not actual.startswith(source.sha256_prefix):
-        raise WeightsError(
-            f"{target} does not match the sha256 prefix {source.sha256_prefix} of {source.enum} "
-            f"(got {actual[:12]}); delete it to download again"
-        )
-    return QuantizedWeights(id=f"torchvision:{source.enum}", state_dict=load_quantized_state_dict(target), sha256=actual)
-
-
-def load_quantized_state_dict(path: Path) -> dict:
-    try:
-        with warnings.catch_warnings():  # torch's own rebuild of quantized tensors uses its deprecated TypedStorage
-            warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated", category=UserWarning)
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise WeightsError(f"cannot load quantized weights from {path}: {str(exc).splitlines()[0]}") from None
-    if not is_quantized_state_dict(state_dict):
-        raise WeightsError(f"{path} is not a quantized ResNet-18 state_dict")
-    return state_dict
-
-
-def is_quantized_state_dict(state_dict) -> bool:
-    return isinstance(state_dict, dict) and any(
-        isinstance(v, torch.Tensor) and v.is_quantized for v in state_dict.values()
-    )
+# They are an entry of the one weights registry (tlkit.weights.PRETRAINED["imagenet"].int8, chosen by
+# Weights.at_precision("int8")), fetched and sha-checked like every named weights; here they are built.
 
 
 def build_published_int8(state_dict: dict) -> nn.Module:

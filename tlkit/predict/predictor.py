@@ -69,7 +69,7 @@ def backbone_weights(provenance: dict, weights_path=None):
     weights_id = str(provenance.get("weights_id", ""))
     expected = provenance.get("weights_sha256")
     if weights_path is not None:
-        chosen = Weights.parse(str(weights_path))
+        chosen = Weights.parse(str(weights_path)).at_precision(str(provenance.get("precision", "fp32")))
     else:
         try:
             chosen = Weights.from_id(weights_id)
@@ -91,6 +91,7 @@ def backbone_weights(provenance: dict, weights_path=None):
 
 
 def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> Predictor:
+    from tlkit.embed.check import recorded_precision
     from tlkit.embed.mapper import FeatureMapper
 
     try:
@@ -100,7 +101,12 @@ def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> P
     provenance = config.part.cache_provenance
     class_names = list(config.class_names)
     head = load_head(run_dir)
-    mapper = FeatureMapper(backbone_weights(provenance, weights_path).state_dict, device)
+    # The backbone the cache was embedded with: its weights, and its precision with the int8
+    # calibration the cache stores, so the head sees the features it was trained on.
+    precision, calibration = recorded_precision(provenance)
+    if precision.name == "int8":
+        device = torch.device("cpu")  # int8 kernels are CPU kernels; the head runs on numpy
+    mapper = FeatureMapper(backbone_weights(provenance, weights_path).state_dict, device, precision, calibration)
     columns = np.asarray(getattr(head, "classes_", np.arange(len(class_names))), dtype=np.int64)
 
     def predict_proba(images: torch.Tensor) -> np.ndarray:
@@ -110,8 +116,9 @@ def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> P
         proba[:, columns] = partial  # a class the head never saw gets probability 0
         return proba
 
+    at = f" at {precision}" if precision.name != "fp32" else ""
     return Predictor(run_dir, class_names, _spec(config.part.transform), device, predict_proba,
-                     f"{config.describe_model()} on {config.part.weights_id} features")
+                     f"{config.describe_model()} on {config.part.weights_id} features{at}")
 
 
 def _network_predictor(run_dir: Path, config: RunConfig, device) -> Predictor:

@@ -8,6 +8,8 @@ at all, are compared on purpose (the seed paper's whole point), and the
 table's ``features`` column says what each run's network saw. Runs evaluated
 on different images (another split, another data set, a cache that skipped
 other files) are refused: their numbers would not measure the same thing.
+So are head runs on caches of different stage-one precisions (see
+:func:`check_one_precision`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,38 @@ def check_comparable(runs: list[Run]) -> str:
             + ". Report runs trained on the same data and split (for heads: caches of the same images)"
         )
     return next(iter(groups))
+
+
+def _precision_of(run: Run) -> str | None:
+    """A head run's cache precision (with its int8 calibration digest); None for runs without a cache."""
+    provenance = getattr(run.config.part, "cache_provenance", None)
+    if provenance is None:
+        return None
+    name = str(provenance.get("precision") or "fp32")  # caches from before precisions: fp32
+    digest = str(provenance.get("int8_calibration_sha256") or "")
+    return f"{name} (calibration {digest[:10]})" if digest else name
+
+
+def check_one_precision(runs: list[Run]) -> None:
+    """Refuse head runs whose caches were embedded at different precisions (or int8 calibrations).
+
+    Weights are what this table compares on purpose; precision is how stage one computed, not an
+    experimental variable, and its cost is the size of the differences the table exists to show
+    (int8 moved the linear probe by 6.5 points on random weights, docs/precision.md). A mixed table
+    would credit that to a head or to the weights. Scratch runs have no cache and never conflict.
+    Precision against fp32 is measured by bench/bench_precision.py, on one split, with one probe.
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        precision = _precision_of(run)
+        if precision is not None:
+            groups[precision].append(str(run.path))
+    if len(groups) > 1:
+        raise TlkitError(
+            "head runs on caches of different precisions are not comparable: "
+            + "; ".join(f"{', '.join(paths)} at {precision}" for precision, paths in groups.items())
+            + ". Report runs whose caches were embedded at one --precision (bench/bench_precision.py compares precisions)"
+        )
 
 
 def _split_of(runs: list[Run], fingerprint: str) -> str:
@@ -85,6 +119,7 @@ def build_table(runs: list[Run], baseline=None) -> dict:
     if not runs:
         raise TlkitError("no runs given")
     fingerprint = check_comparable(runs)
+    check_one_precision(runs)
     names = unique_names(runs)
     base_i = pick_baseline(runs, names, baseline)
     base = runs[base_i].metrics
@@ -96,7 +131,7 @@ def build_table(runs: list[Run], baseline=None) -> dict:
             "path": str(run.path),
             "kind": run.config.kind,
             "model": run.config.describe_model(),
-            "features": run.config.describe_features(),
+            "features": run.config.describe_features() + (f" at {_precision_of(run)}" if _precision_of(run) not in (None, "fp32") else ""),
             "epochs": len(run.history),
             "final": _block(m["final"]),
             "best": _block(m["best"]),
