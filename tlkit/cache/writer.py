@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tlkit import atomic
 from tlkit.cache.reader import H5_LOCKING
 from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE
 
@@ -84,22 +85,9 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-@contextlib.contextmanager
 def atomic_h5(path: Path):
     """Yield an open, writable ``h5py.File`` that appears at ``path`` only on success."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    try:
-        with h5py.File(tmp, "w", locking=H5_LOCKING, libver=H5_LIBVER) as f:
-            yield f
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    return atomic.atomic_h5(path, locking=H5_LOCKING, libver=H5_LIBVER)  # its failures never crash the interpreter
 
 
 def create_split(parent: h5py.Group, split: str, n_rows: int) -> h5py.Group:
