@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.atomic import atomic_bytes
 from tlkit.errors import TlkitError
 from tlkit.metrics import classification_metrics
 
@@ -49,9 +50,7 @@ def new_run_dir(out: str | os.PathLike | None, name: str) -> Path:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_bytes(path, data)  # a full disk: one line naming the file, and no temporary file left
 
 
 def write_bytes(path: Path, data: bytes) -> None:

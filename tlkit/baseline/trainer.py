@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import tlkit
+from tlkit.atomic import storage_errors
 from tlkit.baseline.checkpoint import CHECKPOINT, load_checkpoint, remove_checkpoint, save_checkpoint
 from tlkit.baseline.images import (
     augmentation,
@@ -67,11 +69,12 @@ RESUME_KEYS = ("kind", "model", "init", "train", "class_names", "train_split", "
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training: the run folder holds the checkpoint of the last finished epoch."""
+    """Ctrl-C (or SIGTERM, SIGHUP) during training: the run folder holds the checkpoint of the last finished epoch."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, signum: int = signal.SIGINT):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
+        self.signum = signum  # tlkit.signals.exit_status turns it into the exit status
 
 
 def _split(index, split: str):
@@ -247,13 +250,14 @@ def train_scratch(
             on_epoch(r)
 
     try:
-        result = train_classifier(
-            model, batches, make_evaluator(eval_set, spec, torch_device, workers, max_pixels), eval_set.labels, cfg,
-            on_epoch=report_epoch, checkpoint=lambda s: save_checkpoint(run_dir, s, settings),
-            resume_from=state, device=torch_device,
-        )
-    except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+        with storage_errors(run_dir, f"save the checkpoint in {run_dir}"):
+            result = train_classifier(
+                model, batches, make_evaluator(eval_set, spec, torch_device, workers, max_pixels), eval_set.labels,
+                cfg, on_epoch=report_epoch, checkpoint=lambda s: save_checkpoint(run_dir, s, settings),
+                resume_from=state, device=torch_device,
+            )
+    except KeyboardInterrupt as exc:
+        raise Interrupted(run_dir, getattr(exc, "signum", signal.SIGINT)) from None
     finally:
         bar.close()
 

@@ -28,6 +28,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 import tlkit
+from tlkit.atomic import storage_errors
 from tlkit.cache.assemble import assemble
 from tlkit.cache.lock import CacheLock
 from tlkit.cache.reader import (
@@ -251,7 +252,8 @@ def embed(
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:
-                    stats = distribute(job, pending, bar.update)
+                    with storage_errors(parts_dir, f"write the part files of {out}"):
+                        stats = distribute(job, pending, bar.update)
                 except BaseException:
                     if not any(parts_dir.glob("*.h5")):  # nothing finished: leave no "unfinished" trace
                         discard_dir(parts_dir, out)
@@ -261,7 +263,8 @@ def embed(
 
         sources = ([out] if out.exists() else []) + part_files
         attrs = ours.to_attrs() | {"updated": now}
-        result.counts = assemble(out, sources, class_names, attrs, skipped=sorted(set(part_skipped)))
+        result.counts = assemble(out, sources, class_names, attrs, skipped=sorted(set(part_skipped)),
+                                 purpose=f"publish {out}")
         result.skipped = sorted(set(part_skipped))
         discard_dir(parts_dir, out)
     result.seconds = time.perf_counter() - start
