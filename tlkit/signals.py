@@ -18,11 +18,13 @@ copies of the parent's file descriptors, kept burning CPU meanwhile.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import functools
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -40,6 +42,28 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> None:
     raise Terminated(signum)
+
+
+def _redeliver(unraisable) -> None:
+    """An interruption raised where Python ignores exceptions is delivered again, not lost.
+
+    A signal handler runs at the next bytecode of the main thread, which may lie
+    in a destructor or a fork hook (torch starting a worker for the next epoch):
+    there the exception is only printed ("Exception ignored in ...") and the
+    command would go on as if nothing had happened. So the signal is simulated
+    again a moment later, from another thread, once the main thread has left
+    that place (the handler would run at once inside this hook, and be ignored again).
+    """
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        timer = threading.Timer(0.01, _thread.interrupt_main, args=(getattr(exc, "signum", signal.SIGINT),))
+        timer.daemon = True
+        timer.start()
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
 
 
 def exit_status(exc: BaseException) -> int:
@@ -61,15 +85,19 @@ def termination_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
         yield
         return
+    global _previous_unraisablehook
     previous = {}
     for sig in SIGNALS:
         if sig in _installed or signal.getsignal(sig) is signal.SIG_IGN:
             continue
         previous[sig] = signal.signal(sig, _raise_terminated)
         _installed.add(sig)
+    hook, _previous_unraisablehook = sys.unraisablehook, sys.unraisablehook
+    sys.unraisablehook = _redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
             _installed.discard(sig)

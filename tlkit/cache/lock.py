@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import weakref
 from pathlib import Path
 
 from tlkit.errors import CacheBusy, CacheError
 
-_held: weakref.WeakSet = weakref.WeakSet()  # the locks this process holds
+_held: set["CacheLock"] = set()  # the locks this process holds (until released, even if dropped unreleased)
 
 
 def _close_in_child() -> None:
