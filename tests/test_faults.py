@@ -82,6 +82,13 @@ class Running:
         except psutil.NoSuchProcess:
             return []
 
+    def child_names(self) -> list[str]:
+        names = []
+        for child in self.children():
+            with contextlib.suppress(psutil.Error):  # it may have exited since it was listed
+                names.append(child.name())
+        return names
+
     def finish(self, timeout: float = 240) -> tuple[int, str, str]:
         try:
             rc = self.proc.wait(timeout=timeout)
@@ -253,6 +260,22 @@ def test_sigterm_of_train_scratch_and_the_resumed_run_equals_a_clean_run(hymenop
     assert rc == 0, err
     assert "after epoch 1 of 2" in err
     assert_same_run(out, clean)
+
+
+def test_sigterm_of_a_ray_embed_stops_the_jobs_actors(hymenoptera_small, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "feats.h5"
+    job = Running("embed", hymenoptera_small, out, "--backend", "ray", "--ray-address", "local", "--shards", "4",
+                  "--workers", "0", *EMBED_ARGS)
+    job.wait_until(lambda: any("ShardEmbedder" in name for name in job.child_names()), "the Ray actors")
+    job.wait_until(lambda: part_files(out), "the first part file")
+    cluster = job.children()  # this run's own local cluster: its actors, raylet, GCS
+    job.proc.send_signal(signal.SIGTERM)
+    rc, out_text, err = job.finish()
+    assert rc == 143, err
+    assert INTERRUPTED in err and "Traceback" not in err + out_text
+    assert_gone(cluster, within=10)  # Ray stops its processes in a few seconds
+    assert part_files(out)
 
 
 def test_the_lock_message_names_the_live_writer(tmp_path):

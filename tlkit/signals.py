@@ -40,7 +40,12 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: int | None = None  # the termination signal that arrived, if one did
+
+
 def _raise_terminated(signum, frame) -> None:
+    global _received
+    _received = signum
     raise Terminated(signum)
 
 
@@ -67,8 +72,12 @@ _previous_unraisablehook = sys.unraisablehook
 
 
 def exit_status(exc: BaseException) -> int:
-    """The exit status for a process stopped by ``exc``: 128 + its signal (130 for a plain Ctrl-C)."""
-    return 128 + int(getattr(exc, "signum", signal.SIGINT))
+    """The exit status for a process stopped by ``exc``: 128 + its signal (130 for a plain Ctrl-C).
+
+    Some libraries turn any interruption into a plain ``KeyboardInterrupt`` (Ray's
+    ``ray.get`` and ``ray.wait`` do): then the signal that arrived still decides.
+    """
+    return 128 + int(getattr(exc, "signum", None) or _received or signal.SIGINT)
 
 
 _installed: set[int] = set()  # signals whose handler is ours right now (main thread only)
@@ -85,7 +94,8 @@ def termination_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
         yield
         return
-    global _previous_unraisablehook
+    global _previous_unraisablehook, _received
+    _received = None
     previous = {}
     for sig in SIGNALS:
         if sig in _installed or signal.getsignal(sig) is signal.SIG_IGN:
