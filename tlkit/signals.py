@@ -139,6 +139,11 @@ def _set_parent_death_signal(sig: int) -> bool:
 
 
 def _bind_to_parent(parent_pid: int, worker_id: int | None = None) -> None:
+    # SIGTERM or SIGHUP sent to the whole process group (`timeout`, systemd, a closed terminal) is
+    # for the main process, which then stops its workers itself. A worker killed by it first would
+    # make torch report a crashed worker on top of the interruption.
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     if _set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:
         # The parent died between fork and prctl: the kernel will send nothing, so leave now.
         os._exit(1)
