@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,10 +70,10 @@ RESUME_KEYS = ("kind", "model", "init", "train", "class_names", "train_split", "
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM, SIGHUP) during training: the run folder holds the checkpoint of the last finished epoch."""
 
-    def __init__(self, run_dir: Path, signum: int = signal.SIGINT):
+    def __init__(self, run_dir: Path, signum: int | None = None):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
-        self.signum = signum  # tlkit.signals.exit_status turns it into the exit status
+        self.signum = signum  # the signal, when known: tlkit.signals.exit_status turns it into the exit status
 
 
 def _split(index, split: str):
@@ -257,7 +256,7 @@ def train_scratch(
                 resume_from=state, device=torch_device,
             )
     except KeyboardInterrupt as exc:
-        raise Interrupted(run_dir, getattr(exc, "signum", signal.SIGINT)) from None
+        raise Interrupted(run_dir, getattr(exc, "signum", None)) from None
     finally:
         bar.close()
 

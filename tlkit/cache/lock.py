@@ -95,8 +95,8 @@ def _busy_message(path: Path, recorded: str) -> str:
     if holders:
         who = ", ".join(f"pid {p}" for p in holders)
         origin = f" (left over from pid {pid}, which has exited)" if pid is not None else ""
-        return (f"{cache} is locked by {who}{origin}; the lock is released when {'they exit' if len(holders) > 1 else 'it exits'}: "
-                f"stop {'them' if len(holders) > 1 else 'it'}, or wait")
+        they, them = ("they exit", "them") if len(holders) > 1 else ("it exits", "it")
+        return f"{cache} is locked by {who}{origin}; the lock is released when {they}: stop {them}, or wait"
     return f"{cache} is locked by another process; wait for it to finish"
 
 
