@@ -362,6 +362,12 @@ def test_full_disk_while_writing_part_files(hymenoptera_small, reference_cache, 
     disk = small_disk(64 * 1024)  # room for a few part files of four rows, not for all of them
     out = disk / "feats.h5"
     args = ("embed", hymenoptera_small, out, "--workers", "0", *EMBED_ARGS)
+    ballast = disk / "ballast"  # first a disk full from the start: not even the manifest fits
+    ballast.write_bytes(b"\0" * shutil.disk_usage(disk).free)
+    rc, stdout, err = tlkit_run(*args)
+    assert_one_line(rc, stdout, err, f"error: no space left on {disk} (while trying to write the part files of {out}")
+    assert sorted(p.name for p in disk.iterdir()) == ["ballast", "feats.h5.lock"]
+    ballast.unlink()
     rc, stdout, err = tlkit_run(*args)
     assert_one_line(rc, stdout, err, f"error: no space left on {disk} (while trying to write the part files of {out}")
     written = part_files(out)

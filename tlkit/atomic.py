@@ -133,8 +133,9 @@ def storage_error(exc: BaseException, path: str | os.PathLike | None = None, wha
     if code is None:
         return None
     if path is None:
-        named = getattr(exc, "filename", None) or (_H5_FILENAME.search(str(exc)) or [None, None])[1]
-        path = named or "."
+        path = getattr(exc, "filename", None) or (_H5_FILENAME.search(str(exc)) or [None, None])[1]
+        if not path:  # nothing says which file: say only what happened
+            return StorageError(code, f"{os.strerror(code).lower()} while writing", None, need)
     path = Path(path)
     return StorageError(code, _storage_message(code, path, what or f"write {path}", need), str(path), need)
 

@@ -64,8 +64,11 @@ class CacheLock:
         except OSError as exc:  # e.g. ENOLCK on a network filesystem without lock support
             os.close(fd)
             raise CacheError(f"cannot lock {self.path}: {exc.strerror} (see README: network filesystems)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
+        try:  # who writes, for the message of a second writer; the lock itself holds without it
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}".encode())
+        except OSError:  # a full disk: _busy_message then looks the holder up in /proc
+            pass
         self._fd = fd
         _held.add(self)
         return self

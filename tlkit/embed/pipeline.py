@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -158,8 +159,12 @@ def _start_parts(parts_dir: Path, out: Path, manifest: str) -> None:
         return
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}-parts")  # removed by remove_stale_tmp if we die here
     staging.mkdir()
-    atomic_write_text(staging / MANIFEST, manifest)
-    os.replace(staging, parts_dir)
+    try:
+        atomic_write_text(staging / MANIFEST, manifest)
+        os.replace(staging, parts_dir)
+    except BaseException:  # a full disk: leave nothing behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def embed(
@@ -239,7 +244,8 @@ def embed(
         manifest = json.dumps(
             {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(part_done), "started": now}, indent=1
         )
-        _start_parts(parts_dir, out, manifest)
+        with storage_errors(parts_dir, f"write the part files of {out}"):
+            _start_parts(parts_dir, out, manifest)
         if pending:
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
