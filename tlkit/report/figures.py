@@ -10,11 +10,11 @@ micro-averaged one-vs-rest curves.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tlkit.atomic import atomic_path
 from tlkit.runs import Run
 
 
@@ -28,9 +28,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a full disk: one line naming the figure, and no temporary file left
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def _scores(labels: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
