@@ -1,9 +1,9 @@
 """How real jobs die: kill -9 and an immediate rerun, SIGTERM, a full disk, unreadable files.
 
 Every command runs as the real console entry point in its own process, on
-small real data (``hymenoptera_small``) with random weights. Processes are
-told apart from other tlkit processes on the machine by their children, as
-psutil sees them while they run.
+small real data (``hymenoptera_small``) with random weights. "No process
+left" is checked on the command's own children, as psutil lists them while
+it runs: other tlkit processes may be running on the same machine.
 
 The full-disk cases mount a small tmpfs, which needs root (as in CI). Elsewhere
 they are skipped with the reason, but never under ``CI=true``: there a missing
