@@ -208,7 +208,7 @@ def test_sigterm_of_embed_keeps_parts_and_the_rerun_finishes(hymenoptera_small, 
     workers = job.children()
     job.proc.send_signal(signal.SIGTERM)
     rc, out_text, err = job.finish()
-    assert rc == 143, err
+    assert rc == 143, (rc, out_text, err)
     assert INTERRUPTED in err and "Traceback" not in err + out_text
     assert_gone(workers)
     assert part_files(out)  # finished work is kept
@@ -228,7 +228,7 @@ def test_sigterm_of_fit_head_and_the_rerun_equals_a_clean_run(reference_cache, t
     time.sleep(0.5)
     job.proc.send_signal(sig)
     rc, out_text, err = job.finish()
-    assert rc == 128 + sig, err
+    assert rc == 128 + sig, (rc, out_text, err)
     assert INTERRUPTED in err and "Traceback" not in err + out_text
     assert not (out / "metrics.json").exists()
     if sig == signal.SIGHUP:
@@ -252,7 +252,7 @@ def test_sigterm_of_train_scratch_and_the_resumed_run_equals_a_clean_run(hymenop
     workers = job.children()
     job.proc.send_signal(signal.SIGTERM)
     rc, out_text, err = job.finish()
-    assert rc == 143, err
+    assert rc == 143, (rc, out_text, err)
     assert f"interrupted: finished epochs are kept in {out}; continue with the same command plus --resume" in err
     assert "Traceback" not in err + out_text
     assert_gone(workers)
@@ -272,7 +272,7 @@ def test_sigterm_of_a_ray_embed_stops_the_jobs_actors(hymenoptera_small, tmp_pat
     cluster = job.children()  # this run's own local cluster: its actors, raylet, GCS
     job.proc.send_signal(signal.SIGTERM)
     rc, out_text, err = job.finish()
-    assert rc == 143, err
+    assert rc == 143, (rc, out_text, err)
     assert INTERRUPTED in err and "Traceback" not in err + out_text
     assert_gone(cluster, within=10)  # Ray stops its processes in a few seconds
     assert part_files(out)

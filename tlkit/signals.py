@@ -46,7 +46,27 @@ _received: int | None = None  # the termination signal that arrived, if one did
 def _raise_terminated(signum, frame) -> None:
     global _received
     _received = signum
+    if _importing(frame):
+        # Libraries import optional parts under `try: ... except:` and would swallow the interruption
+        # (measured: a SIGTERM during fit-head's imports was lost, and the run went on to the end).
+        _deliver_later(signum, 0.05)
+        return
     raise Terminated(signum)
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_later(signum: int, seconds: float) -> None:
+    """Simulate ``signum`` again in ``seconds``, from another thread (the handler then runs in the main one)."""
+    timer = threading.Timer(seconds, _thread.interrupt_main, args=(signum,))
+    timer.daemon = True
+    timer.start()
 
 
 def _redeliver(unraisable) -> None:
@@ -61,9 +81,7 @@ def _redeliver(unraisable) -> None:
     """
     exc = unraisable.exc_value
     if isinstance(exc, KeyboardInterrupt):
-        timer = threading.Timer(0.01, _thread.interrupt_main, args=(getattr(exc, "signum", signal.SIGINT),))
-        timer.daemon = True
-        timer.start()
+        _deliver_later(getattr(exc, "signum", signal.SIGINT), 0.01)
         return
     _previous_unraisablehook(unraisable)
 
