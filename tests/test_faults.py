@@ -278,6 +278,37 @@ def test_sigterm_of_a_ray_embed_stops_the_jobs_actors(hymenoptera_small, tmp_pat
     assert part_files(out)
 
 
+SWALLOWED = """
+import os, signal, sys, time
+from tlkit.signals import Terminated, termination_as_interrupt
+sys.path.insert(0, sys.argv[1])
+with open(os.path.join(sys.argv[1], "optional.py"), "w") as fh:  # a library importing an optional part
+    fh.write("import os, signal, time\\ntry:\\n    os.kill(os.getpid(), signal.SIGTERM)\\n    time.sleep(0.2)\\n"
+             "except:\\n    pass\\n")
+os.register_at_fork(after_in_parent=lambda: (os.kill(os.getpid(), signal.SIGTERM), sum(range(1000))))
+try:
+    with termination_as_interrupt():
+        if sys.argv[2] == "import":
+            import optional
+        elif os.fork() == 0:  # the signal lands in a fork hook, where Python ignores exceptions
+            os._exit(0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            pass
+        print("went on")
+except Terminated as exc:
+    print("interrupted", exc.signum)
+"""
+
+
+@pytest.mark.parametrize("where", ["import", "fork"])
+def test_a_signal_landing_where_python_ignores_exceptions_still_interrupts(where, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED, str(tmp_path), where], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.strip() == f"interrupted {int(signal.SIGTERM)}", (proc.stdout, proc.stderr)
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_the_lock_message_names_the_live_writer(tmp_path):
     from tlkit.cache.lock import CacheLock
     from tlkit.errors import CacheBusy
