@@ -16,18 +16,32 @@ from tlkit.errors import TlkitError
 
 
 class TlkitGroup(click.Group):
-    """Turns user-fixable errors into one line instead of a traceback."""
+    """Turns user-fixable errors into one line instead of a traceback.
+
+    SIGTERM and SIGHUP (schedulers, a closed terminal) are handled like Ctrl-C in
+    every command (:mod:`tlkit.signals`); the exit status is 128 + the signal.
+    """
 
     def invoke(self, ctx):
+        from tlkit.atomic import storage_error
+        from tlkit.signals import exit_status, termination_as_interrupt
+
         try:
-            return super().invoke(ctx)
+            with termination_as_interrupt():
+                return super().invoke(ctx)
         except TlkitError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("interrupted: finished work is kept; run the same command again to continue", err=True)
-            sys.exit(130)
-        except OSError as exc:
+            sys.exit(exit_status(exc))
+        except (OSError, RuntimeError) as exc:
+            full = storage_error(exc)  # disk full, quota, read-only, I/O error: h5py raises some as RuntimeError
+            if full is not None:
+                click.echo(f"error: {full}", err=True)
+                sys.exit(1)
+            if not isinstance(exc, OSError):
+                raise  # any other RuntimeError is a bug: keep its traceback
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             click.echo(f"error: {exc.strerror or exc}{where}", err=True)
             sys.exit(1)

@@ -73,6 +73,7 @@ def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_
     from tlkit.baseline.trainer import Interrupted
     from tlkit.baseline.trainer import train_scratch as run
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
+    from tlkit.signals import exit_status
 
     cfg = TrainConfig(**training)
     show = progress if progress is not None else sys.stderr.isatty()
@@ -87,10 +88,10 @@ def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_
         resume = "--resume" if out else f"--out {stop.run_dir} --resume"
         click.echo(f"interrupted: finished epochs are kept in {stop.run_dir}; continue with the same command plus "
                    f"{resume}", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+        sys.exit(exit_status(stop))
+    except KeyboardInterrupt as stop:
         click.echo("interrupted before training started: nothing was written", err=True)
-        sys.exit(130)
+        sys.exit(exit_status(stop))
     from tlkit.runs import load_run
 
     metrics = load_run(run_dir).metrics

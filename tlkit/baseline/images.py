@@ -29,6 +29,7 @@ from tlkit.data.decode import load_rgb
 from tlkit.data.transforms import TransformSpec
 from tlkit.embed.reader import read_batches
 from tlkit.errors import BadImage, DataError
+from tlkit.signals import worker_init_fn
 
 
 @dataclass
@@ -101,7 +102,8 @@ def decode_training_set(root, paths, labels, *, workers, max_pixels, budget_byte
     """Decode every image once; keep the pixels within ``budget_bytes``; return (set, [(path, reason)])."""
     root = Path(root)
     files = [str(root / p) for p in paths]
-    loader = DataLoader(_Decode(files, max_pixels), batch_size=8, num_workers=workers, collate_fn=_as_list)
+    loader = DataLoader(_Decode(files, max_pixels), batch_size=8, num_workers=workers, collate_fn=_as_list,
+                        worker_init_fn=worker_init_fn())
     pixels: list[np.ndarray | None] = [None] * len(files)
     bad: dict[int, str] = {}
     used = 0
@@ -180,6 +182,7 @@ def training_batches(images: ImageSet, augment, *, seed: int, epoch: int, batch_
         collate_fn=_collate_checked,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=worker_init_fn(),  # workers die with this process, whatever kills it
     )
     for inputs, labels, errors in loader:
         if errors:

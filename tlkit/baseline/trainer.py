@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tlkit.atomic import storage_errors
 from tlkit.baseline.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from tlkit.baseline.images import (
     augmentation,
@@ -65,11 +66,12 @@ RESUME_KEYS = ("kind", "model", "init", "train", "class_names", "train_split", "
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training: the run folder holds the checkpoint of the last finished epoch."""
+    """Ctrl-C (or SIGTERM, SIGHUP) during training: the run folder holds the checkpoint of the last finished epoch."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, signum: int | None = None):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
+        self.signum = signum  # the signal, when known: tlkit.signals.exit_status turns it into the exit status
 
 
 def _split(index, split: str):
@@ -234,13 +236,14 @@ def train_scratch(
             on_epoch(r)
 
     try:
-        result = train_classifier(
-            model, batches, make_evaluator(eval_set, spec, torch_device, workers, max_pixels), eval_set.labels, cfg,
-            on_epoch=report_epoch, checkpoint=lambda s: save_checkpoint(run_dir, s, settings),
-            resume_from=state, device=torch_device,
-        )
-    except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+        with storage_errors(run_dir, f"save the checkpoint in {run_dir}"):
+            result = train_classifier(
+                model, batches, make_evaluator(eval_set, spec, torch_device, workers, max_pixels), eval_set.labels,
+                cfg, on_epoch=report_epoch, checkpoint=lambda s: save_checkpoint(run_dir, s, settings),
+                resume_from=state, device=torch_device,
+            )
+    except KeyboardInterrupt as exc:
+        raise Interrupted(run_dir, getattr(exc, "signum", None)) from None
     finally:
         bar.close()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tlkit.atomic import require_free_space, storage_errors
 from tlkit.cache.reader import (
     CONTENT_DIGEST_ATTR,
     H5_LOCKING,
@@ -156,6 +157,22 @@ def _gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _output_bytes(files: Sequence[h5py.File]) -> int:
+    """About the size of the output: the sources' stored feature and label bytes, plus their paths.
+
+    Duplicates make it an overestimate. Variable-length paths live in HDF5's
+    heap, which ``get_storage_size`` does not count: 64 bytes per row stands for
+    them, and 64 KiB for the file's own structure and attributes.
+    """
+    total = 64 * 1024
+    for f in files:
+        for split in split_names(f):
+            group = f[split]
+            total += sum(group[name].id.get_storage_size() for name in ("features", "labels"))
+            total += 64 * len(group["paths"])
+    return total
+
+
 def assemble(
     out_path: Path,
     sources: Sequence[Path],
@@ -163,16 +180,21 @@ def assemble(
     attrs: dict,
     skipped: Sequence[tuple[str, str, str]] = (),
     on_rows: Callable[[int], None] | None = None,
+    purpose: str | None = None,
 ) -> dict[str, int]:
     """Write the union of ``sources`` to ``out_path`` atomically; return rows per split.
 
     ``skipped`` entries (path, split, reason) whose path has a row in the
     output are dropped: an image that one source could not decode and another
-    embedded is not skipped.
+    embedded is not skipped. ``purpose`` ("publish cache/feats.h5") is what a
+    lack of space is reported as keeping from happening.
     """
     label_of = {name: i for i, name in enumerate(class_names)}
     files = [h5py.File(p, "r", locking=H5_LOCKING) for p in sources]
     try:
+        # The output is a full copy written beside the old file: refuse now rather than fail part-way.
+        need, purpose = _output_bytes(files), purpose or f"write {out_path}"
+        require_free_space(out_path, need, purpose)
         remaps = []
         for p, f in zip(sources, files):
             names = class_names_of(f)
@@ -184,7 +206,7 @@ def assemble(
         skipped_paths = {e[0] for e in skipped}
         embedded_skipped: set[str] = set()
         counts: dict[str, int] = {}
-        with atomic_h5(out_path) as out:
+        with storage_errors(out_path, purpose, need), atomic_h5(out_path) as out:
             write_root_attrs(
                 out, format=FORMAT, schema_version=SCHEMA_VERSION, complete=False,
                 splits=splits, class_names=list(class_names), **attrs,

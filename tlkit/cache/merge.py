@@ -194,7 +194,8 @@ def merge(
         if on_start:
             on_start(result.input_rows)
         try:
-            result.counts = assemble(out, [i.path for i in listed], class_names, attrs, skipped=skipped, on_rows=on_rows)
+            result.counts = assemble(out, [i.path for i in listed], class_names, attrs, skipped=skipped, on_rows=on_rows,
+                                     purpose=f"merge into {out}")
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # disk full, permissions...: the CLI reports these as they are

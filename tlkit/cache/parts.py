@@ -16,6 +16,7 @@ reader of a missing cache mentions it.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,12 @@ def start_parts(cache: Path, manifest: dict) -> Path:
         return parts_dir
     staging = tmp_name(cache, "-parts")  # removed by remove_stale_tmp if we die here
     staging.mkdir()
-    atomic_text(staging / PARTS_MANIFEST, text)
-    replace_dir(staging, parts_dir)
+    try:
+        atomic_text(staging / PARTS_MANIFEST, text)
+        replace_dir(staging, parts_dir)
+    except BaseException:  # a full disk: leave nothing behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return parts_dir
 
 

@@ -1,13 +1,15 @@
 """Decode any image file PIL can read into an upright RGB image.
 
 Every failure (unreadable, truncated, zero-byte, not an image, decompression
-bomb) becomes :class:`tlkit.errors.BadImage` with a short reason, so callers
+bomb, a dangling symbolic link, no read permission, a folder named like an
+image) becomes :class:`tlkit.errors.BadImage` with a short reason, so callers
 can skip the file and report it instead of crashing.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -36,6 +38,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def load_rgb(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open ``path``, apply its EXIF orientation and return it as RGB."""
+    not_a_file = _not_a_regular_file(path)
+    if not_a_file:
+        raise BadImage(not_a_file)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -60,10 +65,31 @@ def load_rgb(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     except UnidentifiedImageError:
         size = _size_or_none(path)
         raise BadImage("empty file (0 bytes)" if size == 0 else "not an image PIL can read") from None
+    except PermissionError:
+        raise BadImage("permission denied: the file cannot be opened for reading") from None
     except OSError as exc:
         raise BadImage(f"unreadable or truncated: {exc}") from None
     except (ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as exc:
         raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+def _not_a_regular_file(path) -> str | None:
+    """Why ``path`` is no image file at all, or None: checked before opening, since opening a FIFO blocks."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None  # an open file object
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"dangling symbolic link: its target {os.readlink(path)} does not exist"
+        return "file not found (deleted or moved after it was listed)"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
 
 
 def _size_or_none(path) -> int | None:

@@ -69,7 +69,11 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 
 def find_images(folder: Path) -> list[Path]:
-    """All image files below ``folder`` (recursively, links followed once), sorted."""
+    """Everything named like an image below ``folder`` (recursively, links followed once), sorted.
+
+    Names that cannot be read as images (dangling links, folders named ``x.jpg``) are
+    included: decoding them reports why, so they are listed as skipped, never dropped unseen.
+    """
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -80,12 +84,11 @@ def find_images(folder: Path) -> list[Path]:
             continue
         seen_dirs.add(key)
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in filenames:
-            if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            path = Path(dirpath) / name
-            if path.is_file():  # skips dangling links
-                found.append(path)
+        # Everything named like an image is listed, even a dangling link or a folder named x.jpg:
+        # decoding it then fails with the reason (tlkit.data.decode), and it is reported as skipped.
+        for name in [*filenames, *dirnames]:
+            if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
     return sorted(found)
 
 

@@ -26,7 +26,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 import tlkit
-from tlkit.atomic import remove_stale_tmp
+from tlkit.atomic import remove_stale_tmp, storage_errors
 from tlkit.cache.assemble import assemble
 from tlkit.cache.lock import CacheLock
 from tlkit.cache.parts import (
@@ -243,7 +243,8 @@ def embed(
 
         # The manifest says what the parts belong to and how many images this run covers
         # (`tlkit info` shows the progress); the folder and the file appear whole or not at all.
-        start_parts(out, {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(parts.done), "started": now})
+        with storage_errors(parts_dir, f"write the part files of {out}"):
+            start_parts(out, {"provenance": ours.to_attrs(), "to_embed": len(pending) + len(parts.done), "started": now})
         if pending:
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
@@ -260,7 +261,8 @@ def embed(
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:
-                    stats = distribute(job, pending, bar.update)
+                    with storage_errors(parts_dir, f"write the part files of {out}"):
+                        stats = distribute(job, pending, bar.update)
                 except BaseException:
                     if not part_files(parts_dir):  # nothing finished: leave no "unfinished" trace
                         discard_parts(out)
@@ -271,7 +273,7 @@ def embed(
         sources = ([out] if out.exists() else []) + parts.files
         attrs = ours.to_attrs() | {"updated": now}
         result.skipped = sorted(set(parts.skipped))
-        assemble(out, sources, class_names, attrs, skipped=result.skipped)
+        assemble(out, sources, class_names, attrs, skipped=result.skipped, purpose=f"publish {out}")
         discard_parts(out)
     result.seconds = time.perf_counter() - start
     return result

@@ -37,6 +37,7 @@ from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.runner import ShardStats, WorkItem, run_shard
 from tlkit.embed.writer import PartWriter
 from tlkit.errors import CacheError, DataError, TlkitError
+from tlkit.signals import reclaim as reclaim_signals
 
 
 class RayBackendError(TlkitError):
@@ -324,6 +325,9 @@ def run_ray(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], N
     actors: list = []
     board = None
     try:
+        # ray.init replaced our SIGTERM handler with one that exits at once: take it back, so that SIGTERM
+        # unwinds like Ctrl-C through the `finally` below, which stops this job's actors.
+        reclaim_signals()
         gpus = float(job.ray.gpus_per_worker)
         cpus = max(1, job.workers)
         slots = _worker_slots(cpus, gpus)

@@ -2,6 +2,11 @@
 
 A file that fails to decode does not stop the batch: it comes back as an
 error entry (index, reason) next to the tensors of the good files.
+
+Workers are forked torch ``DataLoader`` processes. They are bound to the
+process that starts them (:func:`tlkit.signals.worker_init_fn`: they die
+with it, whatever kills it) and never hold a cache lock: the lock's file
+descriptor is closed in every forked child (:mod:`tlkit.cache.lock`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlkit.data.decode import load_rgb
 from tlkit.data.transforms import TransformSpec
 from tlkit.errors import BadImage
+from tlkit.signals import worker_init_fn
 
 
 @dataclass
@@ -68,6 +74,7 @@ def read_batches(
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=worker_init_fn(),
     )
     yield from loader
 
@@ -96,6 +103,6 @@ def check_files(files: list[tuple[str, str]], workers: int, max_pixels: int | No
     """Fully decode every (file, shown-name) pair; return (shown-name, reason) of the bad ones."""
     loader = DataLoader(
         _CheckFiles([f for f, _ in files], max_pixels), batch_size=16, num_workers=workers,
-        collate_fn=_drop_good,
+        collate_fn=_drop_good, worker_init_fn=worker_init_fn(),
     )
     return [(files[i][1], why) for batch in loader for i, why in batch]

@@ -28,7 +28,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:  # keeps the suffix: savefig picks the format from it
+    with atomic_path(path) as tmp:  # keeps the suffix (savefig picks the format from it); a full disk: one line
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 

@@ -1,0 +1,178 @@
+"""How tlkit processes end: termination signals, and worker processes that never outlive their parent.
+
+Schedulers stop jobs with SIGTERM (Slurm, Kubernetes, systemd, ``timeout``)
+and a closed terminal sends SIGHUP; both are handled like Ctrl-C. While
+:func:`termination_as_interrupt` is active they raise :class:`Terminated`,
+a ``KeyboardInterrupt``, so every ``finally`` and every ``except
+KeyboardInterrupt`` that keeps finished work and releases locks on Ctrl-C
+runs for them too. The CLI reports the same "interrupted: ..." line and
+exits with the shell's convention, 128 + the signal number (130 for Ctrl-C,
+143 for SIGTERM, 129 for SIGHUP): :func:`exit_status`.
+
+Decoding worker processes (torch ``DataLoader`` workers, forked) call
+:func:`worker_init_fn` first: the kernel then kills them the moment their
+parent dies, by any signal, ``kill -9`` and the OOM killer included.
+Without it they noticed only at torch's next 5-second check and, holding
+copies of the parent's file descriptors, kept burning CPU meanwhile.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+# Handled like Ctrl-C. SIGINT keeps Python's own handler (KeyboardInterrupt).
+SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwind as for Ctrl-C, then exit with 128 + ``signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: int | None = None  # the termination signal that arrived, if one did
+
+
+def _raise_terminated(signum, frame) -> None:
+    global _received
+    _received = signum
+    if _importing(frame):
+        # Libraries import optional parts under `try: ... except:` and would swallow the interruption
+        # (measured: a SIGTERM during fit-head's imports was lost, and the run went on to the end).
+        _deliver_later(signum, 0.05)
+        return
+    raise Terminated(signum)
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_later(signum: int, seconds: float) -> None:
+    """Simulate ``signum`` again in ``seconds``, from another thread (the handler then runs in the main one)."""
+    timer = threading.Timer(seconds, _thread.interrupt_main, args=(signum,))
+    timer.daemon = True
+    timer.start()
+
+
+def _redeliver(unraisable) -> None:
+    """An interruption raised where Python ignores exceptions is delivered again, not lost.
+
+    A signal handler runs at the next bytecode of the main thread, which may lie
+    in a destructor or a fork hook (torch starting a worker for the next epoch):
+    there the exception is only printed ("Exception ignored in ...") and the
+    command would go on as if nothing had happened. So the signal is simulated
+    again a moment later, from another thread, once the main thread has left
+    that place (the handler would run at once inside this hook, and be ignored again).
+    """
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        _deliver_later(getattr(exc, "signum", signal.SIGINT), 0.01)
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status for a process stopped by ``exc``: 128 + its signal (130 for a plain Ctrl-C).
+
+    Some libraries turn any interruption into a plain ``KeyboardInterrupt`` (Ray's
+    ``ray.get`` and ``ray.wait`` do): then the signal that arrived still decides.
+    """
+    return 128 + int(getattr(exc, "signum", None) or _received or signal.SIGINT)
+
+
+_installed: set[int] = set()  # signals whose handler is ours right now (main thread only)
+
+
+@contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+
+    A signal that was ignored when the process started (``nohup`` ignores
+    SIGHUP) stays ignored. The previous handlers come back afterwards, so a
+    caller running the CLI in-process (tests) keeps its own.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
+        yield
+        return
+    global _previous_unraisablehook, _received
+    _received = None
+    previous = {}
+    for sig in SIGNALS:
+        if sig in _installed or signal.getsignal(sig) is signal.SIG_IGN:
+            continue
+        previous[sig] = signal.signal(sig, _raise_terminated)
+        _installed.add(sig)
+    hook, _previous_unraisablehook = sys.unraisablehook, sys.unraisablehook
+    sys.unraisablehook = _redeliver
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+            _installed.discard(sig)
+
+
+def reclaim() -> None:
+    """Put our handlers back after a library replaced them.
+
+    ``ray.init`` installs a SIGTERM handler that calls ``sys.exit``, which
+    would skip the "interrupted" line and report exit 15; the driver calls
+    this right after joining the cluster.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in _installed:
+            signal.signal(sig, _raise_terminated)
+
+
+# -- worker processes ------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux: workers fall back on torch's own parent check
+        return False
+
+
+def _bind_to_parent(parent_pid: int, worker_id: int | None = None) -> None:
+    # SIGTERM or SIGHUP sent to the whole process group (`timeout`, systemd, a closed terminal) is
+    # for the main process, which then stops its workers itself. A worker killed by it first would
+    # make torch report a crashed worker on top of the interruption.
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if _set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:
+        # The parent died between fork and prctl: the kernel will send nothing, so leave now.
+        os._exit(1)
+
+
+def worker_init_fn():
+    """A ``worker_init_fn`` for a torch ``DataLoader``: its workers die with the process creating it.
+
+    Call it in the process that starts the workers (it records that process's id).
+    The kernel's parent-death signal fires when the *thread* that forked the worker
+    ends; tlkit iterates its loaders in the thread that creates them, which outlives
+    the loader.
+    """
+    return functools.partial(_bind_to_parent, os.getpid())
