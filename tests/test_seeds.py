@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from test_heads_data import blobs
-from tlkit.heads import HeadError, LinearHead, QuantumHead
+from heads_data import blobs
+from tlkit.heads import HeadError, LinearHead, QuantumHead, TorchHead
 from tlkit.heads.bottleneck import BottleneckHead, BottleneckNet
-from tlkit.train.seeds import NotVectorisable, fit_head_seeds, parse_seeds, train_seeds
+from tlkit.train.config import parse_seeds
+from tlkit.train.seeds import NotVectorisable, train_seeds
 
 HEADS = {"linear": LinearHead, "quantum": QuantumHead, "bottleneck": BottleneckHead}
 SEEDS = [0, 3, 11]
@@ -34,10 +35,10 @@ def single_fits(cls, params, data, seeds):
 
 
 def assert_same_as_single(run, head, atol=1e-4):
-    assert np.abs(run.final_proba - head.eval_proba_["final"]).max() <= atol
-    assert np.abs(run.best_proba - head.eval_proba_["best"]).max() <= atol
+    assert np.abs(run.final_proba - head.evaluation_.final_proba).max() <= atol
+    assert np.abs(run.best_proba - head.evaluation_.best_proba).max() <= atol
     assert run.history[-1].val_acc == head.history_[-1]["val_acc"]  # the same final accuracy
-    assert run.best_epoch == head.best_epoch_
+    assert run.best_epoch == head.evaluation_.best_epoch
     for mine, theirs in zip(run.history, head.history_):
         assert mine.epoch == theirs["epoch"] and mine.lr == pytest.approx(theirs["lr"])
         for key in ("train_loss", "val_loss"):
@@ -130,36 +131,59 @@ def predict(module, X):
         return torch.softmax(module(torch.from_numpy(X)).double(), dim=1).numpy()
 
 
-def test_fit_head_seeds_gives_fitted_heads_like_fit(data):
+@pytest.mark.parametrize("name", list(HEADS))
+def test_fit_seeds_gives_the_heads_separate_fits_give(name, data, monkeypatch):
+    """The public API: head.fit_seeds(X, y, seeds) is clone(head).set_params(seed=s).fit(X, y) per seed."""
     X, y, X_val, y_val = data
     labels, labels_val = np.array(["ants", "bees"])[y], np.array(["ants", "bees"])[y_val]
-    heads = fit_head_seeds(QuantumHead(epochs=2, batch_size=3), X, labels, [2, 5], eval_set=(X_val, labels_val))
-    for head, seed in zip(heads, [2, 5]):
-        single = QuantumHead(epochs=2, batch_size=3, seed=seed).fit(X, labels, eval_set=(X_val, labels_val))
+    params = {"epochs": 3, "batch_size": 3, "lr": 0.01}
+    singles = [HEADS[name](**params, seed=s).fit(X, labels, eval_set=(X_val, labels_val)) for s in (2, 5)]
+    template = HEADS[name](**params)
+    with monkeypatch.context() as patch:  # one vectorised pass: no fit of a single seed is ever called
+        patch.setattr(TorchHead, "fit", lambda *a, **k: pytest.fail("fit_seeds fell back to single fits"))
+        heads = template.fit_seeds(X, labels, [2, 5], eval_set=(X_val, labels_val))
+    assert not hasattr(template, "module_")  # the template itself stays unfitted
+    for head, single, seed in zip(heads, singles, [2, 5]):
         assert head.seed == seed and list(head.classes_) == ["ants", "bees"]
+        assert {k: v for k, v in head.get_params().items() if k != "seed"} == {
+            k: v for k, v in template.get_params().items() if k != "seed"}
         assert np.abs(head.predict_proba(X_val) - single.predict_proba(X_val)).max() <= 1e-4
+        assert np.abs(head.evaluation_.final_proba - single.evaluation_.final_proba).max() <= 1e-4
         assert list(head.predict(X_val)) == list(single.predict(X_val))
-        assert head.best_epoch_ == single.best_epoch_ and len(head.history_) == 2
+        assert head.score(X_val, labels_val) == single.score(X_val, labels_val)  # the same final accuracy
+        assert head.evaluation_.best_epoch == single.evaluation_.best_epoch and len(head.history_) == 3
+        assert head.training_seconds_ > 0
 
 
-def test_a_qnode_simulator_is_not_vectorised_and_fit_head_seeds_falls_back_to_single_fits(data):
+def test_a_qnode_simulator_is_not_vectorised_and_fit_seeds_falls_back_to_single_fits(data):
     X, y, _, _ = data
     template = QuantumHead(epochs=1, simulator="qnode", batch_size=20)
-    with pytest.raises(NotVectorisable, match="qnode"):
+    with pytest.raises(NotVectorisable, match="seed_axis"):
         train_seeds(template._build_module, X, y, [0, 1], template.train_config())
-    heads = fit_head_seeds(template, X[:20], y[:20], [0, 1])
+    heads = template.fit_seeds(X[:20], y[:20], [0, 1])
     assert [h.seed for h in heads] == [0, 1] and all(h.module_.runner.simulator == "qnode" for h in heads)
+    single = QuantumHead(epochs=1, simulator="qnode", batch_size=20, seed=1).fit(X[:20], y[:20])
+    assert np.allclose(heads[1].predict_proba(X[:5]), single.predict_proba(X[:5]), atol=1e-6)
 
 
-def test_fit_head_seeds_fits_logreg_seed_by_seed(data):
+def test_logreg_fits_its_seeds_one_by_one_and_the_seed_moves_its_folds(data):
     from tlkit.heads import LogRegHead
 
     X, y, _, _ = data
-    heads = fit_head_seeds(LogRegHead(cv=3), X, y, [0, 1])
+    heads = LogRegHead(cv=3).fit_seeds(X, y, [0, 1])
     assert [h.seed for h in heads] == [0, 1]
     for head in heads:
         single = LogRegHead(cv=3, seed=head.seed).fit(X, y)
         assert np.array_equal(head.predict_proba(X), single.predict_proba(X))
+
+
+def test_fit_seeds_refuses_bad_seeds(data):
+    X, y, _, _ = data
+    for head in (LinearHead(epochs=1), BottleneckHead(epochs=1)):
+        with pytest.raises(HeadError, match="twice"):
+            head.fit_seeds(X, y, [1, 1])
+        with pytest.raises(HeadError, match="non-negative"):
+            head.fit_seeds(X, y, [-1])
 
 
 def test_training_leaves_the_global_torch_rng_alone(data):
@@ -216,8 +240,12 @@ def test_bottleneck_head_is_a_classifier_with_the_quantum_heads_width_name():
     head = BottleneckHead(n_qubits=3, epochs=10).fit(X, y)
     assert head.module_.middle.in_features == 3
     assert head.score(X_val, y_val) >= 0.95
-    with pytest.raises(HeadError, match="width"):
+    with pytest.raises(HeadError, match="n_qubits must be at least 1"):
         BottleneckHead(n_qubits=0).fit(X, y)
+    # The quantum head's flags where they apply: its width and the whole training loop, same defaults.
+    assert set(BottleneckHead().get_params()) == {"n_qubits", *LinearHead().get_params()}
+    quantum = QuantumHead().get_params()
+    assert all(quantum[k] == v for k, v in BottleneckHead().get_params().items())
 
 
 # --- --seeds SPEC ------------------------------------------------------------------------------
