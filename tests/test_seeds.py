@@ -198,23 +198,57 @@ def test_training_leaves_the_global_torch_rng_alone(data):
 
 # --- the seed axis of the state-vector replay --------------------------------------------------
 
-@pytest.mark.parametrize("n_qubits,depth", [(4, 6), (3, 2), (5, 1), (1, 2)])
-def test_statevector_seed_axis_equals_one_run_per_seed(n_qubits, depth):
+def mixed_circuit(inputs, weights):
+    """Layers mixing inputs and weights, CNOTs before input layers, a final CNOT: every branch of the replay."""
+    import pennylane as qml
+
+    for wire in range(3):
+        qml.Hadamard(wires=wire)
+    qml.RY(weights[0, 0], wires=0)
+    qml.RY(inputs[1], wires=1)  # an input layer holding a weight
+    qml.CNOT(wires=[0, 1])
+    qml.CNOT(wires=[1, 2])
+    qml.RY(inputs[0], wires=0)  # an input layer after CNOTs
+    qml.RY(weights[0, 1], wires=2)
+    qml.CNOT(wires=[2, 0])
+    for wire, (i, j) in enumerate([(0, 2), (1, 0), (1, 2)]):
+        qml.RY(weights[i, j], wires=wire)  # a weight layer
+    qml.RY(weights[1, 1], wires=1)  # the same weight twice, in another layer
+    qml.CNOT(wires=[0, 2])
+    qml.RY(inputs[2], wires=2)
+    qml.CNOT(wires=[1, 0])
+    return [qml.expval(qml.PauliZ(wire)) for wire in (2, 0)]
+
+
+@pytest.mark.parametrize("circuit,n_inputs,weight_shape", [
+    ("dressed", 4, (6, 4)), ("dressed", 3, (2, 3)), ("dressed", 5, (1, 5)), ("dressed", 1, (2, 1)),
+    ("dressed", 6, (2, 6)),  # the largest circuit with the written-out gradient
+    ("dressed", 7, (1, 7)),  # beyond it: the autograd path
+    ("mixed", 3, (2, 3)),
+])
+def test_statevector_seed_axis_equals_one_run_per_seed(circuit, n_inputs, weight_shape):
     from tlkit.heads import statevector
     from tlkit.heads.circuit import dressed_circuit
 
-    program = statevector.trace(dressed_circuit, n_qubits, (depth, n_qubits))
-    gen = torch.Generator().manual_seed(n_qubits * 10 + depth)
-    angles = ((torch.rand(3, 5, n_qubits, generator=gen, dtype=torch.float64) - 0.5) * torch.pi).requires_grad_()
-    weights = torch.randn(3, depth, n_qubits, generator=gen, dtype=torch.float64, requires_grad=True)
-    probe = torch.randn(3, 5, n_qubits, generator=gen, dtype=torch.float64)
+    program = statevector.trace(dressed_circuit if circuit == "dressed" else mixed_circuit, n_inputs, weight_shape)
+    n_out = program.z_signs.shape[1]
+    gen = torch.Generator().manual_seed(n_inputs * 10 + weight_shape[0])
+    angles = ((torch.rand(3, 5, n_inputs, generator=gen, dtype=torch.float64) - 0.5) * torch.pi).requires_grad_()
+    weights = torch.randn(3, *weight_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 5, n_out, generator=gen, dtype=torch.float64)
 
     seeded = statevector.run(program, angles, weights)
     separate = torch.stack([statevector.run(program, angles[s], weights[s]) for s in range(3)])
     vmapped = torch.vmap(lambda a, w: statevector.run(program, a, w))(angles, weights)
-    assert seeded.shape == (3, 5, n_qubits)
+    assert seeded.shape == (3, 5, n_out)
     assert torch.allclose(seeded, separate, atol=1e-12, rtol=0)
     assert torch.allclose(vmapped, separate, atol=1e-12, rtol=0)
+    if circuit == "mixed":  # the replay is this circuit: PennyLane's own simulator agrees
+        import pennylane as qml
+
+        qnode = qml.QNode(mixed_circuit, qml.device("default.qubit", wires=3))
+        expected = torch.tensor([float(v) for v in qnode(angles[1, 2].detach().numpy(), weights[1].detach().numpy())])
+        assert torch.allclose(seeded[1, 2].detach(), expected.double(), atol=1e-10)
     grads_seeded = torch.autograd.grad((seeded * probe).sum(), [angles, weights])
     grads_separate = torch.autograd.grad((separate * probe).sum(), [angles, weights])
     for g_seeded, g_separate in zip(grads_seeded, grads_separate):
