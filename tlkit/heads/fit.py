@@ -147,11 +147,12 @@ def summary_table(metrics: dict) -> str:
             value += f" ± {(interval['ci_high'] - interval['ci_low']) / 2:.4f}"
         return value
 
-    width = 18 if n_seeds > 1 else 10
-    rows = [f"{'':<12}{'epoch':>6}" + "".join(f"{title:>{width}}" for title in ("accuracy", "ROC AUC", "AP"))]
+    widths = (18, 18, 18) if n_seeds > 1 else (10, 9, 8)  # one seed: the table as it always was
+    rows = [f"{'':<12}{'epoch':>6}" + "".join(f"{t:>{w}}" for t, w in zip(("accuracy", "ROC AUC", "AP"), widths))]
     for label, key in (("final", "final"), ("best (opt.)", "best")):
         m = metrics[key]
-        rows.append(f"{label:<12}{fmt(m['epoch'], 'd'):>6}" + "".join(f"{cell(m, key, n):>{width}}" for n in names))
+        rows.append(f"{label:<12}{fmt(m['epoch'], 'd'):>6}"
+                    + "".join(f"{cell(m, key, n):>{w}}" for n, w in zip(names, widths)))
     if n_seeds > 1:
         rows.append(f"mean of {n_seeds} seeds; ± is the half-width of the 95% Student-t interval across seeds; "
                     "'best' is each seed's own best epoch")
