@@ -260,7 +260,6 @@ class _SeedCircuit(torch.autograd.Function):
         d_high, d_low = 2**high, 2 ** (n - high)
         tables = _gradient_tables(program)
         bank = torch.cat([program.fixed_bank.expand(seeds, -1, -1, -1), ry_matrix(weights)], dim=1)  # (S, F + P, 2, 2)
-        n_bank = bank.shape[1]
         layers_t = None
         if len(program.shared_gates):
             # Transposed gates give the transposed Kronecker product K^T, so that a layer is new_state =
