@@ -25,27 +25,34 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # make demo       the main job on a fresh machine: without DATA=, download the hymenoptera photos
-#                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg and quantum heads,
-#                 write the report to $(RUNS)/report/.
+#                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg, quantum and
+#                 bottleneck heads ($(SEEDS) seeds each), write the report to $(RUNS)/report/: intervals,
+#                 every head against linear, and quantum against its classical control, bottleneck.
 # make reproduce  the seed paper's whole table: demo plus the 30-epoch ResNet-18-from-scratch baseline,
-#                 reported as the baseline of the relative changes.
+#                 reported as the baseline of the relative changes and of the paired comparisons.
 # DATA=, WEIGHTS= (imagenet, random or a state_dict file), CACHE= and RUNS= override the defaults;
-# SCRATCH_FLAGS= passes options to train-scratch (e.g. --epochs 5). Finished runs are kept, so an
-# interrupted make picks up where it stopped (an unfinished scratch run is resumed).
+# SEEDS= is fit-head's --seeds (a count, a range 0-9 or a list 1,5,9; default 5); HEAD_FLAGS= passes
+# options to fit-head (e.g. --epochs 5), SCRATCH_FLAGS= to train-scratch. Finished runs are kept, so
+# an interrupted make picks up where it stopped (an unfinished scratch run is resumed).
 RUNS          ?= runs/demo-$(notdir $(basename $(WEIGHTS)))
+SEEDS         ?= 5
+HEAD_FLAGS    ?=
 SCRATCH_FLAGS ?=
 DEMO_DATA      = $(if $(DATA),$(DATA),data/hymenoptera_data)
-DEMO_HEADS     = linear logreg quantum
+DEMO_HEADS     = linear logreg quantum bottleneck
+# The comparison that says whether the circuit itself adds anything (beside every head vs the baseline).
+DEMO_COMPARE   = --compare "$(RUNS)/quantum:$(RUNS)/bottleneck"
 
 demo: $(STAMP)
 	@test -n "$(DATA)" || $(BIN)/python scripts/fetch_hymenoptera.py data
 	$(BIN)/tlkit embed "$(DEMO_DATA)" "$(CACHE)" --weights $(WEIGHTS)
 	@for head in $(DEMO_HEADS); do \
 	  if [ -f "$(RUNS)/$$head/metrics.json" ]; then echo "$(RUNS)/$$head is finished: kept"; \
-	  else echo "$(BIN)/tlkit fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head"; \
-	    $(BIN)/tlkit fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" || exit 1; fi; \
+	  else echo "$(BIN)/tlkit fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head --seeds $(SEEDS) $(HEAD_FLAGS)"; \
+	    $(BIN)/tlkit fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" --seeds "$(SEEDS)" $(HEAD_FLAGS) \
+	      || exit 1; fi; \
 	done
-	$(BIN)/tlkit report $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report"
+	$(BIN)/tlkit report $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" $(DEMO_COMPARE)
 
 .PHONY: reproduce
 reproduce: demo
@@ -54,7 +61,7 @@ reproduce: demo
 	  echo "$(BIN)/tlkit train-scratch $(DEMO_DATA) --out $(RUNS)/scratch $(SCRATCH_FLAGS) $$resume"; \
 	  $(BIN)/tlkit train-scratch "$(DEMO_DATA)" --out "$(RUNS)/scratch" $(SCRATCH_FLAGS) $$resume || exit 1; fi
 	$(BIN)/tlkit report "$(RUNS)/scratch" $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" \
-	  --baseline "$(RUNS)/scratch"
+	  --baseline "$(RUNS)/scratch" $(DEMO_COMPARE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

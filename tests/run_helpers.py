@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.runs import PARTS, HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint
+from tlkit.runs import PARTS, HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint, seeds_history
 
 _RUNS: dict[tuple, Path] = {}
 
@@ -34,17 +34,25 @@ def scratch_run(tmp_path_factory, data: Path, *, epochs: int = 1, seed: int = 0,
 def fake_run(folder: Path, *, labels, proba_final, proba_best=None, class_names=("ants", "bees"),
              paths=None, kind="head", head="linear", history_epochs=3, seconds=10.0, eval_split="val",
              best_epoch=None, losses=None) -> Path:
-    """A run folder written through the run contract (tlkit.runs) with chosen predictions (no training)."""
+    """A run folder written through the run contract (tlkit.runs) with chosen predictions (no training).
+
+    ``proba_final`` of shape (seeds, n, classes) writes a run of that many seeds (0, 1, ...), each seed's
+    losses shifted a little so that the seeds differ.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     proba_final = np.asarray(proba_final, dtype=np.float64)
     proba_best = proba_final if proba_best is None else np.asarray(proba_best, dtype=np.float64)
+    seeds = list(range(len(proba_final))) if proba_final.ndim == 3 else [0]
     paths = paths if paths is not None else [f"{eval_split}/{class_names[y]}/img{i:04d}.jpg" for i, y in enumerate(labels)]
     losses = losses or [1.0 / (e + 1) for e in range(history_epochs)]
-    history = [{"epoch": e + 1, "lr": 0.001, "train_loss": losses[e] * 1.1, "train_acc": 0.5, "val_loss": losses[e],
-                "val_acc": 0.5, "seconds": seconds / max(history_epochs, 1)} for e in range(history_epochs)]
+    histories = [[{"epoch": e + 1, "lr": 0.001, "train_loss": losses[e] * 1.1 + 0.01 * s, "train_acc": 0.5,
+                   "val_loss": losses[e] + 0.01 * s, "val_acc": 0.5, "seconds": seconds / max(history_epochs, 1)}
+                  for e in range(history_epochs)] for s in seeds]
+    history = seeds_history(histories, seeds)
     best_epoch = best_epoch or max(history_epochs, 1)
     if kind == "head":
-        part = HeadPart(head=head, cache_provenance={"weights_id": "random:seed=0", "weights_sha256": "0" * 64})
+        part = HeadPart(head=head, cache_provenance={"weights_id": "random:seed=0", "weights_sha256": "0" * 64},
+                        seeds=seeds)
     else:
         part = PARTS[kind]()
     run = RunWriter(folder)
@@ -52,11 +60,11 @@ def fake_run(folder: Path, *, labels, proba_final, proba_best=None, class_names=
     run.write_config(RunConfig(kind=kind, class_names=list(class_names), eval_split=eval_split,
                                eval_fingerprint=eval_fingerprint(paths, labels, class_names), part=part))
     run.write_history(history)
-    run.write_predictions(paths, labels, proba_final, proba_best)
+    run.write_predictions(paths, labels, proba_final, proba_best, seeds=seeds)
     run.finish(build_metrics(
         labels, proba_final, proba_best, final_epoch=max(history_epochs, 1), best_epoch=best_epoch,
         training_seconds=seconds, class_names=class_names,
-        final_loss=history[-1]["val_loss"] if history else None, best_loss=None,
+        final_loss=histories[0][-1]["val_loss"] if history else None, best_loss=None, seeds=seeds,
     ))
     return folder
 

@@ -11,11 +11,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from heads_data import blobs
-from tlkit.heads import HeadError, LinearHead, LogRegHead, QuantumHead
+from tlkit.heads import BottleneckHead, HeadError, LinearHead, LogRegHead, QuantumHead
 from tlkit.heads.circuit import dressed_circuit
 from tlkit.heads.quantum import DressedQuantumNet
 
-HEADS = {"linear": LinearHead, "logreg": LogRegHead, "quantum": QuantumHead}
+HEADS = {"linear": LinearHead, "logreg": LogRegHead, "quantum": QuantumHead, "bottleneck": BottleneckHead}
 
 
 def per_sample_qnode(n_qubits):
@@ -161,7 +161,7 @@ def test_fit_leaves_the_global_torch_rng_alone():
 
 @pytest.mark.parametrize("name", list(HEADS))
 def test_scikit_learn_conventions(name):
-    quick = {"logreg": {}, "linear": {"epochs": 3}, "quantum": {"epochs": 10}}[name]
+    quick = {"logreg": {}, "linear": {"epochs": 3}, "quantum": {"epochs": 10}, "bottleneck": {"epochs": 10}}[name]
     head = HEADS[name](**quick)
     assert head.get_params()["seed"] == 0
     twin = clone(head).set_params(seed=5)
@@ -202,3 +202,23 @@ def test_history_records_every_epoch_and_the_best_one():
     assert head.evaluation_.best_epoch == 1 + int(np.argmax(accs))
     assert head.evaluation_.final_proba.shape == (20, 2)
     assert head.history_[0]["lr"] == pytest.approx(0.001)
+
+
+# --- honest hyperparameters --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_nothing_is_chosen_on_the_evaluation_set(name):
+    """eval_set is only scored: with another evaluation set, or none, a head learns exactly the same.
+
+    (logreg's C is chosen by cross-validation on the training rows; a torch head's final weights are the
+    last epoch's. Only the labelled, optimistic 'best' epoch looks at the evaluation set.)
+    """
+    X, y = blobs(40, 2, seed=1, noise=2.5)
+    params = {"seed": 3} if name == "logreg" else {"seed": 3, "epochs": 3}
+    fits = [HEADS[name](**params).fit(X, y, **kw) for kw in (
+        {}, {"eval_set": blobs(20, 2, seed=2, noise=2.5)}, {"eval_set": blobs(30, 2, seed=9, noise=0.1)})]
+    probe = blobs(25, 2, seed=5, noise=2.5)[0]
+    for other in fits[1:]:
+        assert np.array_equal(other.predict_proba(probe), fits[0].predict_proba(probe))
+        assert other.run_details() == fits[0].run_details()  # e.g. logreg's chosen C
+    assert fits[0].evaluation_ is None and fits[1].evaluation_ is not None

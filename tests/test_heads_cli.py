@@ -20,7 +20,7 @@ from tlkit.metrics import classification_metrics
 from tlkit.runs import eval_fingerprint, load_run
 from tlkit.train import TrainConfig
 
-HEADS = ("linear", "logreg", "quantum")
+HEADS = ("linear", "logreg", "quantum", "bottleneck")
 
 
 def cli():
@@ -233,7 +233,8 @@ def test_options_are_generated_from_the_declarations():
     scratch = {p.name: p.default for p in train_scratch.params}
     assert {name: scratch[name] for name in TrainConfig.names()} == TrainConfig().to_dict()
     text = CliRunner().invoke(cli(), ["fit-head", "--help"]).output
-    assert "Training loop (--head linear, quantum):" in text and "Quantum circuit (--head quantum):" in text
+    assert "Training loop (--head linear, quantum, bottleneck):" in text and "Quantum circuit (--head quantum):" in text
+    assert "(--head quantum, bottleneck):" in text  # --n-qubits: the circuit's width and its control's
     assert "--simulator" in text and "--qsim" not in text  # the old name still works, unlisted
 
 

@@ -31,6 +31,12 @@ EXPECTED_FAILURES = {
             "(q_delta 0.01) and 2 epochs at lr 0.001 do not get it there (5 epochs do, at 2.5x the time)"
         ),
     },
+    "bottleneck": {
+        "check_classifiers_train": (
+            "requires 83% training accuracy; the quantum head's dressing with a 4-wide classical middle layer "
+            "needs 3 epochs at lr 0.001 to get there, not 2 (the quick setting every torch head is checked with)"
+        ),
+    },
 }
 
 

@@ -131,5 +131,98 @@ def test_real_scratch_and_head_runs_are_comparable(hymenoptera_small, tmp_path_f
 
 def test_help_teaches():
     text = " ".join(invoke("report", "--help").output.split())
-    for fragment in ("relative change", "Example:", "--baseline", "curves.png", "eval_fingerprint"):
+    for fragment in ("relative change", "Example:", "--baseline", "curves.png", "eval_fingerprint", "--compare RUN_A:RUN_B",
+                     "paired bootstrap over images", "McNemar", "significant at 5%"):
         assert fragment in text, fragment
+
+
+# --- paired comparisons and intervals ------------------------------------------------------------------
+
+def test_every_run_is_compared_with_the_baseline(seed_like_runs, tmp_path):
+    from tlkit import stats
+    from tlkit.runs import load_run
+
+    out = tmp_path / "report"
+    result = invoke("report", *seed_like_runs, "-o", out, "--compare", f"{seed_like_runs[2]}:{seed_like_runs[1]}")
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "report.json").read_text())
+    assert [(c["run"], c["baseline"]) for c in table["comparisons"]] == [
+        ("linear", "scratch"), ("logreg", "scratch"), ("logreg", "linear")]
+    runs = {r.name: r for r in map(load_run, seed_like_runs)}
+    labels = runs["scratch"].predictions["labels"]
+    markdown = (out / "report.md").read_text()
+    for c in table["comparisons"]:
+        expected = stats.compare(labels, runs[c["run"]].predictions["proba_final"],
+                                 runs[c["baseline"]].predictions["proba_final"], run=c["run"], baseline=c["baseline"])
+        assert {k: c[k] for k in expected} == expected
+        assert c["metric"] == "accuracy" and c["ci_low"] <= c["difference"] <= c["ci_high"]
+        assert c["difference"] == pytest.approx(runs[c["run"]].metrics["final"]["accuracy"]
+                                                - runs[c["baseline"]].metrics["final"]["accuracy"])
+        verdict = stats.verdict(c)
+        assert f"{c['run']} vs {c['baseline']}: final accuracy {c['difference']:+.4f}" in result.output
+        line = next(x for x in markdown.split("## Paired comparisons")[1].splitlines()
+                    if x.startswith(f"| {c['run']} | {c['baseline']} |"))
+        assert f"| {c['difference']:+.4f} |" in line and f"| {c['n_discordant']} | {verdict} |" in line
+    # 146 and 147 right against 111 right of 153: both clearly better than scratch; one image apart: not
+    assert [c["significant"] for c in table["comparisons"]] == [True, True, False]
+    assert "significant at 5%" in result.output and "not significant" in result.output
+
+
+def test_identical_predictions_in_another_order_differ_by_zero(tmp_path):
+    """Pairing is image by image: a run listing the same images in another order is matched by path."""
+    rng = np.random.default_rng(3)
+    labels = np.array([0, 1] * 20)
+    proba = proba_with_accuracy(labels, 30, rng)
+    paths = [f"val/{['ants', 'bees'][y]}/img{i:04d}.jpg" for i, y in enumerate(labels)]
+    order = rng.permutation(len(labels))
+    a = fake_run(tmp_path / "a", labels=labels, proba_final=proba, paths=paths)
+    b = fake_run(tmp_path / "b", labels=labels[order], proba_final=proba[order], paths=[paths[i] for i in order])
+    result = invoke("report", a, b, "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    (c,) = json.loads((tmp_path / "r" / "report.json").read_text())["comparisons"]
+    assert (c["difference"], c["ci_low"], c["ci_high"], c["mcnemar_p"], c["n_discordant"]) == (0, 0, 0, 1.0, 0)
+    assert "b vs a: final accuracy +0.0000" in result.output and "not significant" in result.output
+
+
+def test_runs_of_many_seeds_are_reported_with_their_intervals_and_bands(tmp_path):
+    from tlkit import stats
+
+    rng = np.random.default_rng(4)
+    labels = np.array([0] * 30 + [1] * 31)
+    quantum = np.stack([proba_with_accuracy(labels, n, rng) for n in (50, 52, 47)])
+    bottleneck = np.stack([proba_with_accuracy(labels, n, rng) for n in (55, 51)])
+    runs = [fake_run(tmp_path / "linear", labels=labels, proba_final=proba_with_accuracy(labels, 49, rng)),
+            fake_run(tmp_path / "quantum", labels=labels, proba_final=quantum, head="quantum"),
+            fake_run(tmp_path / "bottleneck", labels=labels, proba_final=bottleneck, head="bottleneck")]
+    out = tmp_path / "report"
+    result = invoke("report", *runs, "-o", out, "--compare", "quantum:bottleneck")
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "report.json").read_text())
+    (pair,) = [c for c in table["comparisons"] if (c["run"], c["baseline"]) == ("quantum", "bottleneck")]
+    assert pair["difference"] == pytest.approx((50 + 52 + 47) / 3 / 61 - (55 + 51) / 2 / 61)
+    expected = stats.paired_bootstrap_difference(labels, quantum, bottleneck)
+    assert (pair["ci_low"], pair["ci_high"]) == (pytest.approx(expected.ci_low), pytest.approx(expected.ci_high))
+    first = stats.mcnemar_exact(quantum[0].argmax(1) == labels, bottleneck[0].argmax(1) == labels)
+    assert (pair["mcnemar_p"], pair["n_discordant"]) == (pytest.approx(first.p), first.n_discordant)
+    assert pair["n_seeds"] == {"run": 3, "baseline": 2}
+    rows = {r["name"]: r for r in table["runs"]}
+    assert rows["quantum"]["seeds"] == [0, 1, 2] and rows["quantum"]["final"]["accuracy"] == pytest.approx(149 / 183)
+    assert rows["quantum"]["summary"]["accuracy"]["n"] == 3
+    assert "quantum: final accuracy 0.8142 (mean of 3 seeds)" in result.output
+    assert "quantum vs bottleneck: final accuracy" in result.output
+    markdown = (out / "report.md").read_text()
+    intervals = markdown.split("## How sure")[1]
+    assert "| quantum | 3 | 0.8142 |" in intervals and "| linear | 1 | 0.8033 |" in intervals
+    assert "shaded from the lowest to the highest seed" in markdown
+    _assert_png(out / "curves.png")
+    _assert_png(out / "confusion-quantum.png")
+
+
+def test_a_bad_compare_pair_is_one_line(seed_like_runs, tmp_path):
+    assert_invoke_error(invoke("report", *seed_like_runs, "-o", tmp_path / "r", "--compare", "linear:nope"),
+                        "--compare linear:nope", "RUN_A:RUN_B")
+    assert_invoke_error(invoke("report", *seed_like_runs, "-o", tmp_path / "r", "--compare", "linear"),
+                        "--compare linear")
+    assert_invoke_error(invoke("report", *seed_like_runs, "-o", tmp_path / "r", "--compare", "linear:linear"),
+                        "compared with itself")
+    assert not (tmp_path / "r").exists()

@@ -92,18 +92,26 @@ def test_fetch_refuses_what_is_not_the_data_set(tmp_path, server, payload, messa
 
 @pytest.mark.slow
 def test_make_reproduce_end_to_end(hymenoptera_small, tmp_path):
-    """embed, the three heads, the scratch baseline and the report, as `make reproduce` runs them."""
+    """embed, the four heads (several seeds each), the scratch baseline and the report, as `make reproduce`
+    runs them; a small SEEDS= and HEAD_FLAGS= keep it quick."""
     runs = tmp_path / "runs"
     cmd = ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed-stamp", "reproduce", f"DATA={hymenoptera_small}",
-           "WEIGHTS=random", f"CACHE={tmp_path / 'feats.h5'}", f"RUNS={runs}", "SCRATCH_FLAGS=--epochs 1 --no-progress"]
+           "WEIGHTS=random", f"CACHE={tmp_path / 'feats.h5'}", f"RUNS={runs}", "SCRATCH_FLAGS=--epochs 1 --no-progress",
+           "SEEDS=3", "HEAD_FLAGS=--epochs 5 --no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = json.loads((runs / "report" / "report.json").read_text())
     assert table["baseline"] == "scratch"
-    assert [r["name"] for r in table["runs"]] == ["scratch", "linear", "logreg", "quantum"]
-    for name in ("scratch", "linear", "logreg", "quantum"):
+    heads = ["linear", "logreg", "quantum", "bottleneck"]
+    assert [r["name"] for r in table["runs"]] == ["scratch", *heads]
+    assert all(r["seeds"] == [0, 1, 2] for r in table["runs"][1:])
+    for name in ("scratch", *heads):
         assert (runs / "report" / f"confusion-{name}.png").is_file()
+    pairs = [(c["run"], c["baseline"]) for c in table["comparisons"]]
+    assert pairs == [(h, "scratch") for h in heads] + [("quantum", "bottleneck")]
+    assert "quantum vs bottleneck: final accuracy" in result.stdout
+    assert "| quantum | bottleneck |" in (runs / "report" / "report.md").read_text()
     # A second make keeps every finished run and only rewrites the report.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("is finished: kept") == 4
+    assert again.stdout.count("is finished: kept") == 5

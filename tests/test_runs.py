@@ -166,3 +166,62 @@ def test_only_a_resumable_run_refuses_an_unfinished_folder(tmp_path):
     with pytest.raises(TlkitError, match="--resume needs --out"):
         RunWriter.plan(None, "scratch", resumable=True, resume=True)
     assert RunWriter.plan(None, "scratch", resumable=True).path.name.startswith("scratch-")
+
+
+def test_many_seeds_through_the_contract(tmp_path):
+    """build_metrics, write_predictions and seeds_history for three seeds, read back by load_run."""
+    from tlkit.metrics import classification_metrics
+    from tlkit.runs import HeadPart, seeds_history
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 10)
+    probas = rng.dirichlet([1, 1], size=(3, 20))
+    metrics = build_metrics(labels, probas, probas, final_epoch=[5, 5, 5], best_epoch=[2, 5, 3],
+                            training_seconds=[1.0, 1.5, 0.5], class_names=["a", "b"], final_loss=[0.5, 0.6, 0.7],
+                            best_loss=[0.4, 0.6, 0.5], seeds=[4, 7, 9])
+    assert [s["seed"] for s in metrics["seeds"]] == [4, 7, 9] and metrics["training_seconds"] == 3.0
+    for i, seed in enumerate(metrics["seeds"]):
+        expected = classification_metrics(labels, probas[i])
+        assert {k: seed["final"][k] for k in expected} == expected
+    assert metrics["final"]["accuracy"] == pytest.approx(np.mean([s["final"]["accuracy"] for s in metrics["seeds"]]))
+    assert metrics["final"]["epoch"] == 5 and metrics["best"]["epoch"] is None  # seeds disagree on their best
+    assert metrics["final"]["loss"] == pytest.approx(0.6) and metrics["final"]["n_seeds"] == 3
+    assert np.asarray(metrics["final"]["confusion_matrix"]).sum() == pytest.approx(20)
+    assert metrics["summary"]["accuracy"]["n"] == 3 and metrics["summary"]["images"]["accuracy"]["n_resamples"] >= 2000
+    json.dumps(metrics, allow_nan=False)  # plain JSON
+
+    history = seeds_history([[{"epoch": 1, "lr": 0.1, "train_loss": v, "train_acc": 0.5, "val_loss": v,
+                               "val_acc": 0.5, "seconds": 1.0}] for v in (1.0, 2.0, 6.0)], [4, 7, 9])
+    assert history[0]["val_loss"] == 3.0 and history[0]["seconds"] == 3.0
+    assert history[0]["per_seed"] == {"seed": [4, 7, 9], "train_loss": [1.0, 2.0, 6.0], "train_acc": [0.5] * 3,
+                                      "val_loss": [1.0, 2.0, 6.0], "val_acc": [0.5] * 3}
+
+    run = RunWriter(tmp_path / "many")
+    run.create()
+    paths = [f"val/{i}.jpg" for i in range(20)]
+    run.write_config(RunConfig(kind="head", class_names=["a", "b"], eval_fingerprint=eval_fingerprint(paths, labels, "ab"),
+                               part=HeadPart(head="linear", seeds=[4, 7, 9])))
+    run.write_history(history)
+    with pytest.raises(ValueError, match="seed numbers"):
+        run.write_predictions(paths, labels, probas, probas)
+    run.write_predictions(paths, labels, probas, probas, seeds=[4, 7, 9])
+    run.finish(metrics)
+    assert (tmp_path / "many" / "history.csv").read_text().splitlines()[0] == \
+        "epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds"  # the means; per_seed is in history.json
+    loaded = load_run(tmp_path / "many")
+    assert loaded.seeds == [4, 7, 9] and loaded.config.part.seeds == [4, 7, 9]
+    np.testing.assert_array_equal(loaded.proba_seeds("final"), probas)
+    np.testing.assert_array_equal(loaded.predictions["proba_final"], probas[0])  # the first seed's, as model.pt
+
+
+def test_an_old_run_reads_as_one_seed(tmp_path):
+    labels, proba = np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]])
+    (tmp_path / "r").mkdir()
+    np.savez(tmp_path / "r" / "predictions.npz", paths=np.array(["a", "b"]), labels=labels, proba_final=proba,
+             proba_best=proba)
+    (tmp_path / "r" / "config.json").write_text(json.dumps({"kind": "head", "head": "linear", "class_names": ["a", "b"],
+                                                            "head_params": {"seed": 2}}))
+    (tmp_path / "r" / "metrics.json").write_text("{}")
+    run = load_run(tmp_path / "r")
+    assert run.seeds is None and run.config.part.seeds is None
+    np.testing.assert_array_equal(run.proba_seeds("best"), proba[None])

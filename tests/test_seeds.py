@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from test_heads_data import blobs
-from tlkit.heads import HeadError, LinearHead, QuantumHead
+from heads_data import blobs
+from tlkit.heads import HeadError, LinearHead, QuantumHead, TorchHead
 from tlkit.heads.bottleneck import BottleneckHead, BottleneckNet
-from tlkit.train.seeds import NotVectorisable, fit_head_seeds, parse_seeds, train_seeds
+from tlkit.train.config import parse_seeds
+from tlkit.train.seeds import NotVectorisable, train_seeds
 
 HEADS = {"linear": LinearHead, "quantum": QuantumHead, "bottleneck": BottleneckHead}
 SEEDS = [0, 3, 11]
@@ -34,10 +35,10 @@ def single_fits(cls, params, data, seeds):
 
 
 def assert_same_as_single(run, head, atol=1e-4):
-    assert np.abs(run.final_proba - head.eval_proba_["final"]).max() <= atol
-    assert np.abs(run.best_proba - head.eval_proba_["best"]).max() <= atol
+    assert np.abs(run.final_proba - head.evaluation_.final_proba).max() <= atol
+    assert np.abs(run.best_proba - head.evaluation_.best_proba).max() <= atol
     assert run.history[-1].val_acc == head.history_[-1]["val_acc"]  # the same final accuracy
-    assert run.best_epoch == head.best_epoch_
+    assert run.best_epoch == head.evaluation_.best_epoch
     for mine, theirs in zip(run.history, head.history_):
         assert mine.epoch == theirs["epoch"] and mine.lr == pytest.approx(theirs["lr"])
         for key in ("train_loss", "val_loss"):
@@ -130,36 +131,59 @@ def predict(module, X):
         return torch.softmax(module(torch.from_numpy(X)).double(), dim=1).numpy()
 
 
-def test_fit_head_seeds_gives_fitted_heads_like_fit(data):
+@pytest.mark.parametrize("name", list(HEADS))
+def test_fit_seeds_gives_the_heads_separate_fits_give(name, data, monkeypatch):
+    """The public API: head.fit_seeds(X, y, seeds) is clone(head).set_params(seed=s).fit(X, y) per seed."""
     X, y, X_val, y_val = data
     labels, labels_val = np.array(["ants", "bees"])[y], np.array(["ants", "bees"])[y_val]
-    heads = fit_head_seeds(QuantumHead(epochs=2, batch_size=3), X, labels, [2, 5], eval_set=(X_val, labels_val))
-    for head, seed in zip(heads, [2, 5]):
-        single = QuantumHead(epochs=2, batch_size=3, seed=seed).fit(X, labels, eval_set=(X_val, labels_val))
+    params = {"epochs": 3, "batch_size": 3, "lr": 0.01}
+    singles = [HEADS[name](**params, seed=s).fit(X, labels, eval_set=(X_val, labels_val)) for s in (2, 5)]
+    template = HEADS[name](**params)
+    with monkeypatch.context() as patch:  # one vectorised pass: no fit of a single seed is ever called
+        patch.setattr(TorchHead, "fit", lambda *a, **k: pytest.fail("fit_seeds fell back to single fits"))
+        heads = template.fit_seeds(X, labels, [2, 5], eval_set=(X_val, labels_val))
+    assert not hasattr(template, "module_")  # the template itself stays unfitted
+    for head, single, seed in zip(heads, singles, [2, 5]):
         assert head.seed == seed and list(head.classes_) == ["ants", "bees"]
+        assert {k: v for k, v in head.get_params().items() if k != "seed"} == {
+            k: v for k, v in template.get_params().items() if k != "seed"}
         assert np.abs(head.predict_proba(X_val) - single.predict_proba(X_val)).max() <= 1e-4
+        assert np.abs(head.evaluation_.final_proba - single.evaluation_.final_proba).max() <= 1e-4
         assert list(head.predict(X_val)) == list(single.predict(X_val))
-        assert head.best_epoch_ == single.best_epoch_ and len(head.history_) == 2
+        assert head.score(X_val, labels_val) == single.score(X_val, labels_val)  # the same final accuracy
+        assert head.evaluation_.best_epoch == single.evaluation_.best_epoch and len(head.history_) == 3
+        assert head.training_seconds_ > 0
 
 
-def test_a_qnode_simulator_is_not_vectorised_and_fit_head_seeds_falls_back_to_single_fits(data):
+def test_a_qnode_simulator_is_not_vectorised_and_fit_seeds_falls_back_to_single_fits(data):
     X, y, _, _ = data
     template = QuantumHead(epochs=1, simulator="qnode", batch_size=20)
-    with pytest.raises(NotVectorisable, match="qnode"):
+    with pytest.raises(NotVectorisable, match="seed_axis"):
         train_seeds(template._build_module, X, y, [0, 1], template.train_config())
-    heads = fit_head_seeds(template, X[:20], y[:20], [0, 1])
+    heads = template.fit_seeds(X[:20], y[:20], [0, 1])
     assert [h.seed for h in heads] == [0, 1] and all(h.module_.runner.simulator == "qnode" for h in heads)
+    single = QuantumHead(epochs=1, simulator="qnode", batch_size=20, seed=1).fit(X[:20], y[:20])
+    assert np.allclose(heads[1].predict_proba(X[:5]), single.predict_proba(X[:5]), atol=1e-6)
 
 
-def test_fit_head_seeds_fits_logreg_seed_by_seed(data):
+def test_logreg_fits_its_seeds_one_by_one_and_the_seed_moves_its_folds(data):
     from tlkit.heads import LogRegHead
 
     X, y, _, _ = data
-    heads = fit_head_seeds(LogRegHead(cv=3), X, y, [0, 1])
+    heads = LogRegHead(cv=3).fit_seeds(X, y, [0, 1])
     assert [h.seed for h in heads] == [0, 1]
     for head in heads:
         single = LogRegHead(cv=3, seed=head.seed).fit(X, y)
         assert np.array_equal(head.predict_proba(X), single.predict_proba(X))
+
+
+def test_fit_seeds_refuses_bad_seeds(data):
+    X, y, _, _ = data
+    for head in (LinearHead(epochs=1), BottleneckHead(epochs=1)):
+        with pytest.raises(HeadError, match="twice"):
+            head.fit_seeds(X, y, [1, 1])
+        with pytest.raises(HeadError, match="non-negative"):
+            head.fit_seeds(X, y, [-1])
 
 
 def test_training_leaves_the_global_torch_rng_alone(data):
@@ -174,23 +198,57 @@ def test_training_leaves_the_global_torch_rng_alone(data):
 
 # --- the seed axis of the state-vector replay --------------------------------------------------
 
-@pytest.mark.parametrize("n_qubits,depth", [(4, 6), (3, 2), (5, 1), (1, 2)])
-def test_statevector_seed_axis_equals_one_run_per_seed(n_qubits, depth):
+def mixed_circuit(inputs, weights):
+    """Layers mixing inputs and weights, CNOTs before input layers, a final CNOT: every branch of the replay."""
+    import pennylane as qml
+
+    for wire in range(3):
+        qml.Hadamard(wires=wire)
+    qml.RY(weights[0, 0], wires=0)
+    qml.RY(inputs[1], wires=1)  # an input layer holding a weight
+    qml.CNOT(wires=[0, 1])
+    qml.CNOT(wires=[1, 2])
+    qml.RY(inputs[0], wires=0)  # an input layer after CNOTs
+    qml.RY(weights[0, 1], wires=2)
+    qml.CNOT(wires=[2, 0])
+    for wire, (i, j) in enumerate([(0, 2), (1, 0), (1, 2)]):
+        qml.RY(weights[i, j], wires=wire)  # a weight layer
+    qml.RY(weights[1, 1], wires=1)  # the same weight twice, in another layer
+    qml.CNOT(wires=[0, 2])
+    qml.RY(inputs[2], wires=2)
+    qml.CNOT(wires=[1, 0])
+    return [qml.expval(qml.PauliZ(wire)) for wire in (2, 0)]
+
+
+@pytest.mark.parametrize("circuit,n_inputs,weight_shape", [
+    ("dressed", 4, (6, 4)), ("dressed", 3, (2, 3)), ("dressed", 5, (1, 5)), ("dressed", 1, (2, 1)),
+    ("dressed", 6, (2, 6)),  # the largest circuit with the written-out gradient
+    ("dressed", 7, (1, 7)),  # beyond it: the autograd path
+    ("mixed", 3, (2, 3)),
+])
+def test_statevector_seed_axis_equals_one_run_per_seed(circuit, n_inputs, weight_shape):
     from tlkit.heads import statevector
     from tlkit.heads.circuit import dressed_circuit
 
-    program = statevector.trace(dressed_circuit, n_qubits, (depth, n_qubits))
-    gen = torch.Generator().manual_seed(n_qubits * 10 + depth)
-    angles = ((torch.rand(3, 5, n_qubits, generator=gen, dtype=torch.float64) - 0.5) * torch.pi).requires_grad_()
-    weights = torch.randn(3, depth, n_qubits, generator=gen, dtype=torch.float64, requires_grad=True)
-    probe = torch.randn(3, 5, n_qubits, generator=gen, dtype=torch.float64)
+    program = statevector.trace(dressed_circuit if circuit == "dressed" else mixed_circuit, n_inputs, weight_shape)
+    n_out = program.z_signs.shape[1]
+    gen = torch.Generator().manual_seed(n_inputs * 10 + weight_shape[0])
+    angles = ((torch.rand(3, 5, n_inputs, generator=gen, dtype=torch.float64) - 0.5) * torch.pi).requires_grad_()
+    weights = torch.randn(3, *weight_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 5, n_out, generator=gen, dtype=torch.float64)
 
     seeded = statevector.run(program, angles, weights)
     separate = torch.stack([statevector.run(program, angles[s], weights[s]) for s in range(3)])
     vmapped = torch.vmap(lambda a, w: statevector.run(program, a, w))(angles, weights)
-    assert seeded.shape == (3, 5, n_qubits)
+    assert seeded.shape == (3, 5, n_out)
     assert torch.allclose(seeded, separate, atol=1e-12, rtol=0)
     assert torch.allclose(vmapped, separate, atol=1e-12, rtol=0)
+    if circuit == "mixed":  # the replay is this circuit: PennyLane's own simulator agrees
+        import pennylane as qml
+
+        qnode = qml.QNode(mixed_circuit, qml.device("default.qubit", wires=3))
+        expected = torch.tensor([float(v) for v in qnode(angles[1, 2].detach().numpy(), weights[1].detach().numpy())])
+        assert torch.allclose(seeded[1, 2].detach(), expected.double(), atol=1e-10)
     grads_seeded = torch.autograd.grad((seeded * probe).sum(), [angles, weights])
     grads_separate = torch.autograd.grad((separate * probe).sum(), [angles, weights])
     for g_seeded, g_separate in zip(grads_seeded, grads_separate):
@@ -216,8 +274,12 @@ def test_bottleneck_head_is_a_classifier_with_the_quantum_heads_width_name():
     head = BottleneckHead(n_qubits=3, epochs=10).fit(X, y)
     assert head.module_.middle.in_features == 3
     assert head.score(X_val, y_val) >= 0.95
-    with pytest.raises(HeadError, match="width"):
+    with pytest.raises(HeadError, match="n_qubits must be at least 1"):
         BottleneckHead(n_qubits=0).fit(X, y)
+    # The quantum head's flags where they apply: its width and the whole training loop, same defaults.
+    assert set(BottleneckHead().get_params()) == {"n_qubits", *LinearHead().get_params()}
+    quantum = QuantumHead().get_params()
+    assert all(quantum[k] == v for k, v in BottleneckHead().get_params().items())
 
 
 # --- --seeds SPEC ------------------------------------------------------------------------------
@@ -235,3 +297,14 @@ def test_bad_seed_specs_are_one_line_errors(spec, message):
     with pytest.raises(HeadError, match=message) as info:
         parse_seeds(spec)
     assert "\n" not in str(info.value)
+
+
+def test_the_written_out_gradient_passes_gradcheck():
+    """The seed axis's hand-written backward against finite differences (float64)."""
+    from tlkit.heads import statevector
+
+    program = statevector.trace(mixed_circuit, 3, (2, 3))
+    gen = torch.Generator().manual_seed(5)
+    angles = torch.rand(2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: statevector.run(program, a, w), (angles, weights))

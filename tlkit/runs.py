@@ -4,12 +4,36 @@
         config.json        RunConfig: the common keys, the kind's own part, the versions, when
         history.json       per-epoch train/val loss and accuracy (empty for heads without epochs)
         history.csv        the same, for spreadsheets
-        metrics.json       evaluation metrics at the final and at the best epoch, training seconds
+        metrics.json       evaluation metrics at the final and at the best epoch, training seconds,
+                           and the intervals (``summary``)
         predictions.npz    evaluation set: paths, labels, probabilities (final and best)
         model.pt           the trained weights as a state_dict (torch.load(..., weights_only=True)),
         model_best.pt      the best epoch's (torch heads with an evaluation set),
         model.npz          or plain arrays for scikit-learn heads (no pickle)
+        model_seeds.pt     a run of many seeds (fit-head --seeds): every seed's weights, stacked
+        model_seeds.npz    (model.pt / model.npz hold the first seed's, alone)
         checkpoint.pt      an unfinished train-scratch run's last epoch (removed when it finishes)
+
+A run of many seeds (``fit-head --seeds``) has the same files. What changes
+inside them:
+
+* ``metrics.json``: ``final`` and ``best`` are the across-seed means (the
+  epoch where every seed agrees on it, else null; the confusion matrix the
+  mean one), and ``seeds`` lists each seed's own blocks;
+* ``summary`` (every run, one seed too): accuracy, ROC AUC and average
+  precision at the final epoch across seeds (mean, std, 95% Student-t
+  interval; with one seed the mean only) and ``images``: a 95% bootstrap
+  interval of accuracy over the evaluation images, the seeds averaged within
+  each resample (:func:`tlkit.stats.seeds_summary`);
+* ``predictions.npz``: ``proba_final`` and ``proba_best`` stay one (n,
+  classes) array each and hold the *first* seed's, the one ``model.pt``
+  gives back (so ``tlkit predict`` reproduces them and single-seed readers
+  work unchanged); ``seeds``, ``proba_final_seeds`` and ``proba_best_seeds``
+  (seeds, n, classes) hold every seed's. :meth:`Run.proba_seeds` reads both
+  layouts;
+* ``history.json``: one row per epoch with the across-seed means, and under
+  ``per_seed`` each seed's values (``history.csv`` holds the means);
+* ``config.json``: ``seeds``, and ``head_params`` with the first seed.
 
 This module owns the file names, creating the folder (:meth:`RunWriter.plan`),
 the writes (every file atomic and fsynced, through :mod:`tlkit.atomic`) and the
@@ -48,6 +72,8 @@ PREDICTIONS = "predictions.npz"
 MODEL = "model.pt"
 MODEL_BEST = "model_best.pt"
 MODEL_ARRAYS = "model.npz"
+MODEL_SEEDS = "model_seeds.pt"
+MODEL_ARRAYS_SEEDS = "model_seeds.npz"
 CHECKPOINT = "checkpoint.pt"
 
 BEST_NOTE = (
@@ -72,6 +98,7 @@ class HeadPart:
     val_fraction: float | None = None
     split_seed: int | None = None
     weights: list[str] = field(default_factory=list)  # the model files written
+    seeds: list[int] | None = None  # the seeds trained (fit-head --seeds); None in runs before it existed
 
     def describe_model(self, kind: str) -> str:
         return f"{self.head} head"
@@ -205,22 +232,95 @@ def eval_fingerprint(paths, labels, class_names) -> str:
 # --- metrics.json ------------------------------------------------------------------------------
 
 def build_metrics(
-    labels, proba_final, proba_best, *, final_epoch, best_epoch, training_seconds: float,
-    class_names, final_loss=None, best_loss=None,
+    labels, proba_final, proba_best, *, final_epoch, best_epoch, training_seconds,
+    class_names, final_loss=None, best_loss=None, seeds=None,
 ) -> dict:
-    """metrics.json content: the same metric block at the final and at the best epoch."""
-    from tlkit.metrics import classification_metrics
+    """metrics.json content: the same metric block at the final and at the best epoch, and the intervals.
 
-    final = {"epoch": final_epoch, "loss": final_loss, **classification_metrics(labels, proba_final)}
-    best = {"epoch": best_epoch, "loss": best_loss, **classification_metrics(labels, proba_best)}
+    One seed: ``proba_final``/``proba_best`` are (n, classes), the other
+    arguments single values. Many seeds: the probabilities are (seeds, n,
+    classes), ``seeds`` names them, and ``final_epoch``, ``best_epoch``,
+    ``final_loss``, ``best_loss`` and ``training_seconds`` are one value per
+    seed (or one for all); ``final`` and ``best`` are then the across-seed
+    means, ``seeds`` holds each seed's blocks, and ``training_seconds`` is
+    the sum (the time it took to train them all). See the module docstring.
+    """
+    from tlkit.metrics import classification_metrics
+    from tlkit.stats import seeds_summary
+
+    finals, bests = _per_seed(proba_final), _per_seed(proba_best)
+    n_seeds = len(finals)
+    if len(bests) != n_seeds or (seeds is not None and len(seeds) != n_seeds):
+        raise ValueError(f"{n_seeds} seeds of final probabilities, {len(bests)} of best ones, seeds {seeds}")
+
+    def each(value):
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n_seeds
+        if len(values) != n_seeds:
+            raise ValueError(f"expected one value per seed ({n_seeds}), got {len(values)}")
+        return [None if v is None else v.item() if isinstance(v, np.generic) else v for v in values]
+
+    blocks = []
+    for i, epochs, losses in zip(range(n_seeds), zip(each(final_epoch), each(best_epoch)),
+                                 zip(each(final_loss), each(best_loss))):
+        blocks.append({
+            "final": {"epoch": epochs[0], "loss": losses[0], **classification_metrics(labels, finals[i])},
+            "best": {"epoch": epochs[1], "loss": losses[1], **classification_metrics(labels, bests[i])},
+        })
+    seconds = [float(t) for t in each(training_seconds)]
+    total = seconds[0] if not isinstance(training_seconds, (list, tuple, np.ndarray)) else float(sum(seconds))
+    metrics = {"class_names": list(class_names), "n_eval": int(len(labels)), "training_seconds": total}
+    if n_seeds == 1:
+        metrics.update(final=blocks[0]["final"], best=blocks[0]["best"])
+    else:
+        metrics.update(final=_mean_block([b["final"] for b in blocks], seeds),
+                       best=_mean_block([b["best"] for b in blocks], seeds))
+        metrics["seeds"] = [{"seed": None if seeds is None else int(seed), **block, "training_seconds": t}
+                            for seed, block, t in zip(seeds or [None] * n_seeds, blocks, seconds)]
+    metrics["summary"] = seeds_summary(labels, finals) if len(labels) else None
+    metrics["note"] = BEST_NOTE
+    return metrics
+
+
+def _per_seed(proba) -> np.ndarray:
+    """(seeds, n, classes) from (n, classes) or (seeds, n, classes)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return proba[None] if proba.ndim == 2 else proba
+
+
+def _mean_block(blocks: list[dict], seeds) -> dict:
+    """Many seeds' metric blocks as one: each number the across-seed mean (None if any seed lacks it)."""
+
+    def mean(key):
+        values = [b[key] for b in blocks]
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    epochs = {b["epoch"] for b in blocks}
     return {
-        "class_names": list(class_names),
-        "n_eval": int(len(labels)),
-        "training_seconds": float(training_seconds),
-        "final": final,
-        "best": best,
-        "note": BEST_NOTE,
+        "epoch": epochs.pop() if len(epochs) == 1 else None,  # the final epoch is common; best epochs differ
+        "loss": mean("loss"),
+        **{key: mean(key) for key in ("accuracy", "roc_auc", "average_precision")},
+        "confusion_matrix": np.mean([b["confusion_matrix"] for b in blocks], axis=0).tolist(),
+        "n": blocks[0]["n"],
+        "n_seeds": len(blocks),
     }
+
+
+def seeds_history(histories: list[list[dict]], seeds: list[int]) -> list[dict]:
+    """history.json of a run of many seeds: per epoch the across-seed means, and ``per_seed`` values.
+
+    ``seconds`` is the sum of the seeds' own (the epoch's time for all of them together).
+    """
+    if len(histories) == 1:
+        return list(histories[0])
+    rows = []
+    for records in zip(*histories):
+        keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+        row = {"epoch": records[0]["epoch"], "lr": records[0]["lr"]}
+        row.update({key: float(np.mean([r[key] for r in records])) for key in keys})
+        row["seconds"] = float(sum(r["seconds"] for r in records))
+        row["per_seed"] = {"seed": list(seeds), **{key: [r[key] for r in records] for key in keys}}
+        rows.append(row)
+    return rows
 
 
 # --- writing a run folder ----------------------------------------------------------------------
@@ -288,23 +388,29 @@ class RunWriter:
         self._written.add(CONFIG)
 
     def write_history(self, history: list) -> None:
+        """history.json, and history.csv with its scalar columns (a many-seed run's ``per_seed`` is JSON only)."""
         rows = [asdict(r) if not isinstance(r, dict) else r for r in history]
         atomic_json(self.path / HISTORY, rows)
         buf = io.StringIO()
         if rows:
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            columns = [k for k, v in rows[0].items() if not isinstance(v, (dict, list))]
+            writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         atomic_text(self.path / HISTORY_CSV, buf.getvalue())
         self._written.update((HISTORY, HISTORY_CSV))
 
-    def write_predictions(self, paths, labels, proba_final, proba_best) -> None:
+    def write_predictions(self, paths, labels, proba_final, proba_best, seeds=None) -> None:
+        """predictions.npz. Probabilities (n, classes), or (seeds, n, classes) with ``seeds`` naming them."""
+        finals, bests = _per_seed(proba_final), _per_seed(proba_best)
+        arrays = dict(paths=np.asarray(paths, dtype=str), labels=np.asarray(labels, dtype=np.int64),
+                      proba_final=finals[0], proba_best=bests[0])  # the first seed's: what model.pt gives
+        if len(finals) > 1:
+            if seeds is None or len(seeds) != len(finals):
+                raise ValueError(f"{len(finals)} seeds of probabilities need their {len(finals)} seed numbers")
+            arrays.update(seeds=np.asarray(seeds, dtype=np.int64), proba_final_seeds=finals, proba_best_seeds=bests)
         buf = io.BytesIO()
-        np.savez(
-            buf, paths=np.asarray(paths, dtype=str), labels=np.asarray(labels, dtype=np.int64),
-            proba_final=np.asarray(proba_final, dtype=np.float64),
-            proba_best=np.asarray(proba_best, dtype=np.float64),
-        )
+        np.savez(buf, **arrays)
         self.write_file(PREDICTIONS, buf.getvalue())
 
     def finish(self, metrics: dict) -> Path:
@@ -338,11 +444,24 @@ class Run:
     config: RunConfig
     metrics: dict
     history: list[dict]
-    predictions: dict  # paths, labels, proba_final, proba_best
+    predictions: dict  # paths, labels, proba_final, proba_best (+ seeds, proba_*_seeds: see the module docstring)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def seeds(self) -> list[int] | None:
+        """The seeds whose predictions the run holds, in order (None: one run of an unrecorded seed)."""
+        if "seeds" in self.predictions:
+            return [int(s) for s in self.predictions["seeds"]]
+        seeds = getattr(self.config.part, "seeds", None)
+        return list(seeds) if seeds else None
+
+    def proba_seeds(self, which: str = "final") -> np.ndarray:
+        """Every seed's evaluation probabilities, (seeds, n, classes); one seed for single-seed runs."""
+        many = self.predictions.get(f"proba_{which}_seeds")
+        return np.asarray(many) if many is not None else np.asarray(self.predictions[f"proba_{which}"])[None]
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -4,13 +4,15 @@ Each head is a scikit-learn classifier over feature arrays, declared once in
 :mod:`tlkit.heads.registry`::
 
     from tlkit.cache import load_cache
-    from tlkit.heads import LinearHead, LogRegHead, QuantumHead, load_head
+    from tlkit.heads import BottleneckHead, LinearHead, LogRegHead, QuantumHead, load_head
 
     cache = load_cache("cache/feats.h5")
     head = QuantumHead(seed=0).fit(cache["train"].features, cache["train"].labels)
     proba = head.predict_proba(cache["val"].features)
 
     head = load_head("runs/quantum-20250101-120000")   # a fit-head run folder
+
+    heads = QuantumHead().fit_seeds(X, y, seeds=range(10))   # ten fitted heads, one vectorised pass
 
 Heavy imports (torch, PennyLane, scikit-learn) happen on first use, so the
 CLI that imports this package stays quick.
@@ -22,6 +24,7 @@ _LAZY = {
     "LinearHead": "tlkit.heads.linear",
     "LogRegHead": "tlkit.heads.logreg",
     "QuantumHead": "tlkit.heads.quantum",
+    "BottleneckHead": "tlkit.heads.bottleneck",
     "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
     "HeadError": "tlkit.heads.errors",

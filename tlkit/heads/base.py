@@ -55,15 +55,56 @@ class TorchHead(Head):
                 y_eval, cfg, on_epoch=epoch_listener(cfg.epochs),
             )
         module.eval()
-        evaluated = len(y_eval) > 0
+        return self._fitted(module, result.history, result.seconds, result.best_state, result.best_epoch,
+                            result.final_proba, result.best_proba, evaluated=len(y_eval) > 0)
+
+    def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
+        """One fitted copy per seed, all seeds trained together as one set of stacked parameters.
+
+        Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set)`` (within float
+        rounding: the tests hold it to 1e-4 in probabilities, and the same accuracy), in about the time of
+        one fit (:mod:`tlkit.train.seeds`). Its ``training_seconds_`` is its share of the shared pass. A
+        module that cannot take a seed axis (``seed_axis`` None: a quantum head on a PennyLane QNode)
+        trains its seeds one after another instead, as :meth:`Head.fit_seeds` does.
+        """
+        from sklearn.base import clone
+
+        from tlkit.train.config import check_seeds
+        from tlkit.train.seeds import NotVectorisable, train_seeds
+
+        seeds = check_seeds(seeds)
+        self.check_params()
+        template = clone(self)  # validates the data and encodes the labels once, as fit would
+        X_train, y_index = template._training_data(X, y, np.float32)
+        X_eval, y_eval = template._eval_arrays(eval_set, np.float32)
+        cfg = template.train_config()
+        listener = epoch_listener(cfg.epochs)
+        try:
+            result = train_seeds(
+                template._build_module, X_train, y_index, seeds, cfg, n_classes=len(template.classes_),
+                eval_set=(X_eval, y_eval) if len(y_eval) else None,
+                on_epoch=None if listener is None else (lambda epoch, records: listener(_mean_record(records))),
+            )
+        except NotVectorisable:
+            return super().fit_seeds(X, y, seeds, eval_set=eval_set)
+        heads = []
+        for run in result.runs:
+            head = clone(self).set_params(seed=run.seed)
+            head.classes_, head.n_features_in_ = template.classes_, template.n_features_in_
+            heads.append(head._fitted(run.module, run.history, run.seconds, run.best_state, run.best_epoch,
+                                      run.final_proba, run.best_proba, evaluated=len(y_eval) > 0))
+        return heads
+
+    def _fitted(self, module, history, seconds, best_state, best_epoch, final_proba, best_proba, *, evaluated):
+        """Set what a fit learns (one place for fit and fit_seeds); returns self."""
         self.module_ = module
-        self.history_ = [asdict(r) for r in result.history]
-        self.best_state_dict_ = result.best_state if evaluated else None
-        self.training_seconds_ = result.seconds
+        self.history_ = [asdict(r) for r in history]
+        self.best_state_dict_ = best_state if evaluated else None
+        self.training_seconds_ = seconds
         self.evaluation_ = Evaluation(
-            final_proba=result.final_proba, best_proba=result.best_proba,
-            final_epoch=len(self.history_), best_epoch=result.best_epoch,
-            final_loss=self.history_[-1]["val_loss"], best_loss=self.history_[result.best_epoch - 1]["val_loss"],
+            final_proba=final_proba, best_proba=best_proba,
+            final_epoch=len(self.history_), best_epoch=best_epoch,
+            final_loss=self.history_[-1]["val_loss"], best_loss=self.history_[best_epoch - 1]["val_loss"],
         ) if evaluated else None
         return self
 
@@ -83,6 +124,15 @@ class TorchHead(Head):
         self.classes_ = classes
         self.n_features_in_ = n_features
         return self
+
+
+def _mean_record(records):
+    """One epoch of many seeds as one record (the across-seed mean), for a progress bar."""
+    from dataclasses import replace
+
+    mean = lambda key: float(np.mean([getattr(r, key) for r in records]))  # noqa: E731
+    return replace(records[0], train_loss=mean("train_loss"), train_acc=mean("train_acc"),
+                   val_loss=mean("val_loss"), val_acc=mean("val_acc"))
 
 
 def predict_module_proba(module: nn.Module, X: np.ndarray) -> np.ndarray:

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from tlkit.heads.base import TorchHead
-from tlkit.heads.errors import HeadError
+from tlkit.heads.registry import BOTTLENECK
+
+_DEFAULTS = BOTTLENECK.defaults()
 
 
 class BottleneckNet(nn.Module):
@@ -34,10 +36,13 @@ class BottleneckNet(nn.Module):
 
     Every operation acts on the last axis only, so the same forward runs
     on (batch, features) and, with parameters stacked per seed, on
-    (seeds, batch, features) (see :mod:`tlkit.train.seeds`).
+    (seeds, batch, features): it says so to the many-seeds engine
+    (``seed_axis``, see :mod:`tlkit.train.seeds`).
     """
 
-    def __init__(self, n_features: int, n_classes: int, n_qubits: int = 4):
+    seed_axis = "broadcast"
+
+    def __init__(self, n_features: int, n_classes: int, n_qubits: int = _DEFAULTS["n_qubits"]):
         super().__init__()
         self.pre = nn.Linear(n_features, n_qubits)  # the quantum head's names and init order for pre/post
         self.middle = nn.Linear(n_qubits, n_qubits)
@@ -48,30 +53,13 @@ class BottleneckNet(nn.Module):
         return self.post(torch.tanh(self.middle(angles)))
 
 
-class BottleneckHead(TorchHead):
+class BottleneckHead(TorchHead, head="bottleneck"):
     """The quantum head's dressing around a classical n -> n layer instead of the circuit.
 
-    Defaults: width 4 (``n_qubits``, as the quantum head) and the seed
-    paper's training loop, like every torch head.
+    Hyperparameters (declared in :mod:`tlkit.heads.registry`): the width
+    ``n_qubits`` (default 4, as the quantum head's qubits) and the shared
+    training loop's, with the seed paper's defaults, like every torch head.
     """
-
-    def __init__(self, *, n_qubits=4, epochs=30, batch_size=4, lr=0.001, momentum=0.9, step_size=7, gamma=0.1,
-                 optimizer="sgd", weight_decay=0.0, seed=0):
-        self.n_qubits = n_qubits
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.step_size = step_size
-        self.gamma = gamma
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.seed = seed
-
-    def check_params(self) -> None:
-        super().check_params()
-        if int(self.n_qubits) < 1:
-            raise HeadError(f"n_qubits (the bottleneck's width) must be at least 1, got {self.n_qubits}")
 
     def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
         return BottleneckNet(n_features, n_classes, n_qubits=int(self.n_qubits))

@@ -18,6 +18,14 @@ only scored, never used to choose anything; after ``fit`` a head holds
 * ``history_``: one dict per epoch (empty for heads without epochs),
 * ``evaluation_``: an :class:`Evaluation` of ``eval_set`` (None without one).
 
+Every head also has ``fit_seeds(X, y, seeds, eval_set=None)``: one fitted
+copy per seed, each exactly what ``clone(head).set_params(seed=s).fit(X, y,
+eval_set)`` gives. The default here does just that, seed after seed (right
+for logreg, whose seed moves its cross-validation folds); the torch heads
+override it with one vectorised pass over all seeds
+(:meth:`tlkit.heads.base.TorchHead.fit_seeds`). Which way a head goes is the
+head's own business: no caller looks at its name or type.
+
 Progress: a head that trains in epochs reports each one to the listener of
 :func:`reporting_epochs`. Why a context and not a ``fit`` argument or a
 hyperparameter: a listener changes no result, so it must not be in
@@ -77,6 +85,18 @@ def epoch_listener(epochs: int) -> Callable | None:
     return None if listener is None else (lambda record: listener(record, epochs))
 
 
+@contextlib.contextmanager
+def _reporting_fits_in_a_row(n_fits: int):
+    """Within the block, ``n_fits`` fits run one after another: the listener hears of n_fits times the
+    epochs of one, so a progress bar counts all of them."""
+    listener = _EPOCH_LISTENER.get()
+    if listener is None:
+        yield
+        return
+    with reporting_epochs(lambda record, epochs: listener(record, epochs * n_fits)):
+        yield
+
+
 def _declared_init(params) -> Callable:
     """``__init__(self, *, <each declared hyperparameter>=<its default>)``, storing each one verbatim."""
     signature = inspect.Signature(
@@ -121,6 +141,22 @@ class Head(ClassifierMixin, BaseEstimator):
     def run_details(self) -> dict:
         """What config.json records about this fit beyond the hyperparameters (settings derived, values chosen)."""
         return {}
+
+    def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
+        """One fitted copy of this head per seed (in the order given); this head itself is left unfitted.
+
+        Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set)``. Here that is
+        what runs, one seed after another; heads that can do better override this method.
+        """
+        from sklearn.base import clone
+
+        from tlkit.train.config import check_seeds
+
+        seeds = check_seeds(seeds)
+        self.check_params()
+        heads = [clone(self).set_params(seed=seed) for seed in seeds]
+        with _reporting_fits_in_a_row(len(heads)):
+            return [head.fit(X, y, eval_set=eval_set) for head in heads]
 
     def predict(self, X) -> np.ndarray:
         """Class labels; with two classes the positive one is predicted at probability >= 0.5."""

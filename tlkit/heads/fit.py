@@ -19,7 +19,10 @@ import numpy as np
 from tlkit.heads.estimator import reporting_epochs
 from tlkit.heads.registry import get_spec, save_head
 from tlkit.heads.splits import SplitPlan, plan_splits
-from tlkit.runs import HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint, now, package_versions
+from tlkit.runs import (
+    HeadPart, RunConfig, RunWriter, build_metrics, eval_fingerprint, now, package_versions, seeds_history,
+)
+from tlkit.train.config import check_seeds
 
 DEFAULT_CACHE = "cache/feats.h5"
 
@@ -40,16 +43,22 @@ def fit_head(
     out: str | Path | None = None,
     *,
     params: dict | None = None,
+    seeds: list[int] | None = None,
     val_fraction: float = 0.2,
     split_seed: int = 0,
     progress: bool | None = None,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> FitResult:
-    """Train head ``head`` (a name in :data:`tlkit.heads.registry.HEADS`) with hyperparameters ``params``."""
+    """Train head ``head`` (a name in :data:`tlkit.heads.registry.HEADS`) with hyperparameters ``params``.
+
+    ``seeds``: train one copy per seed (``fit_seeds``) and write a run of many seeds (:mod:`tlkit.runs`);
+    ``FitResult.estimator`` is then the list of fitted heads.
+    """
     from tlkit.cache import load_cache
 
     estimator = get_spec(head).build(params)
     estimator.check_params()  # bad flags (an unknown device...) fail before anything is read
+    seeds = None if seeds is None else check_seeds(seeds)
     run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
     cache = load_cache(cache_path)
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
@@ -57,25 +66,36 @@ def fit_head(
 
     y_eval = plan.eval.labels
     with EpochBar(head, progress) as bar, reporting_epochs(bar):
-        estimator.fit(plan.train.features, plan.train.labels, eval_set=(plan.eval.features, y_eval))
-    evaluation = estimator.evaluation_
+        train, eval_set = (plan.train.features, plan.train.labels), (plan.eval.features, y_eval)
+        fitted = [estimator.fit(*train, eval_set=eval_set)] if seeds is None else estimator.fit_seeds(
+            *train, seeds, eval_set=eval_set)
+    evaluations = [h.evaluation_ for h in fitted]
+    one_seed = len(fitted) == 1
+
+    def per_seed(key):  # one value per seed; a single run's as it always was
+        values = [getattr(e, key) for e in evaluations]
+        return values[0] if one_seed else values
 
     run.create()
-    weights = save_head(estimator, run)
-    config = run_config(head, estimator, cache, plan, weights)
+    weights = save_head(fitted, run)
+    config = run_config(head, fitted, cache, plan, weights)
     run.write_config(config)
-    run.write_history(estimator.history_)
-    run.write_predictions(plan.eval.paths, y_eval, evaluation.final_proba, evaluation.best_proba)
+    run.write_history(seeds_history([h.history_ for h in fitted], [h.seed for h in fitted]))
+    run.write_predictions(plan.eval.paths, y_eval, per_seed("final_proba"), per_seed("best_proba"),
+                          seeds=[h.seed for h in fitted])
     metrics = build_metrics(
-        y_eval, evaluation.final_proba, evaluation.best_proba, final_epoch=evaluation.final_epoch,
-        best_epoch=evaluation.best_epoch, training_seconds=estimator.training_seconds_,
-        class_names=cache.class_names, final_loss=evaluation.final_loss, best_loss=evaluation.best_loss,
+        y_eval, np.asarray(per_seed("final_proba")), np.asarray(per_seed("best_proba")),
+        final_epoch=per_seed("final_epoch"), best_epoch=per_seed("best_epoch"),
+        training_seconds=fitted[0].training_seconds_ if one_seed else [h.training_seconds_ for h in fitted],
+        class_names=cache.class_names, final_loss=per_seed("final_loss"), best_loss=per_seed("best_loss"),
+        seeds=[h.seed for h in fitted],
     )
     run.finish(metrics)
-    return FitResult(run.path, head, estimator, config, metrics, plan)
+    return FitResult(run.path, head, fitted[0] if seeds is None else fitted, config, metrics, plan)
 
 
-def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:
+def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:
+    estimator = fitted[0]  # a run of many seeds: the first seed's, as model.pt
     return RunConfig(
         kind="head",
         class_names=list(cache.class_names),
@@ -94,25 +114,55 @@ def run_config(head: str, estimator, cache, plan: SplitPlan, weights: list[str])
             val_fraction=plan.val_fraction,
             split_seed=plan.split_seed,
             weights=weights,
+            seeds=[int(h.seed) for h in fitted],
         ),
         versions=package_versions("numpy", "torch", "scikit-learn", "pennylane"),
         created=now(),
-        details=estimator.run_details(),
+        details=_details(fitted),
     )
 
 
+def _details(fitted: list) -> dict:
+    """The first seed's run details; with many seeds, each seed's too where they differ (logreg's C)."""
+    details = [h.run_details() for h in fitted]
+    if any(d != details[0] for d in details[1:]):
+        return {**details[0], "per_seed": [{"seed": int(h.seed), **d} for h, d in zip(fitted, details)]}
+    return details[0]
+
+
 def summary_table(metrics: dict) -> str:
-    """The final and best rows of metrics.json, aligned, for the terminal."""
+    """The final and best rows of metrics.json, aligned, for the terminal; with many seeds, mean ± interval."""
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    rows = [f"{'':<12}{'epoch':>6}{'accuracy':>10}{'ROC AUC':>9}{'AP':>8}"]
+    summary = metrics.get("summary") or {}
+    n_seeds = len(metrics.get("seeds", [])) or 1
+    names = ("accuracy", "roc_auc", "average_precision")
+
+    def cell(block, key, name):
+        value = fmt(block[name], ".4f")
+        interval = summary.get(name) or {}
+        if key == "final" and n_seeds > 1 and interval.get("ci_high") is not None:
+            value += f" ± {(interval['ci_high'] - interval['ci_low']) / 2:.4f}"
+        return value
+
+    widths = (18, 18, 18) if n_seeds > 1 else (10, 9, 8)  # one seed: the table as it always was
+    rows = [f"{'':<12}{'epoch':>6}" + "".join(f"{t:>{w}}" for t, w in zip(("accuracy", "ROC AUC", "AP"), widths))]
     for label, key in (("final", "final"), ("best (opt.)", "best")):
         m = metrics[key]
-        rows.append(f"{label:<12}{fmt(m['epoch'], 'd'):>6}{fmt(m['accuracy'], '.4f'):>10}"
-                    f"{fmt(m['roc_auc'], '.4f'):>9}{fmt(m['average_precision'], '.4f'):>8}")
-    rows.append(f"training seconds: {metrics['training_seconds']:.2f}   evaluated on {metrics['n_eval']} rows; "
+        rows.append(f"{label:<12}{fmt(m['epoch'], 'd'):>6}"
+                    + "".join(f"{cell(m, key, n):>{w}}" for n, w in zip(names, widths)))
+    if n_seeds > 1:
+        rows.append(f"mean of {n_seeds} seeds; ± is the half-width of the 95% Student-t interval across seeds; "
+                    "'best' is each seed's own best epoch")
+    images = (summary.get("images") or {}).get("accuracy") or {}
+    if images.get("ci_low") is not None:
+        rows.append(f"final accuracy, 95% interval over the evaluation images: {images['ci_low']:.4f} to "
+                    f"{images['ci_high']:.4f} (bootstrap, {images['n_resamples']} resamples"
+                    + (", seeds averaged within each)" if n_seeds > 1 else ")"))
+    seconds = "training seconds" + (f" (all {n_seeds} seeds)" if n_seeds > 1 else "")
+    rows.append(f"{seconds}: {metrics['training_seconds']:.2f}   evaluated on {metrics['n_eval']} rows; "
                 "'best' picks the epoch on the evaluation set itself (optimistic): quote 'final'")
     return "\n".join(rows)
 

@@ -108,6 +108,13 @@ class DressedQuantumNet(nn.Module):
         self.post = nn.Linear(n_qubits, n_classes)
         self.runner = CircuitRunner(**self.circuit_options)
 
+    @property
+    def seed_axis(self) -> str | None:
+        """How many seeds of this module train in one pass (:mod:`tlkit.train.seeds`): the torch simulator's
+        replay takes a leading seed axis ("broadcast"); a PennyLane QNode runs on a device, which neither
+        a seed axis nor ``torch.vmap`` can reach (None: one seed after another)."""
+        return "broadcast" if self.runner.simulator == "torch" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         angles = torch.tanh(self.pre(x)) * (math.pi / 2)
         expectations = self.runner(angles, self.q_weights)

@@ -18,13 +18,15 @@ Adding a head is one declaration here plus one class::
     class BottleneckHead(TorchHead, head="bottleneck"):
         def _build_module(self, n_features, n_classes): ...
 
+(which is how the bottleneck head below is declared).
+
 Imported when the CLI starts: no torch, scikit-learn or PennyLane here.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +92,13 @@ LOGREG = HeadSpec(
     weights=ARRAYS,
 )
 
+N_QUBITS = HParam("n_qubits", 4, "Qubits of the circuit.", min=1, section="Quantum circuit and its classical control")
+
 QUANTUM = HeadSpec(
     name="quantum", cls="tlkit.heads.quantum:QuantumHead", title="Quantum circuit",
     summary="the dressed quantum circuit of Mari et al.",
     params=(
-        HParam("n_qubits", 4, "Qubits of the circuit.", min=1),
+        N_QUBITS,
         HParam("depth", 6, "Entangling + RY layers of the circuit.", min=1),
         HParam("qdevice", "default.qubit",
                "Any installed PennyLane device: default.qubit, lightning.qubit, or a hardware plugin's."),
@@ -111,7 +115,18 @@ QUANTUM = HeadSpec(
     weights=TORCH_STATE,
 )
 
-HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (LINEAR, LOGREG, QUANTUM)}
+# The classical control: the quantum head's dressing and training loop, with an n_qubits-wide classical layer
+# where the circuit was. --n-qubits means the same width for both, so one flag sets up the fair pair.
+BOTTLENECK = HeadSpec(
+    name="bottleneck", cls="tlkit.heads.bottleneck:BottleneckHead", title="Classical bottleneck",
+    summary="the quantum head's dressing with a classical layer of the same width in place of the circuit "
+            "(its control)",
+    params=(replace(N_QUBITS, help="Width of the classical middle layer (the circuit's qubits in the quantum head)."),
+            *TRAINING),
+    weights=TORCH_STATE,
+)
+
+HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (LINEAR, LOGREG, QUANTUM, BOTTLENECK)}
 
 
 def get_spec(name: str) -> HeadSpec:
@@ -124,16 +139,25 @@ def head_class(name: str) -> type:
     return get_spec(name).load_class()
 
 
-def save_head(estimator, run) -> list[str]:
-    """Write the fitted estimator's weights into the run folder (a RunWriter); returns the file names."""
-    return estimator.spec.weights.save(estimator, run)
+def save_head(estimators, run) -> list[str]:
+    """Write the fitted estimator's weights into the run folder (a RunWriter); returns the file names.
+
+    ``estimators`` is one fitted head, or a list of them, one per seed (``fit_seeds``): the first seed's
+    weights go where a single run's do, and every seed's into one more file (:mod:`tlkit.heads.store`).
+    """
+    if not isinstance(estimators, (list, tuple)):
+        estimators = [estimators]
+    weights = estimators[0].spec.weights
+    return weights.save(estimators[0], run) if len(estimators) == 1 else weights.save_seeds(list(estimators), run)
 
 
-def load_head(run_dir, which: str = "final"):
+def load_head(run_dir, which: str = "final", seed: int | None = None):
     """The fitted estimator a ``fit-head`` run saved: ``predict_proba(features)``, ``classes_``.
 
     ``which="best"`` loads the best-epoch weights of a head that has them
     instead of the final ones (a head without epochs has only one set).
+    ``seed`` picks one seed of a run of many (``fit-head --seeds``); by
+    default, the run's first seed (a single run's only one).
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -145,6 +169,15 @@ def load_head(run_dir, which: str = "final"):
     if part.classes is None or part.n_features is None:
         raise HeadError(f"{run_dir} config.json lacks what is needed to rebuild the head (classes, n_features)")
     spec = get_spec(part.head)
-    estimator = spec.build(part.head_params)
+    params = dict(part.head_params)
+    seeds = list(part.seeds or [params.get("seed")])
+    seed_index = None
+    if seed is not None:
+        if seed not in seeds:
+            raise HeadError(f"{run_dir} holds no seed {seed} (its seeds: {', '.join(map(str, seeds))})")
+        seed_index = seeds.index(seed) if len(seeds) > 1 else None
+        params["seed"] = seed
+    estimator = spec.build(params)
     estimator.check_params()
-    return spec.weights.load(estimator, run_dir, which, np.asarray(part.classes), int(part.n_features))
+    return spec.weights.load(estimator, run_dir, which, np.asarray(part.classes), int(part.n_features),
+                             seed_index=seed_index)

@@ -2,7 +2,12 @@
 
 * ``curves.png``: loss per epoch of every run (evaluation loss solid, training
   loss dashed), ROC curves and precision-recall curves on the evaluation set;
-* ``confusion-<run>.png``: the confusion matrix of each run, final and best epoch.
+  a run of many seeds draws the across-seed mean loss with a shaded band from
+  the lowest to the highest seed (min–max, not an interval: with 5 seeds it
+  shows every seed), and its ROC / PR curves are its first seed's, the
+  predictions ``model.pt`` gives;
+* ``confusion-<run>.png``: the confusion matrix of each run, final and best
+  epoch (a run of many seeds: the mean over its seeds).
 
 Two classes: the curves are for the positive class (index 1). More classes:
 micro-averaged one-vs-rest curves.
@@ -48,14 +53,21 @@ def curves_figure(names: list[str], runs: list[Run], path: Path, which: str = "f
     plt = _pyplot()
     fig, (ax_loss, ax_roc, ax_pr) = plt.subplots(1, 3, figsize=(18, 5.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    no_history = []
+    no_history, banded = [], False
     for i, (name, run) in enumerate(zip(names, runs)):
         color = colors[i % len(colors)]
         if run.history:
             epochs = [r["epoch"] for r in run.history]
-            ax_loss.plot(epochs, [r["val_loss"] for r in run.history], color=color, label=f"{name} (eval)")
-            ax_loss.plot(epochs, [r["train_loss"] for r in run.history], color=color, linestyle="--",
-                         label=f"{name} (train)")
+            seeds = run.history[0].get("per_seed", {}).get("seed", [])
+            label = f"{name}, mean of {len(seeds)} seeds" if len(seeds) > 1 else name
+            for key, style, what in (("val_loss", "-", "eval"), ("train_loss", "--", "train")):
+                ax_loss.plot(epochs, [r[key] for r in run.history], color=color, linestyle=style,
+                             label=f"{label} ({what})")
+                if len(seeds) > 1:  # min-max over the seeds, around the mean line
+                    values = np.array([r["per_seed"][key] for r in run.history], dtype=float)
+                    ax_loss.fill_between(epochs, values.min(axis=1), values.max(axis=1), color=color, alpha=0.15,
+                                         linewidth=0)
+                    banded = True
         else:
             no_history.append(name)
         labels = np.asarray(run.predictions["labels"])
@@ -63,12 +75,15 @@ def curves_figure(names: list[str], runs: list[Run], path: Path, which: str = "f
         if len(np.unique(labels)) < 2:
             continue  # no curve exists with one class only
         y, score, suffix = _scores(labels, proba)
+        if run.seeds and len(run.seeds) > 1:
+            suffix += f", seed {run.seeds[0]}"
         fpr, tpr, _ = roc_curve(y, score)
         ax_roc.plot(fpr, tpr, color=color, label=f"{name}{suffix} (AUC {auc(fpr, tpr):.4f})")
         precision, recall, _ = precision_recall_curve(y, score)
         ax_pr.step(recall, precision, where="post", color=color,
                    label=f"{name}{suffix} (AP {average_precision_score(y, score):.4f})")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss per epoch")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss",
+                title="Loss per epoch" + (" (shaded: min–max over seeds)" if banded else ""))
     if no_history:
         ax_loss.text(0.02, 0.02, "no per-epoch history: " + ", ".join(no_history), transform=ax_loss.transAxes,
                      fontsize=8)
@@ -95,10 +110,14 @@ def confusion_figure(name: str, run: Run, class_names: list[str], path: Path) ->
     for ax, which in zip(axes, ("final", "best")):
         block = run.metrics[which]
         matrix = np.asarray(block["confusion_matrix"])
-        ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False,
-                                                                        values_format="d")
+        counts = np.allclose(matrix, np.round(matrix))  # a mean over seeds is not a count
+        if counts:
+            matrix = np.round(matrix).astype(np.int64)
+        ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(
+            ax=ax, cmap="Blues", colorbar=False, values_format="d" if counts else ".1f")
         when = f" (epoch {block['epoch']})" if block.get("epoch") is not None else ""  # logreg has no epochs
-        ax.set_title(f"{which}{when}: accuracy {block['accuracy']:.4f}")
+        seeds = f", mean of {block['n_seeds']} seeds" if block.get("n_seeds") else ""
+        ax.set_title(f"{which}{when}{seeds}: accuracy {block['accuracy']:.4f}")
     fig.suptitle(name)
     fig.tight_layout()
     _save(fig, path)

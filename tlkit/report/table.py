@@ -16,10 +16,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from tlkit.errors import TlkitError
 from tlkit.runs import BEST_NOTE, Run
 
 METRIC_NAMES = ("accuracy", "roc_auc", "average_precision")
+COMPARISON_NOTE = (
+    "difference = run minus baseline in final accuracy (each run's mean over its seeds); 95% interval by a "
+    "paired bootstrap over the evaluation images (the same resamples for both runs, seeds averaged within each); "
+    "McNemar: exact test on the first seed's predictions. Significant at 5% when the interval excludes 0 "
+    "and p < 0.05."
+)
 
 
 def unique_names(runs: list[Run]) -> list[str]:
@@ -98,30 +106,97 @@ def relative_change(value, base):
 def pick_baseline(runs: list[Run], names: list[str], baseline) -> int:
     if baseline is None:
         return 0
+    found = _find_run(runs, names, baseline)
+    if found is None:
+        raise TlkitError(f"--baseline {baseline} is not one of the runs given ({', '.join(names)})")
+    return found
+
+
+def _find_run(runs: list[Run], names: list[str], wanted) -> int | None:
+    """The index of the run given as ``wanted`` (its folder or its name in the report), or None."""
     from pathlib import Path
 
-    wanted = Path(baseline)
+    path = Path(wanted)
     for i, run in enumerate(runs):
-        if wanted.exists() and wanted.resolve() == run.path.resolve():
+        if path.exists() and path.resolve() == run.path.resolve():
             return i
     for i, name in enumerate(names):
-        if str(baseline) in (name, str(runs[i].path)):
+        if str(wanted) in (name, str(runs[i].path)):
             return i
-    raise TlkitError(f"--baseline {baseline} is not one of the runs given ({', '.join(names)})")
+    return None
+
+
+def parse_pairs(runs: list[Run], names: list[str], pairs) -> list[tuple[int, int]]:
+    """``--compare RUN_A:RUN_B`` values as (run, baseline) indices; a one-line TlkitError for the others.
+
+    A folder name may itself hold ':', so every split point is tried and the one naming two runs counts.
+    """
+    out = []
+    for pair in pairs or ():
+        text = str(pair)
+        found = [(a, b) for i in range(len(text)) if text[i] == ":"
+                 for a, b in [(_find_run(runs, names, text[:i]), _find_run(runs, names, text[i + 1:]))]
+                 if a is not None and b is not None]
+        if not found:
+            raise TlkitError(f"--compare {text}: give RUN_A:RUN_B, two of the runs given ({', '.join(names)})")
+        if found[0][0] == found[0][1]:
+            raise TlkitError(f"--compare {text}: a run compared with itself")
+        out.append(found[0])
+    return out
+
+
+def _aligned(run: Run, order: np.ndarray) -> np.ndarray:
+    """The run's per-seed final probabilities with its images in ``order`` (paths).
+
+    Runs with one eval fingerprint hold the same images, but each in its own order (a cache's rows, a
+    folder's listing): pairing needs them image by image.
+    """
+    paths = np.asarray(run.predictions["paths"]).astype(str)
+    position = {p: i for i, p in enumerate(paths)}
+    return run.proba_seeds("final")[:, [position[p] for p in order]]
+
+
+def comparisons(runs: list[Run], names: list[str], pairs: list[tuple[int, int]]) -> list[dict]:
+    """One :func:`tlkit.stats.compare` entry per (run, baseline) pair, on the baseline's image order."""
+    from tlkit.stats import compare
+
+    out = []
+    for i, j in pairs:
+        order = np.asarray(runs[j].predictions["paths"]).astype(str)
+        labels = np.asarray(runs[j].predictions["labels"])
+        entry = compare(labels, _aligned(runs[i], order), _aligned(runs[j], order), run=names[i], baseline=names[j])
+        entry["n_seeds"] = {"run": len(runs[i].proba_seeds()), "baseline": len(runs[j].proba_seeds())}
+        out.append(entry)
+    return out
+
+
+def describe_comparison(c: dict) -> str:
+    """The terminal line of one comparison."""
+    from tlkit.stats import verdict
+
+    interval = "no interval" if c["ci_low"] is None else f"95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
+    return (f"{c['run']} vs {c['baseline']}: final accuracy {c['difference']:+.4f} ({interval}, paired bootstrap); "
+            f"McNemar p = {c['mcnemar_p']:.3g} on {c['n_discordant']} discordant images (first seed): {verdict(c)}")
 
 
 def _block(metrics_block: dict) -> dict:
     return {k: metrics_block.get(k) for k in ("epoch", "loss", *METRIC_NAMES, "confusion_matrix")}
 
 
-def build_table(runs: list[Run], baseline=None) -> dict:
-    """The report as data (what report.json holds)."""
+def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
+    """The report as data (what report.json holds).
+
+    ``comparisons``: every run against the baseline, then the pairs of ``compare`` ("RUN_A:RUN_B",
+    A against B), each the paired comparison of :func:`tlkit.stats.compare`.
+    """
     if not runs:
         raise TlkitError("no runs given")
     fingerprint = check_comparable(runs)
     check_one_precision(runs)
     names = unique_names(runs)
     base_i = pick_baseline(runs, names, baseline)
+    pairs = [(i, base_i) for i in range(len(runs)) if i != base_i]
+    pairs += [pair for pair in parse_pairs(runs, names, compare) if pair not in pairs]
     base = runs[base_i].metrics
     rows = []
     for name, run in zip(names, runs):
@@ -136,6 +211,8 @@ def build_table(runs: list[Run], baseline=None) -> dict:
             "final": _block(m["final"]),
             "best": _block(m["best"]),
             "training_seconds": m.get("training_seconds"),
+            "seeds": run.seeds,
+            "summary": m.get("summary"),  # intervals; absent from runs written before they existed
             "relative_change": {
                 "final": {k: relative_change(m["final"].get(k), base["final"].get(k)) for k in METRIC_NAMES},
                 "best": {k: relative_change(m["best"].get(k), base["best"].get(k)) for k in METRIC_NAMES},
@@ -152,6 +229,8 @@ def build_table(runs: list[Run], baseline=None) -> dict:
         "note": BEST_NOTE,
         "relative_change_note": "relative change = (run - baseline) / baseline, in percent",
         "runs": rows,
+        "comparisons": comparisons(runs, names, pairs),
+        "comparison_note": COMPARISON_NOTE,
     }
 
 
@@ -204,8 +283,54 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
             f"| {_pct(r['relative_change']['training_seconds'])} |"
         )
     lines += ["", f"{table['relative_change_note']}.", "", f"_{table['note']}_", ""]
+    lines += _intervals_markdown(table) + _comparisons_markdown(table)
     if figures:
         lines += ["## Figures", ""]
         for title, file in figures.items():
             lines += [f"### {title}", "", f"![{title}]({file})", ""]
     return "\n".join(lines)
+
+
+def _interval(low, high) -> str:
+    return "n/a" if low is None or high is None else f"{low:.4f} – {high:.4f}"
+
+
+def _intervals_markdown(table: dict) -> list[str]:
+    lines = [
+        "## How sure: intervals of the final accuracy",
+        "",
+        "| run | seeds | accuracy (final, mean) | std across seeds | 95% interval across seeds (Student t) "
+        "| 95% interval over the evaluation images (bootstrap) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in table["runs"]:
+        summary = r.get("summary") or {}
+        seeds = summary.get("accuracy") or {}
+        images = (summary.get("images") or {}).get("accuracy") or {}
+        n = len(r["seeds"]) if r.get("seeds") else 1
+        lines.append(f"| {r['name']} | {n} | {_num(r['final']['accuracy'])} | {_num(seeds.get('std'))} "
+                     f"| {_interval(seeds.get('ci_low'), seeds.get('ci_high'))} "
+                     f"| {_interval(images.get('ci_low'), images.get('ci_high'))} |")
+    lines += ["", "Across seeds: how much the result moves with the seed (n/a with one seed). Over images: how much "
+              "it would move on other images like these (seeds averaged within each resample; n/a for runs "
+              "written before tlkit recorded it).", ""]
+    return lines
+
+
+def _comparisons_markdown(table: dict) -> list[str]:
+    from tlkit.stats import verdict
+
+    if not table["comparisons"]:
+        return []
+    lines = [
+        "## Paired comparisons",
+        "",
+        "| run | against | difference in final accuracy | 95% interval (paired bootstrap) | McNemar p (first seed) "
+        "| discordant images | verdict |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for c in table["comparisons"]:
+        low = "n/a" if c["ci_low"] is None else f"{c['ci_low']:+.4f} – {c['ci_high']:+.4f}"
+        lines.append(f"| {c['run']} | {c['baseline']} | {c['difference']:+.4f} | {low} | {c['mcnemar_p']:.3g} "
+                     f"| {c['n_discordant']} | {verdict(c)} |")
+    return lines + ["", table["comparison_note"], ""]

@@ -17,14 +17,22 @@ def _file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
 
 
-def write_report(run_paths, out_dir, baseline=None, curves: str = "final") -> dict:
-    """Load the runs (refusing incomparable ones), write every report file, return report.json's content."""
+def write_report(run_paths, out_dir, baseline=None, curves: str = "final", compare=()) -> dict:
+    """Load the runs (refusing incomparable ones), write every report file, return report.json's content.
+
+    ``compare``: extra pairs "RUN_A:RUN_B" for the paired comparisons, beside every run against the baseline.
+    """
     runs = [load_run(p) for p in run_paths]
-    table = build_table(runs, baseline=baseline)  # refuses before anything is written
+    table = build_table(runs, baseline=baseline, compare=compare)  # refuses before anything is written
     names = unique_names(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"Loss per epoch, ROC and precision-recall curves": CURVES}
+    many = [name for name, run in zip(names, runs) if run.seeds and len(run.seeds) > 1]
+    title = "Loss per epoch, ROC and precision-recall curves"
+    if many:  # say what the band is where the figure is shown
+        title += (f" (loss of {', '.join(many)}: the mean over the seeds, shaded from the lowest to the highest "
+                  "seed; their ROC and precision-recall curves: the first seed)")
+    figures = {title: CURVES}
     curves_figure(names, runs, out / CURVES, which=curves)
     class_names = table["class_names"]
     confusion = {}

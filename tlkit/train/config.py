@@ -10,8 +10,10 @@ Imported when the CLI starts: no torch here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
+from tlkit.heads.errors import HeadError
 from tlkit.train.hparams import HParam, hparam, hparams_of
 
 TRAINING = "Training loop"  # the --help section of these settings
@@ -40,3 +42,50 @@ class TrainConfig:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+# --- many seeds ---------------------------------------------------------------------------------
+
+SEEDS_HELP = ("Train several seeds in one go: a count (10: seeds 0-9), a range (0-9) or a list (1,5,9); "
+              "the run folder then holds every seed and intervals across them. Not with --seed.")
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``--seeds SPEC``: a count ("10": seeds 0-9), a range ("0-9") or a list ("1,5,9").
+
+    Raises HeadError (one line) for anything else: a count below 1, an
+    empty or descending range, a duplicate, a negative number or a word.
+    """
+    text = str(spec).strip()
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        elif "-" in text.lstrip("-"):
+            low, high = (int(part) for part in text.split("-", 1))
+            if high < low:
+                raise HeadError(f"--seeds {spec}: the range runs backwards; write it low-high, e.g. {high}-{low}")
+            seeds = list(range(low, high + 1))
+        else:
+            count = int(text)
+            if count < 1:
+                raise HeadError(f"--seeds {spec}: the count of seeds must be at least 1 (for one seed, use --seed N)")
+            seeds = list(range(count))
+    except ValueError as exc:
+        if isinstance(exc, HeadError):
+            raise
+        raise HeadError(f"--seeds {spec!r} is not a count (10), a range (0-9) or a list (1,5,9)") from None
+    return check_seeds(seeds, spec)
+
+
+def check_seeds(seeds: Iterable[int], spec=None) -> list[int]:
+    """The seeds as a list of distinct non-negative ints (HeadError otherwise)."""
+    label = f"--seeds {spec}" if spec is not None else "seeds"
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise HeadError(f"{label}: no seeds given")
+    if min(seeds) < 0:
+        raise HeadError(f"{label}: seeds must be non-negative, got {min(seeds)}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise HeadError(f"{label}: seed {', '.join(map(str, repeated))} is given twice; each seed once")
+    return seeds

@@ -7,10 +7,11 @@ S times; stacking the seeds' parameters along a leading axis and running one
 step for all of them pays it about once (PyTorch's "model ensembling"
 recipe; DINOv2 trains its linear probes the same way).
 
-    >>> from tlkit.train.seeds import train_seeds
-    >>> result = train_seeds(head._build_module, X, y, seeds=range(10), cfg=head.train_config(),
-    ...                      eval_set=(X_val, y_val))
-    >>> [run.final_proba for run in result.runs]       # one (n_val, n_classes) array per seed
+    >>> heads = LinearHead(epochs=30).fit_seeds(X, y, seeds=range(10), eval_set=(X_val, y_val))
+    >>> [h.evaluation_.final_proba for h in heads]     # one (n_val, n_classes) array per seed
+
+:meth:`tlkit.heads.base.TorchHead.fit_seeds` is the entry point; the engine
+underneath is :func:`train_seeds`, which takes any module builder.
 
 **Each seed is exactly the single run with that seed.** Its module is built
 after ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``), and
@@ -26,26 +27,26 @@ Two ways to run the stacked forward pass (``method``):
 
 * ``"batched"``: the module's own ``forward`` on inputs (S, B, features),
   with each ``nn.Linear`` replaced by a batched matrix product
-  (``torch.baddbmm``) and every other parameter given its seed axis. Fewest
-  operations per step; valid for modules whose forward acts on the last
-  axis only. Known to hold for ``nn.Linear``, element-wise activations in
-  ``nn.Sequential``, and the modules in :data:`SEED_AXIS_RULES` (the quantum
-  head with its torch simulator, whose state-vector replay takes a seed axis,
-  and the bottleneck control).
+  (:class:`SeedLinear`) and every other parameter given its seed axis.
+  Fewest operations per step; valid for modules whose forward broadcasts
+  over a leading seed axis once the parameters carry one.
 * ``"vmap"``: ``torch.func.stack_module_state`` + ``functional_call`` under
   ``torch.vmap``, for any other torch module; more overhead per step.
 
-``"auto"`` picks ``"batched"`` where it is known to hold, else ``"vmap"``.
-A module that neither can run (a PennyLane QNode, e.g. the quantum head on
-``lightning.qubit`` or with shots) raises :class:`NotVectorisable`: train
-those seeds one after another (:func:`fit_head_seeds` does).
+Which one a module takes, the module says itself, by its attribute
+``seed_axis``: ``"broadcast"`` (batched), ``"vmap"``, or ``None`` (it cannot
+train several seeds in one pass at all, e.g. a circuit run by a PennyLane
+QNode on a device: :class:`NotVectorisable`, and the head trains its seeds
+one after another). A module that does not say is inferred: ``nn.Linear``
+and element-wise activations in ``nn.Sequential`` broadcast; anything else
+takes vmap. ``"auto"`` follows that; no table here names a head.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,21 +56,12 @@ from torch import nn
 from tlkit.heads.errors import HeadError
 from tlkit.heads.threads import one_thread
 from tlkit.metrics import predict_from_proba
+from tlkit.train.config import check_seeds
 from tlkit.train.loop import EpochRecord, TrainConfig, make_optimizer, make_scheduler
 
 EVAL_ROWS = 8192  # seed-rows per evaluation forward pass (bounds memory at many seeds)
 METHODS = ("auto", "batched", "vmap")
 
-# Module types, by qualified class name (no import needed), whose forward broadcasts over a leading seed
-# axis once their parameters carry one: the rule says whether this instance does.
-SEED_AXIS_RULES: dict[str, Callable[[nn.Module], bool]] = {
-    "tlkit.heads.quantum.DressedQuantumNet": lambda m: m.runner.simulator == "torch",
-    "tlkit.heads.bottleneck.BottleneckNet": lambda m: True,
-}
-# Modules that cannot be vectorised at all (they call out to PennyLane devices).
-NOT_VECTORISABLE: dict[str, Callable[[nn.Module], bool]] = {
-    "tlkit.heads.quantum.DressedQuantumNet": lambda m: m.runner.simulator != "torch",
-}
 _ELEMENTWISE = (nn.Sequential, nn.Identity, nn.Tanh, nn.ReLU, nn.GELU, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU)
 
 
@@ -103,47 +95,6 @@ class SeedsResult:
     runs: list[SeedRun]
     seconds: float  # wall time of the whole pass (training + per-epoch evaluation), as TrainResult.seconds
     method: str  # "batched" or "vmap"
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``--seeds SPEC``: a count ("10": seeds 0-9), a range ("0-9") or a list ("1,5,9").
-
-    Raises HeadError (one line) for anything else: a count below 1, an
-    empty or descending range, a duplicate, a negative number or a word.
-    """
-    text = str(spec).strip()
-    try:
-        if "," in text:
-            seeds = [int(part) for part in text.split(",")]
-        elif "-" in text.lstrip("-"):
-            low, high = (int(part) for part in text.split("-", 1))
-            if high < low:
-                raise HeadError(f"--seeds {spec}: the range runs backwards; write it low-high, e.g. {high}-{low}")
-            seeds = list(range(low, high + 1))
-        else:
-            count = int(text)
-            if count < 1:
-                raise HeadError(f"--seeds {spec}: the count of seeds must be at least 1 (for one seed, use --seed N)")
-            seeds = list(range(count))
-    except ValueError as exc:
-        if isinstance(exc, HeadError):
-            raise
-        raise HeadError(f"--seeds {spec!r} is not a count (10), a range (0-9) or a list (1,5,9)") from None
-    return check_seeds(seeds, spec)
-
-
-def check_seeds(seeds: Iterable[int], spec=None) -> list[int]:
-    """The seeds as a list of distinct non-negative ints (HeadError otherwise)."""
-    label = f"--seeds {spec}" if spec is not None else "seeds"
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise HeadError(f"{label}: no seeds given")
-    if min(seeds) < 0:
-        raise HeadError(f"{label}: seeds must be non-negative, got {min(seeds)}")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise HeadError(f"{label}: seed {', '.join(map(str, repeated))} is given twice; each seed once")
-    return seeds
 
 
 def train_seeds(
@@ -180,13 +131,19 @@ def train_seeds(
         X_eval, y_eval = np.ascontiguousarray(eval_set[0], dtype=np.float32), np.asarray(eval_set[1], dtype=np.int64)
     device = torch.device(device)
 
+    def build(seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_module(X.shape[1], n_classes)
+
     with one_thread(), torch.random.fork_rng(devices=[]):
-        modules = []
-        for seed in seeds:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                modules.append(build_module(X.shape[1], n_classes))
-        stacked = _stack(modules, method, device)
+        first = build(seeds[0])
+        axis = seed_axis(first)
+        if axis is None:  # before building the other seeds' modules (a QNode each)
+            raise NotVectorisable(f"{type(first).__name__} cannot train several seeds in one pass "
+                                  "(its seed_axis is None); train them one after another")
+        modules = [first, *(build(seed) for seed in seeds[1:])]
+        stacked = _stack(modules, axis if method == "auto" else method, device)
         loop = _SeedLoop(stacked, seeds, cfg, device)
         runs = loop.train(torch.from_numpy(X).to(device), torch.from_numpy(y).to(device),
                           torch.from_numpy(X_eval).to(device), y_eval, on_epoch)
@@ -195,62 +152,6 @@ def train_seeds(
         module.eval()
         run.module = module
     return SeedsResult(runs, loop.seconds, stacked.method)
-
-
-def fit_head_seeds(head, X, y, seeds: Sequence[int], eval_set=None, *, device="cpu", method="auto",
-                   on_epoch=None) -> list:
-    """One fitted copy of a head per seed, as ``clone(head).set_params(seed=s).fit(X, y, eval_set)``
-    would give: torch heads trained in one pass, others (logreg, whose seed
-    moves its cross-validation folds; a quantum head on a QNode) one after
-    another.
-
-    Sets the attributes ``TorchHead.fit`` sets: ``classes_``,
-    ``n_features_in_``, ``module_``, ``history_``, ``best_epoch_``,
-    ``best_state_dict_``, ``training_seconds_``, ``eval_proba_``.
-    ``on_epoch(epoch, records)`` is called in the one-pass case only.
-    """
-    from dataclasses import asdict
-
-    from sklearn.base import clone
-
-    seeds = check_seeds(seeds)
-    heads = [clone(head).set_params(seed=s) for s in seeds]
-
-    def one_by_one():
-        return [h.fit(X, y) if eval_set is None else h.fit(X, y, eval_set=eval_set) for h in heads]
-
-    if not hasattr(head, "_build_module"):
-        return one_by_one()
-    template = heads[0]
-    template.check_params()
-    # The single fit's own input checks and label encoding, run once on the first copy.
-    from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import validate_data
-
-    X, y = validate_data(template, X, y, dtype=np.float32)
-    check_classification_targets(y)
-    classes, y_index = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise HeadError(f"the training labels hold a single class ({classes[0]!r}); a classifier needs at least two")
-    template.classes_ = classes
-    X_eval, y_eval = template._eval_arrays(eval_set)
-    has_eval = eval_set is not None and len(y_eval) > 0
-    try:
-        result = train_seeds(template._build_module, X, y_index, seeds, template.train_config(),
-                             n_classes=len(classes), eval_set=(X_eval, y_eval) if has_eval else None,
-                             device=device, method=method, on_epoch=on_epoch)
-    except NotVectorisable:
-        return one_by_one()
-    for h, run in zip(heads, result.runs):
-        h.classes_ = classes
-        h.n_features_in_ = template.n_features_in_
-        h.module_ = run.module.cpu()
-        h.history_ = [asdict(r) for r in run.history]
-        h.best_epoch_ = run.best_epoch
-        h.best_state_dict_ = run.best_state
-        h.training_seconds_ = run.seconds
-        h.eval_proba_ = {"final": run.final_proba, "best": run.best_proba} if has_eval else None
-    return heads
 
 
 # --- stacking ---------------------------------------------------------------------------------
@@ -358,36 +259,27 @@ class _Vmapped(_Stacked):
 
 
 def _stack(modules: list[nn.Module], method: str, device: torch.device) -> _Stacked:
-    module = modules[0]
-    if _rule(NOT_VECTORISABLE, module):
-        raise NotVectorisable(f"{type(module).__name__} ({_describe(module)}) cannot train several seeds in one pass")
-    if method == "auto":
-        method = "batched" if _broadcasts_over_seeds(module) else "vmap"
-    return (_Batched if method == "batched" else _Vmapped)(modules, device)
+    return (_Batched if method in ("batched", "broadcast") else _Vmapped)(modules, device)
 
 
-def _rule(table: dict, module: nn.Module) -> bool:
-    cls = type(module)
-    rule = table.get(f"{cls.__module__}.{cls.__qualname__}")
-    return bool(rule and rule(module))
-
-
-def _broadcasts_over_seeds(module: nn.Module) -> bool:
-    """Whether the module's forward runs unchanged on (S, B, F) once parameters have a seed axis."""
-    cls = type(module)
-    if f"{cls.__module__}.{cls.__qualname__}" in SEED_AXIS_RULES:
-        return _rule(SEED_AXIS_RULES, module) and all(
-            _broadcasts_over_seeds(child) for child in module.children())
-    if cls is nn.Linear:
-        return True
+def seed_axis(module: nn.Module) -> str | None:
+    """How ``module`` trains many seeds in one pass: ``"broadcast"``, ``"vmap"`` or None (see the module
+    docstring). Its own ``seed_axis`` attribute if it has one, else inferred from what it is made of."""
+    declared = getattr(module, "seed_axis", "undeclared")
+    if declared != "undeclared":
+        if declared not in ("broadcast", "vmap", None):
+            raise ValueError(f"{type(module).__name__}.seed_axis must be 'broadcast', 'vmap' or None, got {declared!r}")
+        if declared == "broadcast" and not all(seed_axis(child) == "broadcast" for child in module.children()):
+            return "vmap"
+        return declared
+    if type(module) is nn.Linear:
+        return "broadcast"
     if isinstance(module, _ELEMENTWISE) and not any(True for _ in module.parameters(recurse=False)):
-        return all(_broadcasts_over_seeds(child) for child in module.children())
-    return False
-
-
-def _describe(module: nn.Module) -> str:
-    runner = getattr(module, "runner", None)
-    return f"simulator {runner.simulator!r}" if runner is not None else "unsupported"
+        children = [seed_axis(child) for child in module.children()]
+        if None in children:
+            return None
+        return "broadcast" if all(c == "broadcast" for c in children) else "vmap"
+    return "vmap"
 
 
 # --- the loop ---------------------------------------------------------------------------------
