@@ -183,7 +183,7 @@ def test_scikit_learn_conventions(name):
 @pytest.mark.parametrize("name", list(HEADS))
 def test_single_class_is_refused(name):
     X, _ = blobs(12, 2, seed=1)
-    with pytest.raises(HeadError, match="single class"):
+    with pytest.raises(HeadError, match="only one class"):
         HEADS[name]().fit(X, np.zeros(12, dtype=int))
 
 

@@ -206,9 +206,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = tmp_name(path, path.suffix)
+    with _replacing(path, tmp):
+        yield tmp
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, tmp: Path):
+    """The block writes ``tmp``; then it is fsynced and renamed over ``path``, and the rename made durable.
+
+    On any error ``tmp`` is removed and ``path`` is left as it was; a storage error becomes one line.
+    """
     try:
         with storage_errors(path, f"write {path}"):
-            yield tmp
+            yield
             _fsync_file(tmp)
             os.replace(tmp, path)
     except BaseException:
@@ -256,25 +266,18 @@ def atomic_h5(path: str | os.PathLike, **h5_options):
 
     path = Path(path)
     tmp = tmp_name(path)
-    try:
-        with storage_errors(path, f"write {path}"), _H5Guard(tmp) as guard:
-            # No chunk cache: each chunk is written by the call that fills it, where a full disk raises,
-            # instead of when a dataset object is freed, where HDF5 cannot report it and leaves the file
-            # in a state that crashes the interpreter (_H5Guard). tlkit writes thousands of rows per call:
-            # a 160 MB merge ran no slower without the cache.
-            f = h5py.File(tmp, "w", **{"rdcc_nbytes": 0, **h5_options})
-            guard.watch(f)
-            yield f
-            f.flush()  # every pending write happens here, while a failure can still be undone
-            guard.check()
-            f.close()
-            guard.check()
-            _fsync_file(tmp)
-            os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
+    with _replacing(path, tmp), _H5Guard(tmp) as guard:
+        # No chunk cache: each chunk is written by the call that fills it, where a full disk raises,
+        # instead of when a dataset object is freed, where HDF5 cannot report it and leaves the file
+        # in a state that crashes the interpreter (_H5Guard). tlkit writes thousands of rows per call:
+        # a 160 MB merge ran no slower without the cache.
+        f = h5py.File(tmp, "w", **{"rdcc_nbytes": 0, **h5_options})
+        guard.watch(f)
+        yield f
+        f.flush()  # every pending write happens here, while a failure can still be undone
+        guard.check()
+        f.close()
+        guard.check()
 
 
 class _H5Guard:

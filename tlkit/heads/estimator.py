@@ -169,7 +169,7 @@ class Head(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         classes, y_index = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise HeadError(f"the training labels hold a single class ({classes[0]!r}); a classifier needs at least two")
+            raise HeadError(f"the training labels hold only one class ({classes[0]!r}); a classifier needs at least two")
         self.classes_ = classes
         return X, y_index.astype(np.int64)
 
