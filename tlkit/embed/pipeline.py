@@ -144,9 +144,9 @@ def _manifest_provenance(parts_dir: Path) -> Provenance | None:
         raise CacheError(f"{parts_dir / PARTS_MANIFEST} is damaged ({exc}); delete {parts_dir} to start over") from None
 
 
-def _read_parts(parts_dir: Path, ours: Provenance) -> tuple[PartsScan, str | None]:
-    """The finished parts of an interrupted run of this feature space, and when that run started."""
-    theirs = _manifest_provenance(parts_dir)
+def _read_parts(parts_dir: Path, theirs: Provenance | None, ours: Provenance) -> tuple[PartsScan, str | None]:
+    """The finished parts of the interrupted run whose manifest records ``theirs`` (refused unless it is
+    this feature space), and when that run started."""
     if theirs is None:
         return PartsScan(), None
     _refuse_mix(f"the interrupted run in {parts_dir}", theirs, ours)
@@ -176,7 +176,8 @@ def embed(
     check_output_path(out)
     index = discover(data_root)
     precision, device = precisions.Precision.parse(precision), precisions.device_for(precision, device)
-    precision.check_device(select_device(device))  # a bad --device or --precision fails now, before the weights load
+    torch_device = select_device(device)
+    precision.check_device(torch_device)  # a bad --device or --precision fails now, before the weights load
     distribute = get_distributor(backend)
     chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed)
     chosen = chosen.at_precision(precision.name)  # named weights at int8: their published quantized variant
@@ -208,7 +209,7 @@ def embed(
         interrupted = _manifest_provenance(parts_dir)
         if interrupted is not None:
             ours = _adopt_calibration(ours, interrupted)
-        parts, parts_created = _read_parts(parts_dir, ours)
+        parts, parts_created = _read_parts(parts_dir, interrupted, ours)
         created = created or parts_created or now
         ours = replace(ours, created=created)
         class_names = sorted(set(cached_classes) | set(index.class_names))
@@ -248,10 +249,10 @@ def embed(
         if pending:
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
-                f"{loaded.id} on {select_device(device)}, backend {backend}"
+                f"{loaded.id} on {torch_device}, backend {backend}"
                 + (f", precision {precision}" if precision.name != "fp32" else "")
             )
-            for note in filter(None, [precisions.speed_warning(precision, select_device(device))]):
+            for note in filter(None, [precisions.speed_warning(precision, torch_device)]):
                 echo(note)
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
@@ -268,7 +269,7 @@ def embed(
                         discard_parts(out)
                     raise
             result.embedded = stats.embedded
-            parts, _ = _read_parts(parts_dir, ours)
+            parts = scan_parts(parts_dir)  # under our own manifest now: nothing to refuse
 
         sources = ([out] if out.exists() else []) + parts.files
         attrs = ours.to_attrs() | {"updated": now}

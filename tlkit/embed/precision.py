@@ -76,7 +76,7 @@ from torch import nn
 
 from tlkit.embed.backbone import build_backbone, fuse_batchnorm
 from tlkit.errors import TlkitError, WeightsError
-from tlkit.weights import is_quantized_state_dict, load_quantized_state_dict  # noqa: F401  (re-exported)
+from tlkit.weights import is_quantized_state_dict
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 CALIBRATION_IMAGES = 32  # one batch; 128 photos gave no closer features (mean cosine 0.9975 vs 0.9979, bench weights)
