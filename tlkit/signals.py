@@ -165,6 +165,16 @@ def _bind_to_parent(parent_pid: int, worker_id: int | None = None) -> None:
     if _set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:
         # The parent died between fork and prctl: the kernel will send nothing, so leave now.
         os._exit(1)
+    # A worker hands each batch's tensors over by passing file descriptors, from a thread of
+    # multiprocessing's resource sharer that reports any failure through sys.excepthook. When the main
+    # process stops mid-transfer (an interruption), that hand-over breaks and the worker would print a
+    # traceback under the main process's one "interrupted" line: the broken connection says nothing new.
+    sys.excepthook = functools.partial(_quiet_broken_handover, sys.excepthook)
+
+
+def _quiet_broken_handover(previous, exc_type, exc, tb) -> None:
+    if not issubclass(exc_type, (BrokenPipeError, ConnectionResetError, ConnectionRefusedError, EOFError)):
+        previous(exc_type, exc, tb)
 
 
 def worker_init_fn():
