@@ -83,6 +83,11 @@ def _redeliver(unraisable) -> None:
     if isinstance(exc, KeyboardInterrupt):
         _deliver_later(getattr(exc, "signum", signal.SIGINT), 0.01)
         return
+    if _received is not None:
+        # The command is unwinding from SIGTERM/SIGHUP: an object the interruption left half-built
+        # (torch's DataLoader iterator, interrupted in its __init__) fails in its destructor. That is
+        # an echo of the interruption, which its one line already reports, not a new error.
+        return
     _previous_unraisablehook(unraisable)
 
 
