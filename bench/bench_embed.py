@@ -1,6 +1,6 @@
 """Stage-one throughput: `tlkit embed` at each precision against a competent PyTorch loop, in one run.
 
-    .venv/bin/python bench/bench_embed.py [DATA_DIR] [--precision fp32,bf16,int8] [--rounds 3] [--repeat 10]
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] [--precision fp32,bf16,int8] [--rounds 3] [--repeat 10] [--scale-rounds 2]
     .venv/bin/python bench/bench_embed.py [DATA_DIR] --profile     # where an image's time goes, per stage
 
 Every contender runs as a whole process (interpreter start-up, imports, writing
@@ -15,13 +15,18 @@ the result included), interleaved in rounds so that all see the same machine loa
   * `tlkit embed --weights random --precision P` for each P, into a fresh cache
     (HDF5 publish, and int8's calibration, included).
 
-Then prints:
+The rounds run twice: on the images as they are (1x; the hymenoptera set is 398
+photos, where the ~3.5 s of importing torch and torchvision that every contender
+pays, and int8's one-time calibration, are a third of a run) and on --repeat
+copies of them (Nx, symlinks: the throughput a data set of real size sees).
+
+Then prints, for 1x and Nx:
   * the ratio of each precision to the peer, median over rounds
     (targets: fp32 >= 1.3x, bf16 >= 2x, int8 >= 3x);
   * the fraction of this machine's GEMM peak at that precision that embedding reaches
     (1.82 GFLOPs per 224x224 image; fp32 and bf16 peaks from a 2048^2 matmul, int8 from
     a 2048^2 quantized Linear, the fbgemm/oneDNN kernels the int8 network runs);
-  * decode + eval transform images/s per core (PIL, the default pixels), and for
+  * a decoding worker's images/s per core (PIL decode + resize + crop: the default pixels), and for
     reference PIL decode alone, PIL's reduced-size draft decode and torchvision.io.decode_jpeg;
   * peak memory (RSS, main process and decoding workers) of embed at each precision
     on 1x and --repeat x the images (features stream to disk: it must not grow).
@@ -43,6 +48,7 @@ import torch
 
 GFLOPS_PER_IMAGE = 1.82
 TARGETS = {"fp32": 1.3, "bf16": 2.0, "fp16": 2.0, "int8": 3.0}
+PEAKS: dict[str, float] = {}  # GFLOP/s per precision, measured once at the start of main()
 
 PEER = """
 import sys, numpy as np, torch, torchvision
@@ -144,8 +150,8 @@ def gemm_peak_gflops(precision: str, n: int = 2048, reps: int = 10) -> float:
 
 
 def decode_rates(data: Path, limit: int = 100) -> dict[str, float]:
-    """Images/s on one core of: PIL decode + tlkit's eval transform (the default pixels); for
-    reference, PIL decode alone, PIL's reduced-size draft decode (JPEG DCT scaling, never below
+    """Images/s on one core of: what a decoding worker does (PIL decode, resize, crop: the default
+    pixels, normalised later in batches), and PIL + the whole eval transform per image; for reference, PIL decode alone, PIL's reduced-size draft decode (JPEG DCT scaling, never below
     the resize target), and torchvision.io.decode_jpeg alone; plus the share of images at least
     twice the resize target, the only ones a draft decode makes cheaper."""
     import torchvision.io
@@ -171,8 +177,9 @@ def decode_rates(data: Path, limit: int = 100) -> dict[str, float]:
             return im.convert("RGB")
 
     try:
-        transform = spec.build()
-        out = {"PIL + eval transform": rate(lambda f: transform(load_rgb(f)), files),
+        transform, pixels = spec.build(), spec.build_pixels()
+        out = {"a decoding worker (PIL decode + resize + crop to uint8)": rate(lambda f: pixels(load_rgb(f)), files),
+               "PIL + the whole eval transform per image": rate(lambda f: transform(load_rgb(f)), files),
                "PIL decode alone": rate(load_rgb, files),
                "PIL draft decode alone": rate(draft, files)}
         raw = [torchvision.io.read_file(str(f)) for f in files]
@@ -214,11 +221,14 @@ def peak_memory_child(data: Path, out: Path, precision: str) -> dict:
 
 
 def profile_stages(data: Path, precisions: list[str], n: int = 96) -> None:
-    """Where an image's time goes, stage by stage, in this process: decode, transform, network, write.
+    """Where an image's time goes, stage by stage, in this process: decode, pixels, normalise, network, write.
 
-    Decode and transform run on one core (as in a decoding worker); the network on all of
-    torch's threads at batch 32; the write through tlkit's part writer. CPU-seconds per image
-    bound what the cores can do together: cores / (decode + transform + network x threads + write).
+    Decode and the pixels (resize + crop to uint8) run on one core, as in a decoding worker;
+    the batched normalisation and the network on all of torch's threads at batch 32, as in the
+    main process; the write through tlkit's part writer. For reference, the per-image
+    ToTensor + Normalize that the workers ran before (tlkit/data/transforms.py says why no more).
+    CPU-seconds per image bound what the cores can do together:
+    cores / (decode + pixels + (normalise + network) x threads + write).
     """
     import numpy as np
 
@@ -226,25 +236,33 @@ def profile_stages(data: Path, precisions: list[str], n: int = 96) -> None:
     from tlkit.data.transforms import TransformSpec
     from tlkit.embed.mapper import FeatureMapper
     from tlkit.embed.precision import calibrate_int8
-    from tlkit.weights import Weights
     from tlkit.embed.writer import PartWriter
+    from tlkit.weights import Weights
+
+    def per_image_ms(fn, inputs):
+        t = time.perf_counter()
+        out = [fn(x) for x in inputs]
+        return out, 1000 * (time.perf_counter() - t) / len(inputs)
 
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
+    spec = TransformSpec()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    transform = TransformSpec().build()
-    t = time.perf_counter()
-    decoded = [load_rgb(f) for f in files]
-    decode_ms = 1000 * (time.perf_counter() - t) / len(files)
-    t = time.perf_counter()
-    tensors = [transform(im) for im in decoded]
-    transform_ms = 1000 * (time.perf_counter() - t) / len(files)
+    decoded, decode_ms = per_image_ms(load_rgb, files)
+    pixels, pixels_ms = per_image_ms(spec.build_pixels(), decoded)
+    _, old_ms = per_image_ms(spec.build(), decoded)
     torch.set_num_threads(threads)
-    images = torch.stack(tensors)
+    stacked = torch.stack(pixels)
+    t = time.perf_counter()
+    images = torch.cat([spec.normalize(stacked[i:i + 32]) for i in range(0, len(stacked), 32)])
+    normalize_ms = 1000 * (time.perf_counter() - t) / len(stacked)
     state_dict = Weights.random(0).load().state_dict
     cores = os.cpu_count() or 1
-    print(f"profile, {len(files)} photos, {threads} network threads, {cores} cores: decode (PIL) {decode_ms:.1f} ms, "
-          f"eval transform {transform_ms:.1f} ms per image on one core")
+    print(f"profile, {len(files)} photos, {threads} network threads, {cores} cores: per image, decode (PIL) "
+          f"{decode_ms:.2f} ms and resize + crop to uint8 {pixels_ms:.2f} ms on one core (a decoding worker); "
+          f"normalise in batches {normalize_ms:.2f} ms on {threads} threads (the per-image resize + crop + ToTensor "
+          f"+ Normalize the workers ran before: {old_ms:.2f} ms on one core)")
+    worker_ms = decode_ms + pixels_ms
     for p in precisions:
         calibration = calibrate_int8(state_dict, [images[:32]], "profile") if p == "int8" else None
         mapper = FeatureMapper(state_dict, torch.device("cpu"), p, calibration)
@@ -260,12 +278,50 @@ def profile_stages(data: Path, precisions: list[str], n: int = 96) -> None:
                 writer.add(features[i:i + 32], [0] * len(rows), [f"x/{k:06d}.jpg" for k in rows], ["train"] * len(rows))
             writer.close()
             write_ms = 1000 * (time.perf_counter() - t) / len(features)
-        cpu_ms = decode_ms + transform_ms + network_ms * threads + write_ms
+        main_ms = (normalize_ms + network_ms) * threads
+        cpu_ms = worker_ms + main_ms + write_ms
         print(f"  {p}: network {network_ms:.1f} ms per image ({1000 / network_ms:.0f} images/s on {threads} threads), "
-              f"write {write_ms:.2f} ms; CPU time per image: decode+transform {decode_ms + transform_ms:.1f} ms = "
-              f"{(decode_ms + transform_ms) / cpu_ms:.0%}, network {network_ms * threads:.1f} ms = "
-              f"{network_ms * threads / cpu_ms:.0%}, write {write_ms / cpu_ms:.1%}; "
-              f"bound for {cores} cores: {1000 * cores / cpu_ms:.0f} images/s")
+              f"write {write_ms:.2f} ms; CPU time per image: decoding workers {worker_ms:.1f} ms = "
+              f"{worker_ms / cpu_ms:.0%}, normalise + network {main_ms:.1f} ms = {main_ms / cpu_ms:.0%}, "
+              f"write {write_ms / cpu_ms:.1%}; bound for {cores} cores: {1000 * cores / cpu_ms:.0f} images/s")
+
+
+def compare(data: Path, tmp: Path, precisions: list[str], n_rounds: int, label: str, with_tutorial: bool) -> None:
+    """Interleaved rounds of the peer (both variants), the tutorial loop and tlkit embed per precision on ``data``."""
+    rounds = []
+    for r in range(n_rounds):  # interleaved, so every contender sees the same machine load
+        row = {"peer": peer(data, tmp / "peer.npy"),
+               "peer_passive": peer(data, tmp / "peer.npy", {"OMP_WAIT_POLICY": "PASSIVE"})}
+        if with_tutorial:
+            row["tutorial"] = tutorial(data)
+        order = precisions[r % len(precisions):] + precisions[:r % len(precisions)]  # rotate who goes first
+        for p in order:
+            row[p] = tlkit_embed(data, tmp / f"{label}-round{r}-{p}.h5", p)
+        rounds.append(row)
+        line = ", ".join(f"{p} {row[p][0] / row[p][1]:.1f}" for p in precisions)
+        print(f"{label}, round {r + 1} ({row['peer'][0]} images; images/s, whole processes): "
+              f"peer {row['peer'][0] / row['peer'][1]:.1f}, "
+              f"peer with OMP_WAIT_POLICY=PASSIVE {row['peer_passive'][0] / row['peer_passive'][1]:.1f}"
+              + (f", tutorial batch-4 loop {row['tutorial'][0] / row['tutorial'][1]:.1f}" if "tutorial" in row else "")
+              + f"; tlkit embed {line}", flush=True)
+
+    def rate(x):
+        return x[0] / x[1]
+
+    best_peer = [max(rate(row["peer"]), rate(row["peer_passive"])) for row in rounds]
+    print(f"{label}: peer (ImageFolder + DataLoader(batch_size=32, num_workers=2) + inference_mode + .npy), "
+          f"the faster variant of each round, median of {n_rounds}: {median(best_peer):.1f} images/s")
+    if with_tutorial:
+        print(f"{label}: tutorial loop (batch 4, no workers), median: {median([rate(row['tutorial']) for row in rounds]):.1f} images/s")
+    for p in precisions:
+        ratio = median([rate(row[p]) / b for row, b in zip(rounds, best_peer)])
+        whole = median([rate(row[p]) for row in rounds])
+        own = median([row[p][2] for row in rounds])
+        peak = PEAKS.get(p)
+        fraction = (f"; {own * GFLOPS_PER_IMAGE / peak:.0%} of the {p} GEMM peak "
+                    f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak else ""
+        print(f"{label}: tlkit embed --precision {p}: {whole:.1f} images/s whole process ({own:.1f} by its summary line); "
+              f"{ratio:.2f}x the peer (target >= {TARGETS[p]}x){fraction}", flush=True)
 
 
 def median(values: list[float]) -> float:
@@ -278,7 +334,11 @@ def main() -> None:
     parser.add_argument("data", nargs="?", default=os.environ.get("TLKIT_HYMENOPTERA"))
     parser.add_argument("--precision", default="fp32,bf16,int8", help="comma-separated precisions of tlkit embed")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the peer vs tlkit")
-    parser.add_argument("--repeat", type=int, default=10, help="the N of the Nx memory check")
+    parser.add_argument("--repeat", type=int, default=10,
+                        help="N: the comparison runs again on N copies of the images (symlinks), and the memory check "
+                             "compares 1x with Nx")
+    parser.add_argument("--scale-rounds", type=int, default=2, help="interleaved rounds on the Nx images")
+    parser.add_argument("--skip-scale", action="store_true", help="leave out the comparison on the Nx images")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-tutorial", action="store_true", help="leave out today's batch-4 loop")
     parser.add_argument("--profile", action="store_true",
@@ -293,8 +353,8 @@ def main() -> None:
         profile_stages(data, precisions)
         return
 
-    peaks = {p: gemm_peak_gflops(p) for p in sorted(set(precisions) | {"fp32"}) if p != "fp16"}
-    print("GEMM peak (2048^2, best of 3): " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in peaks.items()))
+    PEAKS.update({p: gemm_peak_gflops(p) for p in sorted(set(precisions) | {"fp32"}) if p != "fp16"})
+    print("GEMM peak (2048^2, best of 3): " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in PEAKS.items()))
     decode = decode_rates(data)
     share = decode.pop("share of images >= 2x the resize target")
     print("decode, images/s per core: " + ", ".join(f"{k} {v:.0f}" for k, v in decode.items())
@@ -302,42 +362,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rounds = []
-        for r in range(args.rounds):  # interleaved, so every contender sees the same machine load
-            row = {"peer": peer(data, tmp / "peer.npy"),
-                   "peer_passive": peer(data, tmp / "peer.npy", {"OMP_WAIT_POLICY": "PASSIVE"})}
-            if not args.skip_tutorial:
-                row["tutorial"] = tutorial(data)
-            order = precisions[r % len(precisions):] + precisions[:r % len(precisions)]  # rotate who goes first
-            for p in order:
-                row[p] = tlkit_embed(data, tmp / f"round{r}-{p}.h5", p)
-            rounds.append(row)
-            line = ", ".join(f"{p} {row[p][0] / row[p][1]:.1f}" for p in precisions)
-            print(f"round {r + 1} (images/s, whole processes): peer {row['peer'][0] / row['peer'][1]:.1f}, "
-                  f"peer with OMP_WAIT_POLICY=PASSIVE {row['peer_passive'][0] / row['peer_passive'][1]:.1f}"
-                  + (f", tutorial batch-4 loop {row['tutorial'][0] / row['tutorial'][1]:.1f}" if "tutorial" in row else "")
-                  + f"; tlkit embed {line}", flush=True)
+        many_data = replicate(data, tmp / "many", args.repeat) if args.repeat > 1 else None
+        compare(data, tmp, precisions, args.rounds, "1x", not args.skip_tutorial)
+        if many_data is not None and not args.skip_scale:
+            compare(many_data, tmp, precisions, args.scale_rounds, f"{args.repeat}x", False)
 
-        def rate(x):
-            return x[0] / x[1]
-
-        best_peer = [max(rate(row["peer"]), rate(row["peer_passive"])) for row in rounds]
-        print(f"peer (ImageFolder + DataLoader(batch_size=32, num_workers=2) + inference_mode + .npy), "
-              f"the faster variant of each round, median of {args.rounds}: {median(best_peer):.1f} images/s")
-        if not args.skip_tutorial:
-            print(f"tutorial loop (batch 4, no workers), median: {median([rate(row['tutorial']) for row in rounds]):.1f} images/s")
-        for p in precisions:
-            ratio = median([rate(row[p]) / b for row, b in zip(rounds, best_peer)])
-            whole = median([rate(row[p]) for row in rounds])
-            own = median([row[p][2] for row in rounds])
-            peak = peaks.get(p)
-            fraction = (f"; {own * GFLOPS_PER_IMAGE / peak:.0%} of the {p} GEMM peak "
-                        f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak else ""
-            print(f"tlkit embed --precision {p}: {whole:.1f} images/s whole process ({own:.1f} by its summary line); "
-                  f"{ratio:.2f}x the peer (target >= {TARGETS[p]}x){fraction}")
-
-        if not args.skip_memory:
-            many_data = replicate(data, tmp / "many", args.repeat)
+        if many_data is not None and not args.skip_memory:
             for p in precisions:
                 one = peak_memory_child(data, tmp / f"one-{p}.h5", p)
                 many = peak_memory_child(many_data, tmp / f"many-{p}.h5", p)

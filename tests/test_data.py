@@ -129,3 +129,40 @@ def test_max_pixels_limit_is_configurable(tmp_path):
 def test_huge_and_tiny_images_decode(tmp_path):
     assert load_rgb(save_mode(tmp_path / "tiny.png", "RGB", size=(1, 1))).size == (1, 1)
     assert load_rgb(save_mode(tmp_path / "huge.jpg", "RGB", size=(4000, 3000))).size == (4000, 3000)
+
+
+def test_the_workers_pixels_normalised_in_batches_equal_the_eval_transform(hymenoptera, tmp_path):
+    """The embedding's two halves (uint8 pixels in the workers, batched normalisation after) give
+    exactly the tensors of torchvision's per-image transform (TransformSpec.build), on real photos of
+    every size in the set (the GIF too) and on images in other modes, tiny and tall ones."""
+    import torch
+
+    from tlkit.data.transforms import TransformSpec
+    from tlkit.embed.reader import read_batches
+
+    files = [str(p) for p in sorted((hymenoptera / "train" / "ants").iterdir())[:40]]
+    files += [str(save_mode(tmp_path / f"m{i}.{ext}", mode, size=size)) for i, (mode, ext, size) in enumerate([
+        ("L", "png", (64, 48)), ("P", "gif", (300, 300)), ("CMYK", "jpg", (500, 333)), ("RGBA", "png", (1, 1)),
+        ("RGB", "png", (30, 900))])]
+    for spec in (TransformSpec(), TransformSpec(resize=160, crop=128, interpolation="bicubic")):
+        reference = torch.stack([spec.build()(load_rgb(f)) for f in files])
+        batches = list(read_batches(files, spec, batch_size=8, workers=0, max_pixels=None))
+        assert [i for b in batches for i in b.indices] == list(range(len(files)))
+        got = torch.cat([b.images for b in batches])
+        assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, reference)
+
+
+def test_draft_decodes_large_jpegs_smaller_but_never_below_the_target(tmp_path):
+    """load_rgb(draft=N): a JPEG at least twice N on both sides comes out at a DCT scale of 1/2..1/8 that
+    keeps both sides >= N; smaller JPEGs and other formats come out whole, exactly as without draft."""
+    big = save_mode(tmp_path / "big.jpg", "RGB", size=(2400, 1100))
+    im = load_rgb(big, draft=256)
+    assert im.size == (600, 275)  # 1/4: 1/8 would make the short side 138 < 256
+    assert load_rgb(big).size == (2400, 1100)
+    for name, size in (("small.jpg", (500, 375)), ("big.png", (2400, 1100))):
+        path = save_mode(tmp_path / name, "RGB", size=size)
+        assert np.array_equal(np.asarray(load_rgb(path, draft=256)), np.asarray(load_rgb(path)))
+    rotated, upright = save_exif_rotated(tmp_path / "rotated.jpg", size=(1200, 600))  # stored 600 x 1200
+    assert load_rgb(rotated).size == (1200, 600)
+    assert load_rgb(rotated, draft=256).size == (600, 300)  # 1/2 of the stored image, then turned upright

@@ -385,3 +385,30 @@ def test_kill_9_then_rerun_equals_uninterrupted(hymenoptera_small, small_cache, 
     assert result.already_cached >= 2 * n_parts and result.embedded == 26 - result.already_cached
     assert not parts.exists()
     caches_equal(out, small_cache)
+
+
+def test_fast_decode_is_recorded_in_the_transform_and_is_its_own_feature_space(tmp_path):
+    """--fast-decode changes the pixels of large JPEGs only, says so in the cache's transform, and a
+    run without it into that cache is refused (and the other way round); the default spec's text
+    is what caches have always recorded."""
+    data = tmp_path / "data"
+    for k, size in enumerate([(1600, 1200), (640, 480), (300, 200)]):
+        save_mode(data / "train" / "a" / f"{k}.jpg", "RGB", size=size, seed=k)
+        save_mode(data / "train" / "b" / f"{k}.jpg", "RGB", size=size, seed=10 + k)
+    plain, fast = tmp_path / "plain.h5", tmp_path / "fast.h5"
+    embed(data, plain, weights="random", workers=0, **QUIET)
+    proc = tlkit_cli("embed", data, fast, "--weights", "random", "--workers", "0", "--fast-decode")
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_cache(plain), load_cache(fast)
+    assert "jpeg_draft" not in a.provenance.transform
+    assert TransformSpec.from_json(b.provenance.transform) == TransformSpec(jpeg_draft=True)
+    assert a["train"].paths.tolist() == b["train"].paths.tolist()
+    same = np.all(a["train"].features == b["train"].features, axis=1)
+    big = np.array(["/0.jpg" in p for p in a["train"].paths])  # only 1600x1200 is >= 2x the resize target
+    assert not same[big].any() and same[~big].all()
+    before = fast.read_bytes()
+    proc = tlkit_cli("embed", data, fast, "--weights", "random")
+    assert_one_line_error(proc, "transform")
+    assert fast.read_bytes() == before
+    with pytest.raises(CacheError, match="transform"):
+        embed(data, plain, weights="random", fast_decode=True, **QUIET)

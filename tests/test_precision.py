@@ -28,6 +28,7 @@ from tlkit.embed.precision import (
     Int8Calibration,
     Precision,
     PrecisionError,
+    _FloatPool,
     _activation_observers,
     _prepare,
     _quant_engine,
@@ -252,10 +253,10 @@ def test_stored_calibration_gives_the_network_calibration_itself_gives(photos, w
 
     state_dict = weights["random"]
     sample = photos[0][:8].contiguous(memory_format=torch.channels_last)
-    prepared = _prepare(state_dict)
+    prepared = _prepare(state_dict, "float")
     with _quant_engine(), torch.no_grad():
         prepared(sample)
-        direct = convert_fx(prepared)
+        direct = _FloatPool(convert_fx(prepared))
     rebuilt = build_int8(state_dict, calibrate_int8(state_dict, [sample], "8 photos"))
     with torch.inference_mode():
         assert torch.equal(direct(photos[0]), rebuilt(photos[0]))
@@ -268,7 +269,7 @@ def test_calibration_records_its_sample_and_refuses_another_network(hymenoptera_
     used = json.loads(calibration.sample.split(": ", 1)[1])
     assert used == calibration_sample({"train": [it.path for it in items if it.split == "train"]})
     assert all(p.startswith("train/") for p in used)
-    assert len(calibration.observers) == len(calibration.scales) == len(_activation_observers(_prepare(state_dict)))
+    assert len(calibration.observers) == len(calibration.scales) == len(_activation_observers(_prepare(state_dict, "float")))
     broken = Int8Calibration.from_json(calibration.to_json().replace('"activation_post_process_0"', '"elsewhere"'))
     with pytest.raises(PrecisionError, match="does not fit this network"):
         build_int8(state_dict, broken)
@@ -276,6 +277,32 @@ def test_calibration_records_its_sample_and_refuses_another_network(hymenoptera_
         Int8Calibration.from_json("{}")
     with pytest.raises(PrecisionError, match="needs a calibration"):
         Precision("int8").build(state_dict, CPU)
+
+
+def test_the_average_pool_runs_in_float_and_old_calibrations_keep_their_quantized_pool(photos, weights, calibrations):
+    """int8 features are means of 49 dequantized values, not whole multiples of the last activation's
+    scale as with a quantized pool, and land closer to fp32; a calibration stored before the float
+    pool (no "pool" in its JSON) keeps its text, its sha256 and the network it was made with."""
+    from dataclasses import replace
+
+    state_dict, calibration = weights["file"], calibrations["file"]
+    images = photos[0]
+    assert calibration.pool == "float" and json.loads(calibration.to_json())["pool"] == "float"
+    old_text = json.dumps({k: v for k, v in json.loads(calibration.to_json()).items() if k != "pool"},
+                          sort_keys=True, separators=(",", ":"))
+    old = Int8Calibration.from_json(old_text)
+    assert old.pool == "int8" and old.to_json() == old_text and old == replace(calibration, pool="int8")
+    new_features = features_of(FeatureMapper(state_dict, CPU, "int8", calibration), images)
+    old_features = features_of(FeatureMapper(state_dict, CPU, "int8", old), images)
+    last_scale = calibration.scales[-1]  # layer4's output, which the quantized pool kept
+    steps = old_features / last_scale
+    assert np.abs(steps - np.round(steps)).max() < 1e-3  # the quantized pool: whole steps only
+    fine = new_features / last_scale
+    assert np.mean(np.abs(fine - np.round(fine)) > 0.01) > 0.5  # the float pool: between the steps
+    fp32 = features_of(FeatureMapper(state_dict, CPU, "fp32"), images)
+    assert compare_features(fp32, new_features)["mean_cosine"] > compare_features(fp32, old_features)["mean_cosine"]
+    with pytest.raises(PrecisionError, match="unknown pool"):
+        build_int8(state_dict, replace(calibration, pool="int4"))
 
 
 def test_calibration_sample_depends_on_the_names_only():

@@ -122,7 +122,7 @@ def check_sample(
     worst = 0.0
     compared = 0
     files = [str(t[3]) for t in todo]
-    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS):
+    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS, device=mapper.device):
         for i, reason in batch.errors:
             report.problems.append(f"{todo[i][2]}: cannot be decoded now ({reason}), but it was embedded")
         if not batch.indices:

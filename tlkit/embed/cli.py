@@ -28,7 +28,8 @@ def _default_workers() -> int:
               help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, downloaded once into $TORCH_HOME), "
                    "'random' (seeded initialisation), or a path to a ResNet-18 state_dict file.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Images per forward pass [default: 32 on a CPU, 256 on a GPU].")
 @click.option("--workers", default=_default_workers, show_default="min(4, CPU count)", type=click.IntRange(0),
               help="Decoding processes running beside the network (0: decode in the main process).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
@@ -51,8 +52,12 @@ def _default_workers() -> int:
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
               help="Arithmetic of the backbone: fp32 (reproducible bit for bit), bf16 (autocast, CPU or CUDA), "
                    "fp16 (CUDA only), int8 (CPU, post-training static quantization). Features are stored as float32.")
+@click.option("--fast-decode", is_flag=True,
+              help="Decode JPEGs at least twice the resize target at a reduced scale (1/2, 1/4, 1/8; never below it) "
+                   "before resizing: much faster on large photos, slightly other pixels. Recorded in the cache's "
+                   "transform, so later runs into the cache need it too (docs/embedding.md#decoding-and---fast-decode).")
 def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, checkpoint_every, backend,
-          ray_address, shards, gpus_per_worker, progress, precision):
+          ray_address, shards, gpus_per_worker, progress, precision, fast_decode):
     """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
 
     \b
@@ -79,7 +84,7 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
         data_dir, cache, weights=weights, seed=seed, batch_size=batch_size, workers=workers, device=device,
         strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
         ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
-        progress=progress, echo=lambda msg: click.echo(msg, err=True), precision=precision,
+        progress=progress, echo=lambda msg: click.echo(msg, err=True), precision=precision, fast_decode=fast_decode,
     )
     if result.up_to_date:
         click.echo(f"{cache} is up to date ({result.already_cached} images cached); nothing to embed")

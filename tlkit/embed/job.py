@@ -28,7 +28,7 @@ class EmbedJob:
     spec: TransformSpec
     parts_dir: Path
     class_names: list[str]
-    batch_size: int
+    batch_size: int | None  # None: the mapper device's default (tlkit.embed.mapper.default_batch_size)
     workers: int
     device: str
     max_pixels: int | None

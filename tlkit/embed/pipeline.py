@@ -158,7 +158,7 @@ def embed(
     out: str | Path,
     weights: str | Weights = "imagenet",
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 2,
     device: str = "auto",
     strict: bool = False,
@@ -169,8 +169,12 @@ def embed(
     progress: bool | None = None,
     echo=print,
     precision: str = "fp32",
+    fast_decode: bool = False,
 ) -> EmbedResult:
-    """Embed every image under ``data_root`` that ``out`` does not hold yet; see module docs."""
+    """Embed every image under ``data_root`` that ``out`` does not hold yet; see module docs.
+
+    ``fast_decode``: large JPEGs decoded at a reduced DCT scale (:attr:`TransformSpec.jpeg_draft`).
+    """
     start = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     check_output_path(out)
@@ -184,7 +188,7 @@ def embed(
     loaded = chosen.load()
     # int8 from fp32 tensors (random, file) is calibrated: once per cache, then read back from it
     calibrated = precision.name == "int8" and not precisions.is_quantized_state_dict(loaded.state_dict)
-    spec = chosen.transform
+    spec = replace(chosen.transform, jpeg_draft=True) if fast_decode else chosen.transform
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
 

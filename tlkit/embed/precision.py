@@ -21,8 +21,9 @@ network as float32, whatever the precision inside.
   0.9993 with 8 (reduce_range off); both clear the 0.99 target, only 7 bits give the
   same integers on every x86 CPU. (torch.ao.quantization announces its move to
   torchao's pt2e flow, which needs torch.compile; FX is what this torch ships.)
-  For ``--weights imagenet`` torchvision's published quantized ResNet-18
-  (``ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1``) is used as it is.
+  The global average pool runs in float32 on the dequantized layer4 output
+  (:class:`_FloatPool` says why). For ``--weights imagenet`` torchvision's published
+  quantized ResNet-18 (``ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1``) is used as it is.
 
 Why int8 calibration is stored, not re-derived
 ----------------------------------------------
@@ -74,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.embed.backbone import build_backbone, fuse_batchnorm
+from tlkit.embed.backbone import FEATURE_DIM, build_backbone, fuse_batchnorm
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.weights import is_quantized_state_dict
 
@@ -176,10 +177,11 @@ class Precision:
 #         picks other kernels: a float32 accumulator that differs in its last bits can round to
 #         the neighbouring bfloat16 (a step of 2^-8 relative) and the flip travels on; that costs a
 #         fraction of the fp32-vs-bf16 gap, not more than an edit.
-#   int8: 1e-4: the integers must agree. The arithmetic is exact integer arithmetic, the features are
-#         whole multiples of the last activation's scale (0.04-0.12 here), so a real difference is at
-#         least one such step. reduce_range removes the one documented cause of different integers on
-#         different x86 CPUs (int16 saturation in fbgemm's AVX2 kernels).
+#   int8: 1e-4: the integers must agree. The arithmetic is exact integer arithmetic up to layer4, whose
+#         outputs are whole multiples of its scale (0.04-0.12 here); the float pool averages 49 of them, so a
+#         real difference is at least 1/49 of such a step (0.0008 or more). reduce_range removes the one
+#         documented cause of different integers on different x86 CPUs (int16 saturation in fbgemm's
+#         AVX2 kernels).
 VERIFY_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 1e-2, "int8": 1e-4}
 
 
@@ -250,14 +252,15 @@ class Int8Calibration:
     quant_min: int
     quant_max: int
     engine: str = QUANT_ENGINE
+    pool: str = "float"  # the average pool's arithmetic (see _FloatPool); stored calibrations without it: "int8"
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"sample": self.sample, "observers": list(self.observers), "scales": list(self.scales),
-             "zero_points": list(self.zero_points), "quant_min": self.quant_min, "quant_max": self.quant_max,
-             "engine": self.engine},
-            sort_keys=True, separators=(",", ":"),
-        )
+        fields = {"sample": self.sample, "observers": list(self.observers), "scales": list(self.scales),
+                  "zero_points": list(self.zero_points), "quant_min": self.quant_min, "quant_max": self.quant_max,
+                  "engine": self.engine}
+        if self.pool != "int8":  # a calibration from before the float pool keeps its text, hence its sha256
+            fields["pool"] = self.pool
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "Int8Calibration":
@@ -267,6 +270,7 @@ class Int8Calibration:
                 sample=str(raw["sample"]), observers=tuple(map(str, raw["observers"])),
                 scales=tuple(map(float, raw["scales"])), zero_points=tuple(map(int, raw["zero_points"])),
                 quant_min=int(raw["quant_min"]), quant_max=int(raw["quant_max"]), engine=str(raw["engine"]),
+                pool=str(raw.get("pool", "int8")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise PrecisionError(f"the stored int8 calibration is unreadable ({exc})") from None
@@ -297,14 +301,49 @@ def _quant_engine(engine: str = QUANT_ENGINE):
             torch.backends.quantized.engine = previous
 
 
-def _prepare(state_dict: dict):
-    """ResNet-18 with observers inserted (FX graph mode; Conv+BN+ReLU fused by prepare_fx)."""
+class _FloatPool(nn.Module):
+    """The quantized network up to layer4, then the global average pool in float32.
+
+    Why: quantized average pooling keeps its input's scale, so every feature came out as a whole
+    multiple of the last activation's scale (128 levels at 7 bits, steps of 0.04-0.12 here) and
+    small differences between photos vanished in the rounding. Averaging the 7 x 7 dequantized
+    values instead gives 49 times finer features for ~0.1% of the network's time. Measured on
+    all 398 hymenoptera photos (bench/bench_precision.py): see docs/precision.md.
+    """
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body  # conv1 ... layer4, flattened to (N, 512 * 7 * 7), dequantized
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.body(images)
+        return x.view(x.shape[0], FEATURE_DIM, -1).mean(dim=2)
+
+
+POOLS = ("float", "int8")  # "int8": the quantized pool of caches written before the float pool
+
+
+def _prepare(state_dict: dict, pool: str):
+    """ResNet-18 with observers inserted (FX graph mode; Conv+BN+ReLU fused by prepare_fx).
+
+    ``pool="float"`` leaves the average pool out of the traced network (:class:`_FloatPool` adds it back).
+    """
+    import torch.fx
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
+    if pool not in POOLS:
+        raise PrecisionError(f"the stored int8 calibration names an unknown pool {pool!r} (made by a newer tlkit?)")
     model = build_backbone(state_dict)  # unfused: prepare_fx folds BatchNorm and fuses the ReLUs itself
-    with _quant_engine(), torch.no_grad():
-        return prepare_fx(model, get_default_qconfig_mapping(QUANT_ENGINE), (torch.zeros(1, 3, 224, 224),))
+    if pool == "float":
+        model.avgpool = nn.Identity()  # the traced graph ends in flatten: (N, 512 * 7 * 7)
+    # Stack traces of every traced node cost 0.4-0.9 s per trace (linecache reads) and serve only debugging.
+    emit, torch.fx.config.do_not_emit_stack_traces = torch.fx.config.do_not_emit_stack_traces, True
+    try:
+        with _quant_engine(), torch.no_grad():
+            return prepare_fx(model, get_default_qconfig_mapping(QUANT_ENGINE), (torch.zeros(1, 3, 224, 224),))
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = emit
 
 
 def _activation_observers(prepared) -> list[tuple[str, nn.Module, list[str]]]:
@@ -327,7 +366,7 @@ def calibrate_int8(state_dict: dict, batches: Iterable[torch.Tensor], sample: st
 
     ``sample`` describes the images (e.g. :func:`calibration_sample`'s names) for the record.
     """
-    prepared = _prepare(state_dict)
+    prepared = _prepare(state_dict, "float")
     seen = 0
     with _quant_engine(), torch.no_grad():  # not inference_mode: the observers update their buffers in place
         for images in batches:
@@ -353,7 +392,7 @@ def build_int8(state_dict: dict, calibration: Int8Calibration) -> nn.Module:
 
     if calibration.engine != QUANT_ENGINE:
         raise PrecisionError(f"the int8 calibration is for the {calibration.engine} backend, this tlkit uses {QUANT_ENGINE}")
-    prepared = _prepare(state_dict)
+    prepared = _prepare(state_dict, calibration.pool)
     observers = _activation_observers(prepared)
     if tuple(name for name, _, _ in observers) != calibration.observers:
         raise PrecisionError(
@@ -370,7 +409,8 @@ def build_int8(state_dict: dict, calibration: Int8Calibration) -> nn.Module:
         for alias in aliases:
             setattr(prepared, alias, fixed)
     with _quant_engine(), torch.no_grad():
-        return convert_fx(prepared)
+        converted = convert_fx(prepared)
+    return _FloatPool(converted) if calibration.pool == "float" else converted
 
 
 def calibration_sample(paths_by_split: dict[str, list[str]], n: int = CALIBRATION_IMAGES) -> list[str]:
@@ -389,7 +429,6 @@ def calibrate_on_images(state_dict: dict, data_root: Path, items: Iterable, spec
 
     Decoded here, in this process, with the cache's transform: 32 images, once per cache.
     """
-    from tlkit.data.decode import load_rgb
     from tlkit.errors import BadImage
 
     by_split: dict[str, list[str]] = {}
@@ -399,7 +438,7 @@ def calibrate_on_images(state_dict: dict, data_root: Path, items: Iterable, spec
     transform, images, used = spec.build(), [], []
     for name in names:
         try:
-            images.append(transform(load_rgb(Path(data_root) / name, max_pixels)))
+            images.append(transform(spec.load(Path(data_root) / name, max_pixels)))
             used.append(name)
         except BadImage:  # skipped as the embedding skips it; the record lists the images used
             continue

@@ -1,7 +1,12 @@
-"""Reader: decode and transform images in worker processes, in batches.
+"""Reader: decode images in worker processes, in batches; normalise each batch where it is used.
 
 A file that fails to decode does not stop the batch: it comes back as an
 error entry (index, reason) next to the tensors of the good files.
+
+The workers hand over uint8 pixels (resized and cropped); the batch is turned
+into normalised float32 in the consuming process, on the device given, by
+:meth:`TransformSpec.normalize` (why, and why the numbers are the same:
+tlkit/data/transforms.py).
 
 Workers are forked torch ``DataLoader`` processes. They are bound to the
 process that starts them (:func:`tlkit.signals.worker_init_fn`: they die
@@ -11,7 +16,7 @@ descriptor is closed in every forked child (:mod:`tlkit.cache.lock`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -25,33 +30,36 @@ from tlkit.signals import worker_init_fn
 @dataclass
 class Batch:
     indices: list[int]  # positions (in the reader's file list) of the rows of ``images``
-    images: torch.Tensor  # (len(indices), 3, H, W)
+    images: torch.Tensor  # (len(indices), 3, H, W) float32, normalised; uint8 (N, H, W, 3) pixels inside the loader
     errors: list[tuple[int, str]]  # (position, reason) of files that failed to decode
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader's pinning thread (``pin_memory=True``): page-locked pixels copy to a GPU asynchronously."""
+        return replace(self, images=self.images.pin_memory())
 
 
 class _ImageFiles(Dataset):
     def __init__(self, files: list[str], spec: TransformSpec, max_pixels: int | None):
         self.files = files
-        self.spec = spec
         self.max_pixels = max_pixels
-        self.transform = spec.build()
+        self.spec = spec
+        self.pixels = spec.build_pixels()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.transform(load_rgb(self.files[i], self.max_pixels)), None
+            return i, self.pixels(self.spec.load(self.files[i], self.max_pixels)), None
         except BadImage as exc:
             return i, None, str(exc)
 
 
 def _collate(samples) -> Batch:
     good = [(i, x) for i, x, err in samples if err is None]
-    images = torch.stack([x for _, x in good]) if good else torch.empty(0)
     return Batch(
         indices=[i for i, _ in good],
-        images=images,
+        images=torch.stack([x for _, x in good]) if good else torch.empty(0, dtype=torch.uint8),
         errors=[(i, err) for i, _, err in samples if err is not None],
     )
 
@@ -62,21 +70,26 @@ def read_batches(
     batch_size: int,
     workers: int,
     max_pixels: int | None,
-    pin_memory: bool = False,
+    device: torch.device | str = "cpu",
 ):
-    """Yield :class:`Batch` objects over ``files`` in order, decoding in ``workers`` processes."""
+    """Yield :class:`Batch` objects over ``files`` in order, decoding in ``workers`` processes.
+
+    ``images`` are normalised on ``device``; for a GPU the pixels travel pinned and as uint8.
+    """
+    device = torch.device(device)
     loader = DataLoader(
         _ImageFiles(files, spec, max_pixels),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
-        pin_memory=pin_memory,
+        pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
         worker_init_fn=worker_init_fn(),
     )
-    yield from loader
+    for batch in loader:
+        yield replace(batch, images=spec.normalize(batch.images.to(device, non_blocking=True))) if batch.indices else batch
 
 
 class _CheckFiles(Dataset):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.mapper import FeatureMapper
+from tlkit.embed.mapper import FeatureMapper, default_batch_size
 from tlkit.embed.reader import read_batches
 from tlkit.embed.writer import PartWriter
 
@@ -55,16 +55,20 @@ def run_shard(
     mapper: FeatureMapper,
     writer: PartWriter,
     spec: TransformSpec,
-    batch_size: int,
+    batch_size: int | None,
     workers: int,
     max_pixels: int | None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ShardStats:
-    """Embed ``items`` in order; bad files are recorded as skipped, not raised."""
+    """Embed ``items`` in order; bad files are recorded as skipped, not raised.
+
+    ``batch_size`` None: the default of the mapper's device (resolved here, where the device is known,
+    also on a Ray actor).
+    """
     stats = ShardStats()
     batches = read_batches(
-        [it.file for it in items], spec, batch_size, workers, max_pixels,
-        pin_memory=mapper.device.type == "cuda",
+        [it.file for it in items], spec, batch_size or default_batch_size(mapper.device), workers, max_pixels,
+        device=mapper.device,
     )
     for n, batch in enumerate(batches, 1):
         batch_indices, batch_errors = batch.indices, batch.errors
