@@ -42,13 +42,29 @@ EMBED_ARGS = ("--weights", "random", "--batch-size", "2", "--checkpoint-every", 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
+def _default_termination_signals(then=None):
+    """In the child before exec: SIGTERM and SIGHUP at their default disposition, then ``then()``.
+
+    An ignored signal stays ignored across exec, and tlkit leaves a signal ignored at start alone on
+    purpose (``nohup tlkit ...``); a test runner started under nohup would otherwise hand its
+    commands an ignored SIGHUP, and the SIGHUP tests would test nohup instead (seen here: rc 0).
+    """
+    def preexec():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        if then is not None:
+            then()
+    return preexec
+
+
 class Running:
     """``tlkit ARGS`` started in its own process; its output is collected as it comes."""
 
     def __init__(self, *args, preexec=None):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tlkit.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, start_new_session=True, preexec_fn=preexec,
+            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, start_new_session=True,
+            preexec_fn=_default_termination_signals(preexec),
         )
         self.out: list[str] = []
         self.err: list[str] = []
