@@ -49,22 +49,20 @@ class TransformSpec:
 
         return load_rgb(path, max_pixels, draft=self.resize if self.jpeg_draft else None)
 
+    def _resize_crop(self) -> list:
+        """Resize the short side, center-crop: the PIL steps both halves of the transform start with."""
+        from torchvision import transforms as T
+
+        return [
+            T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation), antialias=self.antialias),
+            T.CenterCrop(self.crop),
+        ]
+
     def build(self):
         """The torchvision ``Compose`` (imported here: reading a cache needs no torchvision)."""
         from torchvision import transforms as T
 
-        return T.Compose(
-            [
-                T.Resize(
-                    self.resize,
-                    interpolation=T.InterpolationMode(self.interpolation),
-                    antialias=self.antialias,
-                ),
-                T.CenterCrop(self.crop),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
+        return T.Compose([*self._resize_crop(), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def build_pixels(self):
         """The first half of :meth:`build`: PIL image -> its resized, center-cropped uint8 pixels, (H, W, 3)."""
@@ -72,10 +70,7 @@ class TransformSpec:
         import torch
         from torchvision import transforms as T
 
-        resize_crop = T.Compose([
-            T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation), antialias=self.antialias),
-            T.CenterCrop(self.crop),
-        ])
+        resize_crop = T.Compose(self._resize_crop())
         return lambda image: torch.from_numpy(np.array(resize_crop(image), dtype=np.uint8))
 
     def normalize(self, pixels):
