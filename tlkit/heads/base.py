@@ -21,7 +21,6 @@ from torch import nn
 from tlkit.heads.estimator import Evaluation, Head, epoch_listener
 from tlkit.heads.threads import one_thread
 from tlkit.train import TrainConfig
-from tlkit.train.loop import train_classifier
 
 PREDICT_CHUNK = 8192  # rows per forward pass at prediction time
 
@@ -46,17 +45,17 @@ class TorchHead(Head):
         X, y_index = self._training_data(X, y, np.float32)
         X_eval, y_eval = self._eval_arrays(eval_set, np.float32)
 
-        with one_thread(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            module = self._build_module(X.shape[1], len(self.classes_))
-            features, labels = torch.from_numpy(X), torch.from_numpy(y_index)
-            result = train_classifier(
-                module, _epoch_batches(features, labels, cfg), _evaluator(X_eval, y_eval, len(self.classes_)),
-                y_eval, cfg, on_epoch=epoch_listener(cfg.epochs),
-            )
-        module.eval()
-        return self._fitted(module, result.history, result.seconds, result.best_state, result.best_epoch,
-                            result.final_proba, result.best_proba, evaluated=len(y_eval) > 0)
+        from tlkit.train.slots import Slot, train_slots
+
+        listener = epoch_listener(cfg.epochs)
+        result = train_slots(  # the one-slot case of the shared loop
+            [Slot(cfg.seed, cfg, self._build_module)], X, y_index, n_classes=len(self.classes_),
+            eval_set=(X_eval, y_eval) if len(y_eval) else None,
+            on_epoch=None if listener is None else (lambda epoch, records: listener(records[0])),
+        )
+        run = result.runs[0]
+        return self._fitted(run.module, run.history, run.seconds, run.best_state, run.best_epoch,
+                            run.final_proba, run.best_proba, evaluated=len(y_eval) > 0)
 
     def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
         """One fitted copy per seed, all seeds trained together as one set of stacked parameters.
@@ -144,29 +143,3 @@ def predict_module_proba(module: nn.Module, X: np.ndarray) -> np.ndarray:
             for i in range(0, len(X), PREDICT_CHUNK)
         ]
     return np.concatenate(chunks)
-
-
-def _epoch_batches(features: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
-    """Shuffled mini-batches; the order of epoch e depends only on (seed, e)."""
-
-    def batches(epoch: int):
-        order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(labels)))
-        for start in range(0, len(order), cfg.batch_size):
-            rows = order[start:start + cfg.batch_size]
-            yield features[rows], labels[rows]
-
-    return batches
-
-
-def _evaluator(X_eval: np.ndarray, y_eval: np.ndarray, n_classes: int):
-    features, labels = torch.from_numpy(X_eval), torch.from_numpy(y_eval)
-
-    def evaluate(module: nn.Module):
-        if not len(labels):
-            return float("nan"), np.zeros((0, n_classes))
-        with torch.no_grad():
-            logits = module(features)
-            loss = nn.functional.cross_entropy(logits, labels).item()
-            return loss, torch.softmax(logits.double(), dim=1).numpy()
-
-    return evaluate
