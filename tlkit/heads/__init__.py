@@ -14,6 +14,9 @@ Each head is a scikit-learn classifier over feature arrays, declared once in
 
     heads = QuantumHead().fit_seeds(X, y, seeds=range(10))   # ten fitted heads, one vectorised pass
 
+    result = search(LinearHead(), X, y, {"lr": [1e-3, 1e-2, 1e-1]}, cv=5, seeds=range(5))  # GridSearchCV's protocol
+    result.best_params_, result.cv_results_["mean_test_score"]
+
 Heavy imports (torch, PennyLane, scikit-learn) happen on first use, so the
 CLI that imports this package stays quick.
 """
@@ -34,6 +37,8 @@ _LAZY = {
     "load_head": "tlkit.heads.registry",
     "save_head": "tlkit.heads.registry",
     "fit_head": "tlkit.heads.fit",
+    "search": "tlkit.heads.sweep",
+    "SearchResult": "tlkit.heads.sweep",
 }
 
 __all__ = list(_LAZY)

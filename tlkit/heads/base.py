@@ -11,7 +11,7 @@ Everything learned ends with an underscore.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -21,12 +21,17 @@ from torch import nn
 from tlkit.heads.estimator import Evaluation, Head, epoch_listener
 from tlkit.heads.threads import one_thread
 from tlkit.train import TrainConfig
+from tlkit.train.slots import PER_SLOT
 
 PREDICT_CHUNK = 8192  # rows per forward pass at prediction time
 
 
 class TorchHead(Head):
     """Base class: subclasses declare their head (``head="name"``) and define ``_build_module``."""
+
+    # Hyperparameters that leave the module's structure alone: a sweep trains their values as slots of one
+    # pass. A head adds its own (the quantum head's q_delta, an initial scale).
+    slot_params: tuple[str, ...] = PER_SLOT
 
     def _build_module(self, n_features: int, n_classes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -93,6 +98,48 @@ class TorchHead(Head):
             heads.append(head._fitted(run.module, run.history, run.seconds, run.best_state, run.best_epoch,
                                       run.final_proba, run.best_proba, evaluated=len(y_eval) > 0))
         return heads
+
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+        """:meth:`Head.cross_validate` in stacked passes: every configuration x fold x seed that builds the same
+        module structure is one slot of one pass (its own lr, momentum, weight decay, epochs... and rows);
+        configurations differing in anything else (depth, width, batch size...) go in separate passes."""
+        from sklearn.base import clone
+
+        from tlkit.train.seeds import NotVectorisable
+        from tlkit.train.slots import Slot, train_slots
+
+        template = clone(self)
+        X, y_index = template._training_data(X, y, np.float32)
+        scores = np.zeros((len(configs), len(folds), len(seeds)))
+        seconds = np.zeros(len(configs))
+        groups: dict[tuple, list[int]] = {}
+        for c, params in enumerate(configs):
+            structure = tuple((k, repr(v)) for k, v in sorted(params.items()) if k not in self.slot_params)
+            groups.setdefault(structure, []).append(c)
+        heads = [clone(self).set_params(**params) for params in configs]
+        for head in heads:
+            head.check_params()
+        listener = epoch_listener(sum(max(heads[c].epochs for c in group) for group in groups.values()))
+        for group in groups.values():
+            slots, where = [], []
+            for c in group:
+                cfg = heads[c].train_config()
+                for k, (train, test) in enumerate(folds):
+                    for j, seed in enumerate(seeds):
+                        slots.append(Slot(seed, replace(cfg, seed=seed), heads[c]._build_module, train, test))
+                        where.append((c, k, j))
+            try:
+                result = train_slots(slots, X, y_index, n_classes=len(template.classes_), eval_set=(X, y_index),
+                                     keep_best=False,
+                                     on_epoch=None if listener is None else (lambda e, r: listener(_mean_record(r))))
+            except NotVectorisable:  # a QNode: one fit after another
+                some, time_ = super(TorchHead, self).cross_validate(X, y_index, [configs[c] for c in group], folds, seeds)
+                scores[group], seconds[group] = some, time_
+                continue
+            for (c, k, j), run in zip(where, result.runs):
+                scores[c, k, j] = run.history[-1].val_acc
+                seconds[c] += run.seconds
+        return scores, seconds
 
     def _fitted(self, module, history, seconds, best_state, best_epoch, final_proba, best_proba, *, evaluated):
         """Set what a fit learns (one place for fit and fit_seeds); returns self."""

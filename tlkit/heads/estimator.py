@@ -158,6 +158,27 @@ class Head(ClassifierMixin, BaseEstimator):
         with _reporting_fits_in_a_row(len(heads)):
             return [head.fit(X, y, eval_set=eval_set) for head in heads]
 
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+        """Accuracy of each configuration (``set_params``) trained on each fold's training rows with each seed
+        and scored on its held-out rows: (scores (configs, folds, seeds), seconds (configs,)). Here one fit
+        after another; the torch heads train them in stacked passes (:mod:`tlkit.heads.sweep` calls this)."""
+        import time
+
+        from sklearn.base import clone
+
+        X, y = np.asarray(X), np.asarray(y)
+        scores = np.zeros((len(configs), len(folds), len(seeds)))
+        seconds = np.zeros(len(configs))
+        with _reporting_fits_in_a_row(scores.size):
+            for c, params in enumerate(configs):
+                t0 = time.perf_counter()
+                for k, (train, test) in enumerate(folds):
+                    for j, seed in enumerate(seeds):
+                        head = clone(self).set_params(**params, seed=seed).fit(X[train], y[train])
+                        scores[c, k, j] = float((head.predict(X[test]) == y[test]).mean())
+                seconds[c] = time.perf_counter() - t0
+        return scores, seconds
+
     def predict(self, X) -> np.ndarray:
         """Class labels; with two classes the positive one is predicted at probability >= 0.5."""
         proba = self.predict_proba(X)  # first: it raises NotFittedError on an unfitted head

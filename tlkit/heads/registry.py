@@ -85,7 +85,7 @@ LOGREG = HeadSpec(
         HParam("Cs", DEFAULT_CS, "Inverse regularisation strengths to try (an int n: n values on "
                "scikit-learn's default grid); default 45 values from 1e-6 to 1e5.", cli=False),
         HParam("cv", 5, "Cross-validation folds choosing C (fewer when the rarest class has fewer "
-               "training examples).", min=2),
+               "training examples); on the command line, fit-head's --cv.", min=2, cli=False),
         HParam("max_iter", 1000, "L-BFGS iterations per fit.", min=1, cli=False),
         HParam("seed", 0, "Seed of the cross-validation folds."),
     ),

@@ -12,7 +12,7 @@ and anything that changes the module's shapes or program) is grouped by the
 caller, one pass per group.
 
 A single ``fit`` is the one-slot case (its module runs as it is, unstacked);
-``fit_seeds`` is one slot per seed; a sweep (:mod:`tlkit.heads.search`) is
+``fit_seeds`` is one slot per seed; a sweep (:mod:`tlkit.heads.sweep`) is
 grid points x folds x seeds. The rules, once for all of them:
 
 * **data order**: epoch e visits a slot's training rows in
