@@ -28,6 +28,8 @@ _LAZY = {
     "LogRegHead": "tlkit.heads.logreg",
     "QuantumHead": "tlkit.heads.quantum",
     "BottleneckHead": "tlkit.heads.bottleneck",
+    "SVCHead": "tlkit.heads.svc",
+    "MLPHead": "tlkit.heads.mlp",
     "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
     "HeadError": "tlkit.heads.errors",

@@ -158,6 +158,18 @@ class Head(ClassifierMixin, BaseEstimator):
         with _reporting_fits_in_a_row(len(heads)):
             return [head.fit(X, y, eval_set=eval_set) for head in heads]
 
+    def evaluate_once(self, eval_set) -> Evaluation | None:
+        """The evaluation of a head without epochs: its only fit is both the final and the best one."""
+        if eval_set is None:
+            return None
+        from sklearn.metrics import log_loss
+
+        X_eval, y_eval = self._eval_arrays(eval_set, np.float64)
+        proba = self.predict_proba(X_eval)
+        loss = float(log_loss(y_eval, proba, labels=np.arange(len(self.classes_)))) if len(y_eval) else None
+        return Evaluation(final_proba=proba, best_proba=proba, final_epoch=None, best_epoch=None,
+                          final_loss=loss, best_loss=loss)
+
     def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
         """Accuracy of each configuration (``set_params``) trained on each fold's training rows with each seed
         and scored on its held-out rows: (scores (configs, folds, seeds), seconds (configs,)). Here one fit

@@ -17,8 +17,9 @@ from tlkit.heads.errors import HeadError
 
 
 def gridable(spec) -> list[str]:
-    """The names a grid may take for this head: its command-line hyperparameters except the seed (--seeds)."""
-    return [p.name for p in spec.params if p.cli and p.name != "seed"]
+    """The names a grid may take for this head: its hyperparameters with a single value (a number, a word),
+    except the seed (--seeds)."""
+    return [p.name for p in spec.params if p.value_type is not None and p.name != "seed"]
 
 
 def parse_grid(spec, items: Sequence[str]) -> dict[str, list]:
