@@ -26,6 +26,11 @@ override it with one vectorised pass over all seeds
 (:meth:`tlkit.heads.base.TorchHead.fit_seeds`). Which way a head goes is the
 head's own business: no caller looks at its name or type.
 
+Every head also has ``cross_validate(X, y, configs, folds, seeds)``, which
+:func:`tlkit.heads.search` (``fit-head --grid``) calls: the held-out
+accuracy of each configuration x fold x seed. The default here fits them one
+after another; the torch heads train them as slots of stacked passes.
+
 Progress: a head that trains in epochs reports each one to the listener of
 :func:`reporting_epochs`. Why a context and not a ``fit`` argument or a
 hyperparameter: a listener changes no result, so it must not be in
