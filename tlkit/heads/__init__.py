@@ -17,8 +17,10 @@ Each head is a scikit-learn classifier over feature arrays, declared once in
     result = search(LinearHead(), X, y, {"lr": [1e-3, 1e-2, 1e-1]}, cv=5, seeds=range(5))  # GridSearchCV's protocol
     result.best_params_, result.cv_results_["mean_test_score"]
 
-Heavy imports (torch, PennyLane, scikit-learn) happen on first use, so the
-CLI that imports this package stays quick.
+Each name is imported on first use: ``from tlkit.heads import LogRegHead``
+loads scikit-learn but neither torch nor PennyLane, and ``tlkit fit-head``
+(whose command, :mod:`tlkit.heads.cli`, imports this package) loads only
+what the chosen head needs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _LAZY = {
     "MLPHead": "tlkit.heads.mlp",
     "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
-    "HeadError": "tlkit.heads.errors",
+    "HeadError": "tlkit.errors",
     "HEADS": "tlkit.heads.registry",
     "get_spec": "tlkit.heads.registry",
     "head_class": "tlkit.heads.registry",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 
 
 def gridable(spec) -> list[str]:

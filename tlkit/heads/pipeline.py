@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlkit.heads.estimator import Head
-from tlkit.heads.threads import one_thread
+from tlkit.threads import one_thread
 
 
 class PipelineHead(Head):

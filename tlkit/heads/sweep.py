@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.train.config import check_seeds
 
 SCORE = "mean fold accuracy at the final epoch"

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.train.config import TrainConfig, check_seeds
 from tlkit.train.loop import EpochRecord
 from tlkit.train.slots import SeedRun, SeedsResult, Slot, train_slots  # noqa: F401  (SeedRun: re-exported)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.metrics import predict_from_proba
 from tlkit.train.config import TrainConfig
 from tlkit.train.loop import BestEpoch, EpochRecord
@@ -108,7 +108,7 @@ def train_slots(
     ``on_epoch(epoch, records)`` gets the 1-based epoch and the record of
     each slot still training.
     """
-    from tlkit.heads.threads import one_thread
+    from tlkit.threads import one_thread
     from tlkit.train.seeds import NotVectorisable, seed_axis, stack
 
     slots = list(slots)
