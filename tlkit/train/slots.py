@@ -5,7 +5,7 @@ fold. Every slot has its own module (built after ``torch.manual_seed(seed)``),
 its own hyperparameters (lr, momentum, weight decay, StepLR's step and
 factor, its number of epochs: :data:`PER_SLOT`), its own training rows and
 its own evaluation rows. All slots of a pass train together, their
-parameters stacked along a leading axis (:mod:`tlkit.train.seeds` stacks
+parameters stacked along a leading axis (:mod:`tlkit.train.stacking` stacks
 them), so a step costs about what one run's step costs. What must be one
 value for the whole pass (:data:`SHARED`: the batch size and the optimizer,
 and anything that changes the module's shapes or program) is grouped by the
@@ -23,7 +23,9 @@ grid points x folds x seeds. The rules, once for all of them:
   arithmetic, per-slot hyperparameters); a slot whose epochs are over, or
   whose fold has run out of batches this epoch, is left exactly as it is;
 * **best epoch**: :class:`tlkit.train.loop.BestEpoch` on each slot's
-  evaluation accuracy (sweeps do not keep it: ``keep_best=False``).
+  evaluation accuracy. Sweeps do not keep it (``keep_best=False``), and
+  then a slot is evaluated at its own last epoch only (its other epochs
+  record NaN evaluation loss and accuracy): the score is the final epoch's.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def train_slots(
     each slot still training.
     """
     from tlkit.threads import one_thread
-    from tlkit.train.seeds import NotVectorisable, seed_axis, stack
+    from tlkit.train.stacking import NotVectorisable, seed_axis, stack
 
     slots = list(slots)
     for name in SHARED:
@@ -216,19 +218,23 @@ class _SlotLoop:
                 total_loss += loss.detach().double() * count
                 correct += hits.sum(dim=1)
             stacked.train(False)
-            val_loss, proba = evaluation.run(stacked)
+            # A sweep (keep_best False) needs each slot's evaluation at its own last epoch only.
+            ending = (epoch + 1 == self.epochs) & training
+            evaluate = self.keep_best or bool(ending.any())
+            val_loss, proba = evaluation.run(stacked) if evaluate else evaluation.skipped()
             dt = time.perf_counter() - t0
             self.seconds += dt
             train_loss = (total_loss.cpu().numpy() / np.maximum(sizes, 1)).tolist()
             train_acc = (correct.cpu().numpy() / np.maximum(sizes, 1)).tolist()
             records = []
             for i in np.flatnonzero(training):
-                val_acc = evaluation.accuracy(i, proba[i])
+                val_acc = evaluation.accuracy(i, proba[i]) if evaluate else float("nan")
                 record = EpochRecord(epoch + 1, float(lr[i]), train_loss[i], train_acc[i], float(val_loss[i]),
                                      val_acc, dt / n_slots)
                 histories[i].append(record)
                 records.append(record)
-                final_proba[i] = proba[i]
+                if evaluate:
+                    final_proba[i] = proba[i]
                 if self.keep_best:
                     best[i].offer(epoch + 1, val_acc, proba[i], lambda i=i: stacked.state_dict(i))
             if on_epoch:
@@ -263,10 +269,14 @@ class _Evaluation:
                 padded[i, :len(r)] = r
             self.padded = torch.from_numpy(padded).to(device)
 
+    def skipped(self) -> tuple[np.ndarray, list]:
+        """What an epoch without evaluation records: NaN loss, no probabilities."""
+        return np.full(len(self.rows), np.nan), [None] * len(self.rows)
+
     def run(self, stacked) -> tuple[np.ndarray, list[np.ndarray]]:
         n_slots = len(self.rows)
         if not self.has_rows:
-            return np.full(n_slots, np.nan), [np.zeros((0, 0))] * n_slots
+            return self.skipped()[0], [np.zeros((0, 0))] * n_slots
         width = self.padded.shape[1] if self.per_slot else len(self.y_eval)
         step = max(1, EVAL_ROWS // n_slots)
         losses, probas = [], []
