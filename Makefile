@@ -33,7 +33,7 @@ test: $(STAMP)
 # make reproduce  the seed paper's whole table: demo plus the 30-epoch ResNet-18-from-scratch baseline,
 #                 reported as the baseline of the relative changes and of the paired comparisons.
 # DATA=, WEIGHTS= (imagenet, random or a state_dict file), CACHE= and RUNS= override the defaults;
-# SEEDS= is fit-head's --seeds (a count, a range 0-9 or a list 1,5,9; default 5); CV= its --cv (default 5);
+# SEEDS= is fit-head's --seeds (a count, a range 0-9 or a list 1,5,9; default 5); CV= its --cv (default 3 here);
 # DEMO_LRS= (torch heads), DEMO_CS= (svc's C) and DEMO_ALPHAS= (mlp's alpha) are the grids; HEAD_FLAGS= passes
 # options to fit-head (e.g. --epochs 5), SCRATCH_FLAGS= to train-scratch. Finished runs are kept, so
 # an interrupted make picks up where it stopped (an unfinished scratch run is resumed).
