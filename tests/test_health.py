@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import tlkit_cli
+from cli_helpers import invoke, tlkit_cli
 from heads_data import blobs, write_cache
 from run_helpers import fake_run
 
@@ -95,8 +95,8 @@ def test_fit_head_warns_in_one_line_and_records_health(tmp_path):
     health = json.loads((tmp_path / "stuck" / "metrics.json").read_text())["health"]
     assert health["n_seeds"] == 3 and health["n_flagged"] == 3 and [s["seed"] for s in health["seeds"]] == [0, 1, 2]
 
-    proc = tlkit_cli("fit-head", "--head", "logreg", "--cache", cache, "--out", tmp_path / "logreg", "--no-progress")
-    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    result = invoke("fit-head", "--head", "logreg", "--cache", cache, "--out", tmp_path / "logreg", "--no-progress")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
     entry = json.loads((tmp_path / "logreg" / "metrics.json").read_text())["health"]["seeds"][0]
     assert entry["did_not_learn"]["flagged"] is None and entry["one_class"]["flagged"] is False  # no epochs to judge
 
@@ -133,9 +133,9 @@ def test_flags_survive_a_report_of_many_seeds(tmp_path):
 
 def test_report_says_so_on_the_terminal(tmp_path):
     good, stuck = _one_class_runs(tmp_path, n_seeds=2)
-    proc = tlkit_cli("report", good, stuck, "--out", tmp_path / "report")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    result = invoke("report", good, stuck, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
     assert any(line.startswith("stuck: final accuracy") and "⚠ 2 of 2 seeds did not train" in line for line in lines)
     assert any(line.startswith("stuck vs good") and "compares a run that did not train" in line for line in lines)
 
