@@ -5,7 +5,8 @@
         history.json       per-epoch train/val loss and accuracy (empty for heads without epochs)
         history.csv        the same, for spreadsheets
         metrics.json       evaluation metrics at the final and at the best epoch, training seconds,
-                           and the intervals (``summary``)
+                           the intervals (``summary``) and the training-health checks (``health``,
+                           :mod:`tlkit.health`; absent from runs before it: :attr:`Run.health`)
         predictions.npz    evaluation set: paths, labels, probabilities (final and best)
         model.pt           the trained weights as a state_dict (torch.load(..., weights_only=True)),
         model_best.pt      the best epoch's (torch heads with an evaluation set),
@@ -58,6 +59,7 @@ import io
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -247,7 +249,7 @@ def eval_fingerprint(paths, labels, class_names) -> str:
 
 def build_metrics(
     labels, proba_final, proba_best, *, final_epoch, best_epoch, training_seconds,
-    class_names, final_loss=None, best_loss=None, seeds=None,
+    class_names, final_loss=None, best_loss=None, seeds=None, histories=None, train_labels=None,
 ) -> dict:
     """metrics.json content: the same metric block at the final and at the best epoch, and the intervals.
 
@@ -258,7 +260,12 @@ def build_metrics(
     seed (or one for all); ``final`` and ``best`` are then the across-seed
     means, ``seeds`` holds each seed's blocks, and ``training_seconds`` is
     the sum (the time it took to train them all). See the module docstring.
+
+    ``health`` is :func:`tlkit.health.check_run` on every seed: ``histories``
+    (one list of epoch records per seed) and ``train_labels`` let it judge
+    whether the train loss moved; without them it checks the predictions only.
     """
+    from tlkit.health import check_run
     from tlkit.metrics import classification_metrics
     from tlkit.stats import seeds_summary
 
@@ -291,6 +298,7 @@ def build_metrics(
         metrics["seeds"] = [{"seed": None if seeds is None else int(seed), **block, "training_seconds": t}
                             for seed, block, t in zip(seeds or [None] * n_seeds, blocks, seconds)]
     metrics["summary"] = seeds_summary(labels, finals) if len(labels) else None
+    metrics["health"] = check_run(labels, finals, histories=histories, train_labels=train_labels, seeds=seeds)
     metrics["note"] = BEST_NOTE
     return metrics
 
@@ -484,6 +492,25 @@ class Run:
         """Every seed's evaluation probabilities, (seeds, n, classes); one seed for single-seed runs."""
         many = self.predictions.get(f"proba_{which}_seeds")
         return np.asarray(many) if many is not None else np.asarray(self.predictions[f"proba_{which}"])[None]
+
+    def seed_histories(self) -> list[list[dict]]:
+        """Each seed's epoch records (history.json's ``per_seed`` split up; a single run's rows as they are)."""
+        n_seeds = len(self.proba_seeds())
+        if not self.history or "per_seed" not in self.history[0]:
+            return [list(self.history)] * n_seeds if n_seeds == 1 or not self.history else [[]] * n_seeds
+        return [[{"epoch": row["epoch"], **{k: v[i] for k, v in row["per_seed"].items() if k != "seed"}}
+                 for row in self.history] for i in range(n_seeds)]
+
+    @cached_property
+    def health(self) -> dict:
+        """metrics.json's ``health``; for a run written before tlkit checked it, the checks its files allow
+        (the predictions and history: without the train labels, the train loss is not judged)."""
+        if self.metrics.get("health") is not None:
+            return self.metrics["health"]
+        from tlkit.health import check_run
+
+        return check_run(self.predictions["labels"], self.proba_seeds(), histories=self.seed_histories(),
+                         seeds=self.seeds if self.seeds and len(self.seeds) == len(self.proba_seeds()) else None)
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -149,6 +149,11 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
         click.echo(result.search.table())
     click.echo(summary_table(result.metrics))
     click.echo(f"run folder: {result.run_dir}")
+    from tlkit.health import warning  # one line when a seed did not train, with a next step this head takes
+
+    said = warning(result.metrics.get("health"), [name for name in APPLIES if head in APPLIES[name]])
+    if said:
+        click.echo(said, err=True)
 
 
 def _flag(ctx, name: str) -> str:

@@ -110,6 +110,7 @@ def fit_head(
         training_seconds=fitted[0].training_seconds_ if one_seed else [h.training_seconds_ for h in fitted],
         class_names=cache.class_names, final_loss=per_seed("final_loss"), best_loss=per_seed("best_loss"),
         seeds=[h.seed for h in fitted],
+        histories=[h.history_ for h in fitted], train_labels=plan.train.labels,  # for the health checks
     )
     if found is not None:
         metrics["search"] = found.rows()

@@ -157,7 +157,12 @@ def _aligned(run: Run, order: np.ndarray) -> np.ndarray:
 
 
 def comparisons(runs: list[Run], names: list[str], pairs: list[tuple[int, int]]) -> list[dict]:
-    """One :func:`tlkit.stats.compare` entry per (run, baseline) pair, on the baseline's image order."""
+    """One :func:`tlkit.stats.compare` entry per (run, baseline) pair, on the baseline's image order.
+
+    ``flagged`` names the runs of the pair that did not train (:mod:`tlkit.health`): their verdict compares
+    a head that never left its start.
+    """
+    from tlkit.health import describe
     from tlkit.stats import compare
 
     out = []
@@ -166,17 +171,60 @@ def comparisons(runs: list[Run], names: list[str], pairs: list[tuple[int, int]])
         labels = np.asarray(runs[j].predictions["labels"])
         entry = compare(labels, _aligned(runs[i], order), _aligned(runs[j], order), run=names[i], baseline=names[j])
         entry["n_seeds"] = {"run": len(runs[i].proba_seeds()), "baseline": len(runs[j].proba_seeds())}
+        entry["flagged"] = {names[k]: describe(runs[k].health) for k in (i, j) if describe(runs[k].health)}
         out.append(entry)
     return out
 
 
 def describe_comparison(c: dict) -> str:
     """The terminal line of one comparison."""
-    from tlkit.stats import verdict
-
     interval = "no interval" if c["ci_low"] is None else f"95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
     return (f"{c['run']} vs {c['baseline']}: final accuracy {c['difference']:+.4f} ({interval}, paired bootstrap); "
-            f"McNemar p = {c['mcnemar_p']:.3g} on {c['n_discordant']} discordant images (first seed): {verdict(c)}")
+            f"McNemar p = {c['mcnemar_p']:.3g} on {c['n_discordant']} discordant images (first seed): {_verdict(c)}")
+
+
+# --- training health: every table marks a run that did not train (tlkit.health) ------------------
+HEALTH_MARK = "⚠"
+HEALTH_NOTE = (f"{HEALTH_MARK} marks a run where at least one seed did not train (tlkit's training-health check: "
+               "see Training health)")
+
+
+def _health_row(run: Run) -> dict:
+    from tlkit.health import describe
+
+    health = run.health
+    return {"n_seeds": health["n_seeds"], "n_flagged": health["n_flagged"], "flags": health["flags"],
+            "describe": describe(health), "stored": "health" in run.metrics}
+
+
+def _name(row: dict) -> str:
+    """A run's name in a table, marked when it did not train."""
+    return f"{row['name']} {HEALTH_MARK}" if (row.get("health") or {}).get("n_flagged") else row["name"]
+
+
+def _verdict(c: dict) -> str:
+    from tlkit.stats import verdict
+
+    flagged = c.get("flagged") or {}
+    said = "; ".join(f"{name}: {text}" for name, text in flagged.items())
+    return verdict(c) + (f" ({HEALTH_MARK} compares a run that did not train: {said})" if flagged else "")
+
+
+def _health_legend(table: dict) -> list[str]:
+    return [f"{HEALTH_NOTE}.", ""] if any((r.get("health") or {}).get("n_flagged") for r in table["runs"]) else []
+
+
+def _health_markdown(table: dict) -> list[str]:
+    flagged = [r for r in table["runs"] if (r.get("health") or {}).get("n_flagged")]
+    if not flagged:
+        return []
+    from tlkit.health import CRITERIA
+
+    lines = ["## Training health", ""]
+    lines += [f"- **{r['name']}** {HEALTH_MARK}: {r['health']['describe']}" for r in flagged]
+    return lines + ["", f"Checks: {CRITERIA}. The numbers behind each flag are in the run's metrics.json "
+                        "(`health`). Its accuracy is not what this head can do: it never left its start.", ""]
+# --- end of training health ---------------------------------------------------------------------
 
 
 def _block(metrics_block: dict) -> dict:
@@ -214,6 +262,7 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
             "budget": _budget(run),
             "seeds": run.seeds,
             "summary": m.get("summary"),  # intervals; absent from runs written before they existed
+            "health": _health_row(run),  # training-health flags (tlkit.health); computed for older runs
             "relative_change": {
                 "final": {k: relative_change(m["final"].get(k), base["final"].get(k)) for k in METRIC_NAMES},
                 "best": {k: relative_change(m["best"].get(k), base["best"].get(k)) for k in METRIC_NAMES},
@@ -279,7 +328,7 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
     for r in table["runs"]:
         f, b = r["final"], r["best"]
         lines.append(
-            f"| {r['name']} | {r['model']} | {r['features']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
+            f"| {_name(r)} | {r['model']} | {r['features']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
             f"| {_num(f['average_precision'])} | {_epoch(f['epoch'])} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
             f"| {_num(b['average_precision'])} | {_epoch(b['epoch'])} | {_num(r['training_seconds'], 1)} |"
         )
@@ -297,12 +346,12 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
     for r in table["runs"]:
         rf, rb = r["relative_change"]["final"], r["relative_change"]["best"]
         lines.append(
-            f"| {r['name']} | {_pct(rf['accuracy'])} | {_pct(rf['roc_auc'])} | {_pct(rf['average_precision'])} "
+            f"| {_name(r)} | {_pct(rf['accuracy'])} | {_pct(rf['roc_auc'])} | {_pct(rf['average_precision'])} "
             f"| {_pct(rb['accuracy'])} | {_pct(rb['roc_auc'])} | {_pct(rb['average_precision'])} "
             f"| {_pct(r['relative_change']['training_seconds'])} |"
         )
-    lines += ["", f"{table['relative_change_note']}.", "", f"_{table['note']}_", ""]
-    lines += _intervals_markdown(table) + _comparisons_markdown(table)
+    lines += ["", f"{table['relative_change_note']}.", "", f"_{table['note']}_", ""] + _health_legend(table)
+    lines += _intervals_markdown(table) + _comparisons_markdown(table) + _health_markdown(table)
     if figures:
         lines += ["## Figures", ""]
         for title, file in figures.items():
@@ -327,7 +376,7 @@ def _intervals_markdown(table: dict) -> list[str]:
         seeds = summary.get("accuracy") or {}
         images = (summary.get("images") or {}).get("accuracy") or {}
         n = len(r["seeds"]) if r.get("seeds") else 1
-        lines.append(f"| {r['name']} | {n} | {_num(r['final']['accuracy'])} | {_num(seeds.get('std'))} "
+        lines.append(f"| {_name(r)} | {n} | {_num(r['final']['accuracy'])} | {_num(seeds.get('std'))} "
                      f"| {_interval(seeds.get('ci_low'), seeds.get('ci_high'))} "
                      f"| {_interval(images.get('ci_low'), images.get('ci_high'))} |")
     lines += ["", "Across seeds: how much the result moves with the seed (n/a with one seed). Over images: how much "
@@ -337,8 +386,6 @@ def _intervals_markdown(table: dict) -> list[str]:
 
 
 def _comparisons_markdown(table: dict) -> list[str]:
-    from tlkit.stats import verdict
-
     if not table["comparisons"]:
         return []
     lines = [
@@ -350,6 +397,7 @@ def _comparisons_markdown(table: dict) -> list[str]:
     ]
     for c in table["comparisons"]:
         low = "n/a" if c["ci_low"] is None else f"{c['ci_low']:+.4f} – {c['ci_high']:+.4f}"
-        lines.append(f"| {c['run']} | {c['baseline']} | {c['difference']:+.4f} | {low} | {c['mcnemar_p']:.3g} "
-                     f"| {c['n_discordant']} | {verdict(c)} |")
+        mark = {name: f"{name} {HEALTH_MARK}" for name in c.get("flagged") or {}}
+        lines.append(f"| {mark.get(c['run'], c['run'])} | {mark.get(c['baseline'], c['baseline'])} "
+                     f"| {c['difference']:+.4f} | {low} | {c['mcnemar_p']:.3g} | {c['n_discordant']} | {_verdict(c)} |")
     return lines + ["", table["comparison_note"], ""]
