@@ -13,6 +13,7 @@
         model.npz          or plain arrays for scikit-learn heads (no pickle)
         model_seeds.pt     a run of many seeds (fit-head --seeds): every seed's weights, stacked
         model_seeds.npz    (model.pt / model.npz hold the first seed's, alone)
+        search.csv         a sweep (fit-head --grid): every configuration's fold scores, mean, std, rank, seconds
         checkpoint.pt      an unfinished train-scratch run's last epoch (removed when it finishes)
 
 A run of many seeds (``fit-head --seeds``) has the same files. What changes
@@ -78,6 +79,7 @@ MODEL_ARRAYS = "model.npz"
 MODEL_SEEDS = "model_seeds.pt"
 MODEL_ARRAYS_SEEDS = "model_seeds.npz"
 CHECKPOINT = "checkpoint.pt"
+SEARCH_CSV = "search.csv"
 
 BEST_NOTE = (
     "'best' is the epoch with the highest accuracy on the evaluation set itself: an optimistic figure "
@@ -102,6 +104,17 @@ class HeadPart:
     split_seed: int | None = None
     weights: list[str] = field(default_factory=list)  # the model files written
     seeds: list[int] | None = None  # the seeds trained (fit-head --seeds); None in runs before it existed
+    search: dict | None = None  # a sweep (fit-head --grid): grid, folds {k, seed}, seeds, chosen (SearchResult.record)
+
+    def budget(self, head_params: dict | None = None) -> str:
+        """The tuning budget in a few words: "grid of 12, 5-fold", a head's own inner search, or "untuned"."""
+        if self.search:
+            return f"grid of {self.search['n_configs']}, {self.search['folds']['k']}-fold"
+        params = self.head_params if head_params is None else head_params
+        if "Cs" in params and "cv" in params:  # logreg chooses C by its own cross-validation
+            cs = params["Cs"]
+            return f"C of {cs if isinstance(cs, int) else len(cs)}, {params['cv']}-fold (inside the head)"
+        return "untuned (fixed hyperparameters)"
 
     def describe_model(self, kind: str) -> str:
         return f"{self.head} head"
@@ -408,6 +421,14 @@ class RunWriter:
             writer.writerows(rows)
         atomic_text(self.path / HISTORY_CSV, buf.getvalue())
         self._written.update((HISTORY, HISTORY_CSV))
+
+    def write_search(self, rows: list[dict]) -> None:
+        """search.csv: one row per configuration of a sweep (its parameters, fold scores, mean, std, rank, seconds)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        self.write_file(SEARCH_CSV, buf.getvalue().encode())
 
     def write_predictions(self, paths, labels, proba_final, proba_best, seeds=None) -> None:
         """predictions.npz. Probabilities (n, classes), or (seeds, n, classes) with ``seeds`` naming them."""

@@ -61,4 +61,7 @@ def report(runs, out, baseline, curves, compare):
         click.echo(f"{row['name']}: final accuracy {f['accuracy']:.4f}{seeds}{change}{health}")
     for comparison in table["comparisons"]:
         click.echo(describe_comparison(comparison))
+    click.echo("tuning budget: " + "; ".join(f"{row['name']} {row['budget']}" for row in table["runs"]))
+    if table["budget_warning"]:
+        click.echo(table["budget_warning"], err=True)
     click.echo(f"report written to {out}/report.md")

@@ -259,6 +259,7 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
             "final": _block(m["final"]),
             "best": _block(m["best"]),
             "training_seconds": m.get("training_seconds"),
+            "budget": _budget(run),
             "seeds": run.seeds,
             "summary": m.get("summary"),  # intervals; absent from runs written before they existed
             "health": _health_row(run),  # training-health flags (tlkit.health); computed for older runs
@@ -280,7 +281,22 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
         "runs": rows,
         "comparisons": comparisons(runs, names, pairs),
         "comparison_note": COMPARISON_NOTE,
+        "budget_warning": budget_warning(names, [row["budget"] for row in rows]),
     }
+
+
+def _budget(run: Run) -> str:
+    """A run's tuning budget ("grid of 12, 5-fold"; see HeadPart.budget); a scratch run's is untuned."""
+    budget = getattr(run.config.part, "budget", None)
+    return budget() if budget else "untuned (fixed hyperparameters)"
+
+
+def budget_warning(names: list[str], budgets: list[str]) -> str | None:
+    """One line when the compared runs were tuned with different budgets (None when they all share one)."""
+    if len(set(budgets)) < 2:
+        return None
+    return ("warning: the runs were tuned with different budgets (" + "; ".join(f"{n}: {b}" for n, b in zip(names, budgets))
+            + "): part of a difference between them may be the tuning's")
 
 
 def _num(value, digits=4) -> str:
@@ -316,6 +332,9 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
             f"| {_num(f['average_precision'])} | {_epoch(f['epoch'])} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
             f"| {_num(b['average_precision'])} | {_epoch(b['epoch'])} | {_num(r['training_seconds'], 1)} |"
         )
+    lines += ["", "Tuning budget: " + "; ".join(f"{r['name']} {r['budget']}" for r in table["runs"]) + "."]
+    if table.get("budget_warning"):
+        lines += ["", f"**{table['budget_warning'][0].upper()}{table['budget_warning'][1:]}**"]
     lines += [
         "",
         f"## Relative change against `{table['baseline']}`",
