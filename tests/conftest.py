@@ -49,6 +49,17 @@ def hymenoptera_small(hymenoptera, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hymenoptera_tiny(hymenoptera, tmp_path_factory) -> Path:
+    """A smaller real subset for training ResNet-18 end to end: 4 train and 2 val images per class (12 images).
+
+    A train-scratch epoch costs about the number of images (forward and backward through the whole
+    network, at full resolution); the tests of the run contract, resume and predict need real images,
+    not many of them.
+    """
+    return make_subset(hymenoptera, tmp_path_factory.mktemp("hym_tiny"), {"train": 4, "val": 2})
+
+
+@pytest.fixture(scope="session")
 def hymenoptera_cache(hymenoptera, tmp_path_factory) -> Path:
     """The whole hymenoptera set (245 train / 153 val) embedded once with --weights random."""
     from tlkit.embed import embed

@@ -93,8 +93,12 @@ def embedded(tmp_path_factory, data: Path, weights: str = "random") -> Path:
     return _RUNS[key]
 
 
+_OUTPUTS: dict[tuple, str] = {}
+
+
 def head_run(tmp_path_factory, cache: Path, head: str) -> Path:
-    """A finished `tlkit fit-head` run on ``cache`` (through the CLI), once per session."""
+    """A finished `tlkit fit-head` run on ``cache`` at the head's defaults (through the CLI), once per session
+    (test_heads_cli, test_predict and test_report share them)."""
     from click.testing import CliRunner
 
     from tlkit.cli import main
@@ -105,5 +109,11 @@ def head_run(tmp_path_factory, cache: Path, head: str) -> Path:
         result = CliRunner().invoke(main, ["fit-head", "--head", head, "--cache", str(cache), "--out", str(out),
                                            "--no-progress"])
         assert result.exit_code == 0, result.output
-        _RUNS[key] = out
+        _RUNS[key], _OUTPUTS[key] = out, result.output
     return _RUNS[key]
+
+
+def head_run_output(tmp_path_factory, cache: Path, head: str) -> tuple[Path, str]:
+    """:func:`head_run` and what its command printed."""
+    run_dir = head_run(tmp_path_factory, cache, head)
+    return run_dir, _OUTPUTS[("head", str(cache), head)]

@@ -36,14 +36,14 @@ def _same_training(a, b):
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6)
 
 
-def test_run_folder_matches_the_contract(hymenoptera_small, tmp_path_factory):
-    run_dir = scratch_run(tmp_path_factory, hymenoptera_small, epochs=2)
+def test_run_folder_matches_the_contract(hymenoptera_tiny, tmp_path_factory):
+    run_dir = scratch_run(tmp_path_factory, hymenoptera_tiny, epochs=2)
     for name in ("config.json", "history.json", "history.csv", "metrics.json", "predictions.npz", "model.pt"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "checkpoint.pt").exists()  # dropped once finished
 
     run = load_run(run_dir)
-    index = discover(hymenoptera_small)
+    index = discover(hymenoptera_tiny)
     val = [it for it in index.items if it.split == "val"]
     config = run.config.to_json()  # config.json as written
     assert config["kind"] == "scratch"
@@ -67,8 +67,8 @@ def test_run_folder_matches_the_contract(hymenoptera_small, tmp_path_factory):
     assert run.metrics["training_seconds"] == pytest.approx(sum(h["seconds"] for h in run.history))
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(hymenoptera_small, tmp_path_factory, tmp_path, monkeypatch):
-    reference = scratch_run(tmp_path_factory, hymenoptera_small, epochs=2)
+def test_interrupted_and_resumed_equals_uninterrupted(hymenoptera_tiny, tmp_path_factory, tmp_path, monkeypatch):
+    reference = scratch_run(tmp_path_factory, hymenoptera_tiny, epochs=2)
     out = tmp_path / "interrupted"
     import tlkit.baseline.trainer as trainer
 
@@ -79,30 +79,30 @@ def test_interrupted_and_resumed_equals_uninterrupted(hymenoptera_small, tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_interrupt)
-    result = invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--no-progress")
+    result = invoke("train-scratch", hymenoptera_tiny, "--out", out, "--epochs", 2, "--no-progress")
     assert result.exit_code == 130, result.output
     assert f"kept in {out}; continue with the same command plus --resume" in result.stderr
     assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
 
     # The same command without --resume, or with other settings, is refused and keeps the checkpoint.
-    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2), "add --resume")
-    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--lr", 0.01, "--resume"),
+    assert_invoke_error(invoke("train-scratch", hymenoptera_tiny, "--out", out, "--epochs", 2), "add --resume")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_tiny, "--out", out, "--epochs", 2, "--lr", 0.01, "--resume"),
                     "cannot resume", "train.lr: 0.001 -> 0.01")
     assert (out / "checkpoint.pt").is_file()
 
-    result = invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 2, "--resume", "--no-progress")
+    result = invoke("train-scratch", hymenoptera_tiny, "--out", out, "--epochs", 2, "--resume", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "after epoch 1 of 2" in result.stderr
     assert "epoch 1/2" not in result.stderr and "epoch 2/2" in result.stderr  # epoch 1 was not trained again
     _same_training(reference, out)
-    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", out, "--resume"), "already holds a finished run")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_tiny, "--out", out, "--resume"), "already holds a finished run")
 
 
-def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(hymenoptera_small, tmp_path,
+def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(hymenoptera_tiny, tmp_path,
                                                                                  tmp_path_factory):
     data = tmp_path / "data"
-    shutil.copytree(hymenoptera_small, data)
+    shutil.copytree(hymenoptera_tiny, data)
     (data / "train" / "ants" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (data / "val" / "bees" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "run"
@@ -114,12 +114,12 @@ def test_bad_images_are_skipped_and_memory_or_workers_do_not_change_the_result(h
     assert "skipped val/bees/empty.jpg: empty file (0 bytes)" in result.stderr
     config = json.loads((out / "config.json").read_text())
     assert {s["path"] for s in config["skipped"]} == {"train/ants/broken.jpg", "val/bees/empty.jpg"}
-    assert (config["n_train"], config["n_eval"]) == (16, 10)
+    assert (config["n_train"], config["n_eval"]) == (8, 4)  # hymenoptera_tiny: 4 + 4 train, 2 + 2 val
     # The readable images are exactly the clean subset: same result as the default in-memory run.
-    _same_training(scratch_run(tmp_path_factory, hymenoptera_small, epochs=1), out)
+    _same_training(scratch_run(tmp_path_factory, hymenoptera_tiny, epochs=1), out)
 
 
-def test_finetune_starts_from_the_embed_weights(hymenoptera_small, tmp_path):
+def test_finetune_starts_from_the_embed_weights(hymenoptera_tiny, tmp_path):
     from tlkit.baseline.model import build_resnet18
     from tlkit.weights import Weights
 
@@ -134,7 +134,7 @@ def test_finetune_starts_from_the_embed_weights(hymenoptera_small, tmp_path):
     assert not torch.equal(scratch["conv1.weight"], weights.state_dict["conv1.weight"])
 
     out = tmp_path / "ft"
-    result = invoke("train-scratch", hymenoptera_small, "--out", out, "--epochs", 1, "--finetune",
+    result = invoke("train-scratch", hymenoptera_tiny, "--out", out, "--epochs", 1, "--finetune",
                      "--weights", "random", "--weights-seed", 3, "--no-progress")
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
@@ -142,15 +142,15 @@ def test_finetune_starts_from_the_embed_weights(hymenoptera_small, tmp_path):
     assert config["init"] == {"weights_id": "random:seed=3", "weights_sha256": weights.sha256}
 
 
-def test_refusals_are_one_line(hymenoptera_small, tmp_path):
+def test_refusals_are_one_line(hymenoptera_tiny, tmp_path):
     assert_invoke_error(invoke("train-scratch", tmp_path / "missing"), "does not exist")
     only_train = tmp_path / "only_train"
-    shutil.copytree(hymenoptera_small / "train", only_train / "train")
+    shutil.copytree(hymenoptera_tiny / "train", only_train / "train")
     assert_invoke_error(invoke("train-scratch", only_train, "--out", tmp_path / "r"), "no images in split 'val'")
-    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--resume"), "--resume needs --out")
-    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--out", tmp_path / "none", "--resume"),
+    assert_invoke_error(invoke("train-scratch", hymenoptera_tiny, "--resume"), "--resume needs --out")
+    assert_invoke_error(invoke("train-scratch", hymenoptera_tiny, "--out", tmp_path / "none", "--resume"),
                     "no unfinished run to resume")
-    assert_invoke_error(invoke("train-scratch", hymenoptera_small, "--finetune", "--weights", tmp_path / "nope.pt",
+    assert_invoke_error(invoke("train-scratch", hymenoptera_tiny, "--finetune", "--weights", tmp_path / "nope.pt",
                             "--out", tmp_path / "ft"), "neither")
     assert not (tmp_path / "r").exists() and not (tmp_path / "ft").exists()  # refused before any folder is made
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from heads_data import blobs, write_cache
-from run_helpers import embedded
+from run_helpers import embedded, head_run_output
 from tlkit.cache import load_cache
 from tlkit.cli import TlkitGroup
 from tlkit.heads import load_head
@@ -43,14 +43,9 @@ def real_cache(hymenoptera_small, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_runs(real_cache, tmp_path_factory):
-    """Each head at its default settings on the hymenoptera features (embedded with random weights)."""
-    root = tmp_path_factory.mktemp("head_runs")
-    runs = {}
-    for head in HEADS:
-        result = run_cli("--head", head, "--cache", real_cache, "--out", root / head, "--no-progress")
-        assert result.exit_code == 0, result.output
-        runs[head] = (root / head, result.output)
-    return runs
+    """Each head at its default settings on the hymenoptera features (embedded with random weights);
+    trained once per session, shared with test_predict and test_report."""
+    return {head: head_run_output(tmp_path_factory, real_cache, head) for head in HEADS}
 
 
 @pytest.mark.parametrize("head", HEADS)

@@ -394,18 +394,12 @@ def test_speed_warning_names_the_missing_instructions():
 
 
 @pytest.mark.slow
-def test_embed_at_each_precision_stores_float32_features_near_fp32(hymenoptera_small, tmp_path):
-    caches = {}
-    for precision in ("fp32", "bf16", "int8"):
-        out = tmp_path / f"{precision}.h5"
-        result = invoke("embed", hymenoptera_small, out, "--weights", "random", "--precision", precision,
-                        "--workers", "0", "--no-progress")
-        assert result.exit_code == 0, result.output
-        caches[precision] = load_cache(out)
+def test_embed_at_each_precision_stores_float32_features_near_fp32(caches):
+    """``caches`` ran `tlkit embed --precision P` through the command line (exit 0 asserted there)."""
     for split in ("train", "val"):
-        fp32 = caches["fp32"][split]
+        fp32 = load_cache(caches["fp32"])[split]
         for precision in ("bf16", "int8"):
-            other = caches[precision][split]
+            other = load_cache(caches[precision])[split]
             assert other.features.dtype == np.float32
             assert other.paths.tolist() == fp32.paths.tolist()
             agreement = compare_features(fp32.features, other.features)
@@ -416,16 +410,16 @@ def test_embed_at_each_precision_stores_float32_features_near_fp32(hymenoptera_s
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera_small, tmp_path):
+def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera_small, caches, tmp_path):
     """Every Ray actor builds the network the local run builds: the precision and the driver's
-    int8 calibration travel in the job, so sharded features equal local ones within verify's tolerance."""
+    int8 calibration travel in the job, so sharded features equal local ones within verify's tolerance.
+    The local runs are ``caches`` (the same images, weights and batch size)."""
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    options = {"weights": "random", "batch_size": 4, "workers": 0, **QUIET}
+    options = {"weights": "random", "batch_size": 8, "workers": 0, **QUIET}
     try:
         for precision in ("bf16", "int8"):
-            local = load_cache(embed(hymenoptera_small, tmp_path / f"local-{precision}.h5", precision=precision,
-                                     **options).out)
+            local = load_cache(caches[precision])
             sharded = load_cache(embed(hymenoptera_small, tmp_path / f"ray-{precision}.h5", precision=precision,
                                        backend="ray", ray=RayOptions(shards=3), **options).out)
             assert sharded.provenance.int8_calibration_sha256 == local.provenance.int8_calibration_sha256
@@ -446,9 +440,16 @@ def _embed(data, out, precision, **kw):
 
 @pytest.fixture(scope="module")
 def caches(hymenoptera_small, tmp_path_factory):
-    """precision -> a cache of the subset embedded in one uninterrupted run."""
+    """precision -> a cache of the subset embedded in one uninterrupted run of `tlkit embed` (the
+    command line, at _embed's settings: the runs below must equal these bit for bit)."""
     root = tmp_path_factory.mktemp("precision-caches")
-    return {p: _embed(hymenoptera_small, root / f"{p}.h5", p).out for p in ("fp32", "bf16", "int8")}
+    out = {}
+    for precision in ("fp32", "bf16", "int8"):
+        out[precision] = root / f"{precision}.h5"
+        result = invoke("embed", hymenoptera_small, out[precision], "--weights", "random", "--precision", precision,
+                        "--batch-size", 8, "--workers", 0, "--no-progress")
+        assert result.exit_code == 0, result.output
+    return out
 
 
 def _assert_same_cache(got, expected, precision):
@@ -573,8 +574,9 @@ def test_verify_data_rebuilds_the_recorded_precision(hymenoptera_small, caches, 
     tampered = tmp_path / "tampered.h5"
     shutil.copy(caches[precision], tampered)
     with h5py.File(tampered, "r+") as f:
-        f["train/features"][:, :] = f["train/features"][...] * 1.05  # an edit every precision's tolerance catches
-    bad = invoke("verify", tampered, "--data", hymenoptera_small, "--sample", "26")
+        for split in ("train", "val"):  # every row: any sample finds it (a bf16 re-embedding is slow here)
+            f[f"{split}/features"][:, :] = f[f"{split}/features"][...] * 1.05  # an edit every tolerance catches
+    bad = invoke("verify", tampered, "--data", hymenoptera_small, "--sample", "6")
     assert bad.exit_code == 1 and "differ from a fresh embedding" in bad.output
 
 

@@ -37,11 +37,11 @@ def _from_json(text, data):
     return probs, {rel(p["path"]): p["label"] for p in doc["predictions"]}
 
 
-def test_scratch_run_reproduces_its_val_predictions(hymenoptera_small, tmp_path_factory):
-    run_dir = scratch_run(tmp_path_factory, hymenoptera_small, epochs=1)
-    result = invoke("predict", run_dir, hymenoptera_small / "val", "--format", "json")
+def test_scratch_run_reproduces_its_val_predictions(hymenoptera_tiny, tmp_path_factory):
+    run_dir = scratch_run(tmp_path_factory, hymenoptera_tiny, epochs=1)
+    result = invoke("predict", run_dir, hymenoptera_tiny / "val", "--format", "json")
     assert result.exit_code == 0, result.output
-    _assert_reproduces(run_dir, hymenoptera_small, *_from_json(result.stdout, hymenoptera_small))
+    _assert_reproduces(run_dir, hymenoptera_tiny, *_from_json(result.stdout, hymenoptera_tiny))
 
 
 @pytest.mark.parametrize("head", ["linear", "logreg", "quantum"])
@@ -56,25 +56,25 @@ def test_head_runs_reproduce_their_val_predictions(hymenoptera_small, tmp_path_f
     _assert_reproduces(run_dir, hymenoptera_small, probs, {rel(r["path"]): r["label"] for r in rows})
 
 
-def test_cache_from_a_weights_file_needs_that_file(hymenoptera_small, tmp_path_factory, tmp_path):
+def test_cache_from_a_weights_file_needs_that_file(hymenoptera_tiny, tmp_path_factory, tmp_path):
     from tlkit.weights import Weights
 
     weights = tmp_path_factory.mktemp("weights") / "my-resnet.pt"
     torch.save(Weights.random(5).load().state_dict, weights)
-    run_dir = head_run(tmp_path_factory, embedded(tmp_path_factory, hymenoptera_small, str(weights)), "linear")
-    images = hymenoptera_small / "val"
+    run_dir = head_run(tmp_path_factory, embedded(tmp_path_factory, hymenoptera_tiny, str(weights)), "linear")
+    images = hymenoptera_tiny / "val"
     assert_invoke_error(invoke("predict", run_dir, images), "weights file my-resnet.pt", "--weights PATH", ignore=("skipped ",))
     other = tmp_path / "other.pt"
     torch.save(Weights.random(6).load().state_dict, other)
     assert_invoke_error(invoke("predict", run_dir, images, "--weights", other), "are not the ones", "sha256", ignore=("skipped ",))
     result = invoke("predict", run_dir, images, "--weights", weights, "--format", "json")
     assert result.exit_code == 0, result.output
-    _assert_reproduces(run_dir, hymenoptera_small, *_from_json(result.stdout, hymenoptera_small))
+    _assert_reproduces(run_dir, hymenoptera_tiny, *_from_json(result.stdout, hymenoptera_tiny))
 
 
-def test_bad_images_are_reported_not_fatal(hymenoptera_small, tmp_path_factory, tmp_path):
-    run_dir = scratch_run(tmp_path_factory, hymenoptera_small, epochs=1)
-    good = sorted((hymenoptera_small / "val" / "bees").iterdir())[0]
+def test_bad_images_are_reported_not_fatal(hymenoptera_tiny, tmp_path_factory, tmp_path):
+    run_dir = scratch_run(tmp_path_factory, hymenoptera_tiny, epochs=1)
+    good = sorted((hymenoptera_tiny / "val" / "bees").iterdir())[0]
     (tmp_path / "notes.jpg").write_text("not an image at all")
     (tmp_path / "empty.png").write_bytes(b"")
     result = invoke("predict", run_dir, good, tmp_path / "notes.jpg", tmp_path / "empty.png", tmp_path / "gone.jpg")

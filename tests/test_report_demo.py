@@ -92,17 +92,19 @@ def test_fetch_refuses_what_is_not_the_data_set(tmp_path, server, payload, messa
 
 @pytest.mark.slow
 def test_make_reproduce_end_to_end(hymenoptera_small, tmp_path):
-    """embed, the four heads (several seeds each), the scratch baseline and the report, as `make reproduce`
-    runs them; a small SEEDS= and HEAD_FLAGS= keep it quick."""
+    """embed, the demo's heads (tuned on a grid by cross-validation, several seeds each), the scratch baseline
+    and the report, as `make reproduce` runs them; a small SEEDS=, CV=, HEAD_FLAGS= and two-value grids keep
+    it quick (the grid search itself is tested in test_sweeps)."""
     runs = tmp_path / "runs"
     cmd = ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed-stamp", "reproduce", f"DATA={hymenoptera_small}",
            "WEIGHTS=random", f"CACHE={tmp_path / 'feats.h5'}", f"RUNS={runs}", "SCRATCH_FLAGS=--epochs 1 --no-progress",
-           "SEEDS=3", "HEAD_FLAGS=--epochs 5 --no-progress"]
+           "SEEDS=3", "CV=2", "DEMO_LRS=0.001,0.01", "DEMO_CS=0.1,1", "DEMO_ALPHAS=0.0001,1",
+           "HEAD_FLAGS=--epochs 5 --no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = json.loads((runs / "report" / "report.json").read_text())
     assert table["baseline"] == "scratch"
-    heads = ["linear", "logreg", "quantum", "bottleneck"]
+    heads = ["linear", "logreg", "quantum", "bottleneck", "svc", "mlp"]  # the Makefile's DEMO_HEADS
     assert [r["name"] for r in table["runs"]] == ["scratch", *heads]
     assert all(r["seeds"] == [0, 1, 2] for r in table["runs"][1:])
     for name in ("scratch", *heads):
@@ -114,4 +116,4 @@ def test_make_reproduce_end_to_end(hymenoptera_small, tmp_path):
     # A second make keeps every finished run and only rewrites the report.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("is finished: kept") == 5
+    assert again.stdout.count("is finished: kept") == 1 + len(heads)
