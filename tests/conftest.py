@@ -49,6 +49,17 @@ def hymenoptera_small(hymenoptera, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hymenoptera_small_cache(hymenoptera_small, tmp_path_factory) -> Path:
+    """``hymenoptera_small`` embedded once, uninterrupted, with --weights random (seed 0), no worker processes:
+    the reference of the fault and cache-tool tests. Read it or copy it; never write to it."""
+    from tlkit.embed import embed
+
+    out = tmp_path_factory.mktemp("hym_small_cache") / "feats.h5"
+    embed(hymenoptera_small, out, weights="random", seed=0, workers=0, progress=False, echo=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def hymenoptera_tiny(hymenoptera, tmp_path_factory) -> Path:
     """A smaller real subset for training ResNet-18 end to end: 4 train and 2 val images per class (12 images).
 

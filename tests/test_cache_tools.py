@@ -39,10 +39,10 @@ QUIET = {"progress": False, "echo": lambda *_: None}
 # fixtures: a real small cache, and synthetic caches built through the real writer (assemble)
 
 @pytest.fixture(scope="module")
-def small_cache(hymenoptera_small, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tools") / "feats.h5"
-    embed(hymenoptera_small, out, weights="random", batch_size=8, workers=0, **QUIET)
-    return out
+def small_cache(hymenoptera_small_cache) -> Path:
+    """hymenoptera_small embedded without interruption (once per session, shared with the other fault and
+    cache-tool tests: conftest.py)."""
+    return hymenoptera_small_cache
 
 
 def provenance(**changes) -> Provenance:

@@ -102,11 +102,10 @@ def assert_same_cache(a: Path, b: Path, atol: float, same_root: bool = True) -> 
 # embed
 
 @pytest.fixture(scope="module")
-def reference_cache(hymenoptera_small, tmp_path_factory) -> Path:
-    """hymenoptera_small embedded without interruption."""
-    out = tmp_path_factory.mktemp("reference") / "feats.h5"
-    embed(hymenoptera_small, out, weights="random", workers=0, **QUIET)
-    return out
+def reference_cache(hymenoptera_small_cache) -> Path:
+    """hymenoptera_small embedded without interruption (once per session, shared with the other fault and
+    cache-tool tests: conftest.py)."""
+    return hymenoptera_small_cache
 
 
 class EmbedState:

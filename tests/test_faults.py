@@ -30,7 +30,6 @@ import psutil
 import pytest
 
 from tlkit.cache import load_cache
-from tlkit.embed import embed
 from tlkit.runs import load_run
 
 SEED = int(os.environ.get("TLKIT_FAULT_SEED", "2026"))
@@ -181,11 +180,10 @@ def part_files(out: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def reference_cache(hymenoptera_small, tmp_path_factory) -> Path:
-    """hymenoptera_small embedded without interruption."""
-    out = tmp_path_factory.mktemp("reference") / "feats.h5"
-    embed(hymenoptera_small, out, weights="random", workers=0, **QUIET)
-    return out
+def reference_cache(hymenoptera_small_cache) -> Path:
+    """hymenoptera_small embedded without interruption (once per session, shared with the other fault and
+    cache-tool tests: conftest.py)."""
+    return hymenoptera_small_cache
 
 
 # ---------------------------------------------------------------------------------------------
