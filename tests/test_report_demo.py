@@ -6,6 +6,7 @@ import functools
 import http.server
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -99,7 +100,7 @@ def test_make_reproduce_end_to_end(hymenoptera_small, tmp_path):
     cmd = ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed-stamp", "reproduce", f"DATA={hymenoptera_small}",
            "WEIGHTS=random", f"CACHE={tmp_path / 'feats.h5'}", f"RUNS={runs}", "SCRATCH_FLAGS=--epochs 1 --no-progress",
            "SEEDS=3", "CV=2", "DEMO_LRS=0.001,0.01", "DEMO_CS=0.1,1", "DEMO_ALPHAS=0.0001,1",
-           "HEAD_FLAGS=--epochs 5 --no-progress"]
+           "HEAD_FLAGS=--epochs 2 --no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = json.loads((runs / "report" / "report.json").read_text())
@@ -112,7 +113,8 @@ def test_make_reproduce_end_to_end(hymenoptera_small, tmp_path):
     pairs = [(c["run"], c["baseline"]) for c in table["comparisons"]]
     assert pairs == [(h, "scratch") for h in heads] + [("quantum", "bottleneck")]
     assert "quantum vs bottleneck: final accuracy" in result.stdout
-    assert "| quantum | bottleneck |" in (runs / "report" / "report.md").read_text()
+    # the comparison's row; a head that did not train in these few epochs carries tlkit.health's ⚠ mark
+    assert re.search(r"^\| quantum( ⚠)? \| bottleneck( ⚠)? \|", (runs / "report" / "report.md").read_text(), re.M)
     # A second make keeps every finished run and only rewrites the report.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
