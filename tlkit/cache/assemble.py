@@ -214,7 +214,7 @@ def assemble(
             for split in splits:
                 holders = [s for s, f in enumerate(files) if split in f]
                 upper = sum(len(files[s][split]["paths"]) for s in holders)  # before de-duplication
-                group = create_split(out, split, upper)
+                group = create_split(out, split, upper, _width(files[s][split] for s in holders))
                 streams = [_sorted_blocks(files[s][split]) for s in holders]
                 written = PathsDigest()
                 start = 0
@@ -249,3 +249,12 @@ def assemble(
     finally:
         for f in files:
             f.close()
+
+
+def _width(groups) -> int:
+    """The feature width of the sources' split (any backbone's); equal in all of them (the provenance checked that)."""
+    groups = list(groups)
+    widths = {int(g["features"].shape[1]) for g in groups if len(g["features"])}
+    if len(widths) > 1:
+        raise CacheError(f"the sources hold features of different widths {sorted(widths)}: not one feature space")
+    return widths.pop() if widths else int(groups[0]["features"].shape[1])

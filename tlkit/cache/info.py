@@ -114,8 +114,10 @@ def _progress(parts_dir: Path) -> dict:
         if manifest is not None:
             out["to_embed"] = manifest.get("to_embed")
             out["started"] = manifest.get("started")
-            out["weights_id"] = manifest.get("provenance", {}).get("weights_id")
-            out["precision"] = manifest.get("provenance", {}).get("precision", "fp32")
+            recorded = Provenance.from_attrs(manifest.get("provenance", {}), lenient=True)
+            out["weights_id"] = recorded.weights_id or None
+            out["precision"] = recorded.precision
+            out["backbone"] = recorded.describe()
     except FileNotFoundError:
         pass
     except (OSError, ValueError, AttributeError) as exc:

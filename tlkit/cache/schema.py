@@ -2,7 +2,7 @@
 
 Layout (see docs/cache-format.md)::
 
-    /<split>/features   float32 (N, 512)   one row per image
+    /<split>/features   float32 (N, D)     one row per image; D = feature_dim (512 for the default resnet18)
     /<split>/labels     int64   (N,)       index into the root attribute class_names
     /<split>/paths      utf-8   (N,)       image path relative to the data root, sorted
     /skipped/paths, /skipped/splits, /skipped/reasons   utf-8   files that could not be decoded
@@ -47,12 +47,16 @@ def ordered_splits(present) -> list[str]:
 # ``precision`` and the int8 calibration digest are part of it: the same weights at bf16 or
 # int8 give other numbers (docs/precision.md), and an int8 network is fixed only with its
 # activation scales. The calibration itself is compared through its sha256.
-FEATURE_SPACE_FIELDS = ("backbone", "layer", "weights_sha256", "transform", "feature_dim",
-                        "precision", "int8_calibration_sha256")
+FEATURE_SPACE_FIELDS = ("backbone", "layer", "pooling", "weights_sha256", "transform", "feature_dim",
+                        "precision", "int8_calibration_sha256", "views")
 
 # Attributes added after schema version 1 was published, with the value a cache written
-# before them means: a cache without ``precision`` was embedded in float32, uncalibrated.
-PROVENANCE_DEFAULTS = {"precision": "fp32", "int8_calibration": "", "int8_calibration_sha256": ""}
+# before them means: a cache without ``precision`` was embedded in float32, uncalibrated; one
+# without ``pooling`` or ``views`` holds resnet18's penultimate features (the network's own pool,
+# nothing pooled by tlkit) and no augmented views. The one place these defaults are written:
+# caches, part manifests and run folders are all read through :meth:`Provenance.from_attrs`.
+PROVENANCE_DEFAULTS = {"backbone": "resnet18", "layer": "avgpool", "pooling": "none", "precision": "fp32",
+                       "int8_calibration": "", "int8_calibration_sha256": "", "views": 0}
 
 
 @dataclass(frozen=True)
@@ -76,15 +80,33 @@ class Provenance:
     # sha256. Empty for other precisions and for torchvision's published quantized weights.
     int8_calibration: str = ""
     int8_calibration_sha256: str = ""
+    # "none": the layer's output is already one vector per image (the network's own pool, a class
+    # token); "avg": tlkit averaged a spatial (N, C, H, W) or token (N, T, C) output (tlkit.embed.backbones).
+    pooling: str = "none"
+    views: int = 0  # augmented views stored per image beside the centre crop (0: none)
 
     def to_attrs(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_attrs(cls, attrs) -> "Provenance":
+    def from_attrs(cls, attrs, lenient: bool = False) -> "Provenance":
+        """From a cache's root attributes, a part manifest or a run's ``cache_provenance`` (:meth:`as_dict`).
+
+        Attributes older files lack get :data:`PROVENANCE_DEFAULTS`; ``lenient`` (run folders, which
+        only record) gives other missing ones an empty value instead of a KeyError.
+        """
         values = {}
         for f in fields(cls):
-            value = attrs[f.name] if f.name in attrs or f.name not in PROVENANCE_DEFAULTS else PROVENANCE_DEFAULTS[f.name]
+            if f.name in attrs:
+                value = attrs[f.name]
+            elif f.name in PROVENANCE_DEFAULTS:
+                value = PROVENANCE_DEFAULTS[f.name]
+            elif lenient:
+                value = 0 if f.type == "int" else ""
+            else:
+                raise KeyError(f.name)
+            if f.name == "transform" and isinstance(value, dict):  # as_dict() spells it out
+                value = json.dumps(value, sort_keys=True)
             values[f.name] = int(value) if f.type == "int" else str(value)
         return cls(**values)
 
@@ -99,8 +121,19 @@ class Provenance:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["transform"] = json.loads(self.transform)
+        try:
+            out["transform"] = json.loads(self.transform)
+        except ValueError:  # a run folder that recorded none
+            pass
         return out
+
+    def describe(self) -> str:
+        """One phrase naming the feature space, e.g. ``resnet50 layer3 (avg-pooled, 1024-d), random:seed=0 at int8``."""
+        layer = "" if (self.backbone, self.layer) == ("resnet18", "avgpool") else f" {self.layer}"
+        pooled = "avg-pooled, " if self.pooling == "avg" else ""
+        at = f" at {self.precision}" if self.precision != "fp32" else ""
+        views = f", {self.views} views" if self.views else ""
+        return f"{self.backbone}{layer} ({pooled}{self.feature_dim}-d{views}), {self.weights_id}{at}"
 
 
 def _short(value) -> str:

@@ -25,10 +25,9 @@ from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.mapper import FeatureMapper
-from tlkit.embed.precision import Int8Calibration, Precision, PrecisionError
 from tlkit.embed.reader import read_batches
-from tlkit.errors import TlkitError, WeightsError
-from tlkit.weights import Weights
+from tlkit.embed.recorded import recorded_backbone, recorded_precision, recorded_weights
+from tlkit.errors import TlkitError
 
 # The default tolerance is the recorded precision's (Precision.verify_tolerance, reasons in
 # tlkit/embed/precision.py): 1e-4 for fp32 and int8, 1e-2 for bf16/fp16. For fp32: re-embedding
@@ -72,16 +71,19 @@ def check_sample(
     try:
         precision, calibration = recorded_precision(provenance)
         precision.check_device(select_device(precisions.device_for(precision, device)))
+        backbone = recorded_backbone(provenance)
     except TlkitError as exc:
-        report.problems.append(f"cannot rebuild the recorded precision: {exc}")
+        report.problems.append(f"cannot rebuild the recorded network: {exc}")
         return
     if tolerance is None:
         tolerance = precision.verify_tolerance
     if not data_dir.is_dir():
         report.problems.append(f"data folder {data_dir} does not exist")
         return
-    loaded = _recorded_weights(provenance, weights, report, precision)
-    if loaded is None:
+    try:
+        loaded = recorded_weights(provenance, weights)
+    except TlkitError as exc:
+        report.problems.append(str(exc))
         return
     try:
         spec = TransformSpec.from_json(provenance.transform)
@@ -115,7 +117,8 @@ def check_sample(
         return
 
     try:
-        mapper = FeatureMapper(loaded.state_dict, select_device(precisions.device_for(precision, device)), precision, calibration)
+        mapper = FeatureMapper(loaded.state_dict, select_device(precisions.device_for(precision, device)), precision, calibration,
+                               backbone)
     except TlkitError as exc:
         report.problems.append(f"cannot rebuild the recorded network: {exc}")
         return
@@ -146,47 +149,3 @@ def check_sample(
             f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}: "
             f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
         )
-
-
-def recorded_precision(provenance) -> tuple[Precision, Int8Calibration | None]:
-    """The precision a cache records (a Provenance or its as_dict()), and its int8 calibration if any.
-
-    A cache written before precisions existed records none: it was embedded in fp32.
-    """
-    get = provenance.get if isinstance(provenance, dict) else lambda name, default=None: getattr(provenance, name, default)
-    precision = Precision.parse(str(get("precision", "fp32") or "fp32"))
-    text = get("int8_calibration", "") or ""
-    calibration = Int8Calibration.from_json(text) if text else None
-    if calibration is not None and calibration.sha256 != get("int8_calibration_sha256", ""):
-        raise PrecisionError("the stored int8 calibration does not match its recorded sha256: the cache was altered")
-    return precision, calibration
-
-
-def _recorded_weights(provenance: Provenance, weights, report: VerifyReport, precision: Precision):
-    """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
-    wid = provenance.weights_id
-    try:
-        if weights is not None:
-            chosen = Weights.parse(str(weights)).at_precision(precision.name)
-        else:
-            try:
-                chosen = Weights.from_id(wid)
-            except WeightsError:
-                chosen = None
-            if chosen is not None and chosen.kind == "file":  # an id names the file, not where it is
-                report.problems.append(f"the cache was made with the weights file {chosen.name!r}: pass --weights PATH to re-embed with it")
-                return None
-            if chosen is None or not chosen.known:
-                report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
-                return None
-        loaded = chosen.load()
-    except TlkitError as exc:
-        report.problems.append(f"cannot load the weights: {exc}")
-        return None
-    if loaded.sha256 != provenance.weights_sha256:
-        report.problems.append(
-            f"weights {loaded.id} have sha256 {loaded.sha256[:16]}..., the cache records {provenance.weights_sha256[:16]}... "
-            f"({wid}): not the weights the features were made with"
-        )
-        return None
-    return loaded

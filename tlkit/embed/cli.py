@@ -22,11 +22,20 @@ def _default_workers() -> int:
 
 
 @click.command()
-@click.argument("data_dir", type=click.Path(path_type=str))
+@click.argument("data_dir", type=click.Path(path_type=str), required=False)
 @click.argument("cache", type=click.Path(path_type=str), default="cache/feats.h5", required=False)
+@click.option("--backbone", default="resnet18", show_default=True,
+              help="Any torchvision classification model by name (resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...), "
+                   "or timm:NAME (pip install 'tlkit[timm]'). See --list-backbones.")
+@click.option("--layer", default=None,
+              help="A node of the backbone's graph (torchvision: e.g. layer3; timm: a feature index such as 2 or -1); "
+                   "spatial outputs are average-pooled [default: the penultimate features]. See --list-layers.")
+@click.option("--list-backbones", is_flag=True, help="Print every --backbone value and exit.")
+@click.option("--list-layers", is_flag=True, help="Print every --layer of --backbone with its output shape at 224 px, and exit.")
 @click.option("--weights", default="imagenet", show_default=True,
-              help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, downloaded once into $TORCH_HOME), "
-                   "'random' (seeded initialisation), or a path to a ResNet-18 state_dict file.")
+              help="'imagenet' (the backbone's DEFAULT torchvision weights, e.g. ResNet18_Weights.IMAGENET1K_V1, with "
+                   "their own transform, downloaded once into $TORCH_HOME; timm: its default pretrained tag), "
+                   "'random' (seeded initialisation), or a path to a state_dict file of the backbone.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
 @click.option("--batch-size", default=None, type=click.IntRange(1),
               help="Images per forward pass [default: 32 on a CPU, 256 on a GPU].")
@@ -52,12 +61,16 @@ def _default_workers() -> int:
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
               help="Arithmetic of the backbone: fp32 (reproducible bit for bit), bf16 (autocast, CPU or CUDA), "
                    "fp16 (CUDA only), int8 (CPU, post-training static quantization). Features are stored as float32.")
+@click.option("--allow-slow", is_flag=True,
+              help="Run a --precision measured several times slower than fp32 on this CPU (bf16 without "
+                   "avx512_bf16/amx_bf16: about 5x), which is otherwise refused (docs/precision.md#slow-precisions).")
 @click.option("--fast-decode", is_flag=True,
               help="Decode JPEGs at least twice the resize target at a reduced scale (1/2, 1/4, 1/8; never below it) "
                    "before resizing: much faster on large photos, slightly other pixels. Recorded in the cache's "
                    "transform, so later runs into the cache need it too (docs/embedding.md#decoding-and---fast-decode).")
-def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, checkpoint_every, backend,
-          ray_address, shards, gpus_per_worker, progress, precision, fast_decode):
+def embed(data_dir, cache, backbone, layer, list_backbones, list_layers, weights, seed, batch_size, workers, device,
+          strict, max_pixels, checkpoint_every, backend, ray_address, shards, gpus_per_worker, progress, precision,
+          allow_slow, fast_decode):
     """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
 
     \b
@@ -65,12 +78,24 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
     val, test) or DATA_DIR/<class>/<image> (stored as split 'all').
     CACHE defaults to cache/feats.h5.
 
-    Each image goes once through ResNet-18 without its fc layer (512-d
-    features), frozen, with the ImageNet eval transform (resize 256, center
-    crop 224). The run is resumable and incremental: after an interruption,
-    or after adding images, run the same command again and only the missing
-    images are embedded. Unreadable images are skipped, listed and recorded.
+    Each image goes once through the frozen backbone (default ResNet-18
+    without its fc layer: 512-d features) with its weights' eval transform
+    (ImageNet: resize 256, center crop 224). The run is resumable and
+    incremental: after an interruption, or after adding images, run the same
+    command again and only the missing images are embedded. Unreadable
+    images are skipped, listed and recorded.
+
+    \b
+    Examples:
+        tlkit embed data/ cache/feats.h5 --weights random
+        tlkit embed data/ cache/r50-l3.h5 --backbone resnet50 --layer layer3
+        tlkit embed --list-layers --backbone efficientnet_b0
     """
+    if list_backbones or list_layers:
+        _print_listing(list_backbones, backbone)
+        return
+    if data_dir is None:
+        raise click.UsageError("Missing argument 'DATA_DIR'.")
     # libgomp (torch's OpenMP on Linux) lets idle threads spin between parallel regions; while
     # decoding processes share the cores, the spinning steals them: embedding ran 2.2x slower on
     # 2 cores (bench/bench_embed.py). Read once when torch loads, hence here, before the import;
@@ -85,12 +110,27 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
         strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
         ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
         progress=progress, echo=lambda msg: click.echo(msg, err=True), precision=precision, fast_decode=fast_decode,
+        backbone=backbone, layer=layer, allow_slow=allow_slow,
     )
     if result.up_to_date:
         click.echo(f"{cache} is up to date ({result.already_cached} images cached); nothing to embed")
     for path, split, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}")
     click.echo(result.summary())
+
+
+def _print_listing(backbones: bool, name: str) -> None:
+    from tlkit.embed.backbones import Backbone, list_backbones
+
+    if backbones:
+        for entry in list_backbones():
+            click.echo(entry)
+        return
+    chosen = Backbone.parse(name)
+    default = chosen.features()
+    click.echo(f"# layers of {chosen.name} (output shape at 224 px; default: {default.layer}, {default.dim}-d)")
+    for node, shape in chosen.layers():
+        click.echo(f"{node}\t{shape}")
 
 
 @click.command()

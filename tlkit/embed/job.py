@@ -36,3 +36,4 @@ class EmbedJob:
     ray: RayOptions = RayOptions()
     precision: str = "fp32"  # tlkit.embed.precision.PRECISIONS
     calibration: object = None  # tlkit.embed.precision.Int8Calibration: int8 with calibrated weights, one for every shard
+    backbone: object = None  # tlkit.embed.backbones.Backbone (network and layer); None: resnet18's default

@@ -127,7 +127,8 @@ class ShardEmbedder:
         # Ray reserves CPUs per actor; use exactly those for the convolutions.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
-        self.mapper = FeatureMapper(ray.get(state[0]), select_device(self.job.device), self.job.precision, self.job.calibration)
+        self.mapper = FeatureMapper(ray.get(state[0]), select_device(self.job.device), self.job.precision, self.job.calibration,
+                                    self.job.backbone)
         try:
             self.board = ray.get_actor(self.board_name)
         except ValueError:  # the board is gone for good: the bar stalls, the embedding goes on

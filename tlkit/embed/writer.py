@@ -56,7 +56,7 @@ class PartWriter:
     def flush(self) -> None:
         if not self._paths and not self._skipped:
             return
-        features = np.concatenate(self._features) if self._features else np.empty((0, 512), np.float32)
+        features = np.concatenate(self._features) if self._features else np.empty((0, 0), np.float32)
         labels = np.asarray(self._labels, dtype=np.int64)
         paths = np.asarray(self._paths, dtype=object)
         splits = np.asarray(self._splits, dtype=object)

@@ -109,7 +109,7 @@ def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[st
             n_features=int(estimator.n_features_in_),
             classes=np.asarray(estimator.classes_).tolist(),
             cache=str(Path(cache.path).resolve()),
-            cache_provenance=cache.provenance.as_dict(),
+            cache_provenance=cache.provenance,
             split_source=plan.source,
             val_fraction=plan.val_fraction,
             split_seed=plan.split_seed,

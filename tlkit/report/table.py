@@ -61,8 +61,7 @@ def _precision_of(run: Run) -> str | None:
     provenance = getattr(run.config.part, "cache_provenance", None)
     if provenance is None:
         return None
-    name = str(provenance.get("precision") or "fp32")  # caches from before precisions: fp32
-    digest = str(provenance.get("int8_calibration_sha256") or "")
+    name, digest = provenance.precision, provenance.int8_calibration_sha256  # typed: old runs read as fp32
     return f"{name} (calibration {digest[:10]})" if digest else name
 
 
