@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/bench_embed.py [DATA_DIR] [--precision fp32,bf16,int8] [--rounds 3] [--repeat 10] [--scale-rounds 2]
     .venv/bin/python bench/bench_embed.py [DATA_DIR] --profile     # where an image's time goes, per stage
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] --backbone resnet50 --precision fp32,int8 --skip-memory --skip-tutorial
 
 Every contender runs as a whole process (interpreter start-up, imports, writing
 the result included), interleaved in rounds so that all see the same machine load:
 
   * **the peer**: what a competent PyTorch user writes -- ImageFolder +
-    DataLoader(batch_size=32, num_workers=2) + torchvision resnet18 with fc removed,
+    DataLoader(batch_size=32, num_workers=2) + torchvision resnet18 (or ``--backbone NAME``:
+    ``torchvision.models.get_model(NAME)`` with its DEFAULT weights' transforms) with fc removed,
     under inference_mode, features saved to one .npy; it runs once as is and once
     with OMP_WAIT_POLICY=PASSIVE (which tlkit sets), and the faster of the two is
     the reference of its round;
@@ -47,7 +49,9 @@ from statistics import median  # of an even count: the mean of the middle two
 
 import torch
 
+GFLOPS = {"resnet18": 1.82, "resnet50": 4.09}  # per 224x224 image (torchvision's published GFLOPS of each model)
 GFLOPS_PER_IMAGE = 1.82
+BACKBONE = "resnet18"  # --backbone: the peer and tlkit embed run the same network
 TARGETS = {"fp32": 1.3, "bf16": 2.0, "fp16": 2.0, "int8": 3.0}
 PEAKS: dict[str, float] = {}  # GFLOP/s per precision, measured once at the start of main()
 
@@ -56,10 +60,10 @@ import sys, numpy as np, torch, torchvision
 from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision.datasets import ImageFolder
-data, out, batch_size, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+data, out, batch_size, workers, name = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
 dataset = ConcatDataset([ImageFolder(data / s, transform=transform) for s in ("train", "val") if (data / s).is_dir()])
-model = torchvision.models.resnet18(weights=None)
+model = torchvision.models.get_model(name, weights=None)
 model.fc = torch.nn.Identity()
 model.eval()
 features = []
@@ -75,10 +79,10 @@ import sys, torch, torchvision
 from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision.datasets import ImageFolder
-data = Path(sys.argv[1])
-transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+data, name = Path(sys.argv[1]), sys.argv[2]
+transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
 dataset = ConcatDataset([ImageFolder(data / s, transform=transform) for s in ("train", "val") if (data / s).is_dir()])
-model = torchvision.models.resnet18(weights=None)
+model = torchvision.models.get_model(name, weights=None)
 model.fc = torch.nn.Identity()
 model.eval()
 with torch.no_grad():
@@ -86,6 +90,23 @@ with torch.no_grad():
         model(images)
 print(len(dataset))
 """
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def cpu_speed_flags() -> set[str]:
+    """The flags that decide which precision is fast here (what tlkit.embed.precision reads)."""
+    from tlkit.embed.precision import cpu_flags
+
+    return {f for f in cpu_flags() if f == "avx2" or f.startswith(("avx512", "amx")) or "vnni" in f or f == "bf16"}
 
 
 def whole_process(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
@@ -99,19 +120,20 @@ def whole_process(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
 
 
 def peer(data: Path, out: Path, env: dict | None = None) -> tuple[int, float]:
-    seconds, stdout = whole_process([sys.executable, "-c", PEER, str(data), str(out), "32", "2"], env)
+    seconds, stdout = whole_process([sys.executable, "-c", PEER, str(data), str(out), "32", "2", BACKBONE], env)
     return int(stdout.split()[-1]), seconds
 
 
 def tutorial(data: Path) -> tuple[int, float]:
-    seconds, stdout = whole_process([sys.executable, "-c", TUTORIAL, str(data)])
+    seconds, stdout = whole_process([sys.executable, "-c", TUTORIAL, str(data), BACKBONE])
     return int(stdout.split()[-1]), seconds
 
 
 def tlkit_embed(data: Path, out: Path, precision: str) -> tuple[int, float, float]:
     """(images, whole-process seconds, tlkit's own images/s) of the console command."""
     seconds, stdout = whole_process([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out),
-                                     "--weights", "random", "--precision", precision, "--no-progress"])
+                                     "--weights", "random", "--precision", precision, "--no-progress",
+                                     "--backbone", BACKBONE, "--allow-slow"])  # measured, so confirmed
     summary = stdout.strip().splitlines()[-1]  # "embedded N, skipped K, ..., S s, R images/s -> OUT"
     n = int(summary.split(",")[0].split()[1])
     own_rate = float(summary.split(",")[4].split()[0])
@@ -332,7 +354,7 @@ def compare(data: Path, tmp: Path, precisions: list[str], n_rounds: int, label: 
         own = median([row[p][2] for row in rounds])
         peak = PEAKS.get(p)
         fraction = (f"; {own * GFLOPS_PER_IMAGE / peak:.0%} of the {p} GEMM peak "
-                    f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak else ""
+                    f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak and GFLOPS_PER_IMAGE else ""
         print(f"{label}: tlkit embed --precision {p}: {whole:.1f} images/s whole process ({own:.1f} by its summary line); "
               f"{ratio:.2f}x the peer (target >= {TARGETS[p]}x){fraction}", flush=True)
 
@@ -349,14 +371,20 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="leave out the comparison on the Nx images")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-tutorial", action="store_true", help="leave out today's batch-4 loop")
+    parser.add_argument("--backbone", default="resnet18",
+                        help="a torchvision model with an fc layer (resnet50, ...): the peer and tlkit embed run it")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the stages (decode, transform, network, write) per precision, in-process")
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: pass DATA_DIR or set TLKIT_HYMENOPTERA")
     data = Path(args.data)
+    global BACKBONE, GFLOPS_PER_IMAGE
+    BACKBONE, GFLOPS_PER_IMAGE = args.backbone, GFLOPS.get(args.backbone, 0.0)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"flags: {' '.join(sorted(cpu_speed_flags())) or 'none of avx2/avx512/vnni/bf16/amx'}; "
+          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; backbone {BACKBONE}")
     if args.profile:
         profile_stages(data, precisions)
         return

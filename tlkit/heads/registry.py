@@ -74,7 +74,7 @@ DEFAULT_CS = tuple(np.logspace(-6, 5, 45).tolist())
 
 LINEAR = HeadSpec(
     name="linear", cls="tlkit.heads.linear:LinearHead", title="Linear head",
-    summary="nn.Linear(512, classes) by SGD",
+    summary="nn.Linear(feature_dim, classes) by SGD",
     params=TRAINING, weights=TORCH_STATE,
 )
 
