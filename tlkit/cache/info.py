@@ -108,7 +108,8 @@ def _describe(f: h5py.File) -> dict:
 def _progress(parts_dir: Path) -> dict:
     """How far the embed whose finished work is in ``parts_dir`` has got."""
     out: dict = {"parts_dir": str(parts_dir), "parts": 0, "rows": 0, "rows_per_split": {}, "skipped": 0,
-                 "to_embed": None, "started": None, "weights_id": None, "precision": None, "damaged_parts": []}
+                 "to_embed": None, "started": None, "weights_id": None, "precision": None, "backbone": None,
+                 "damaged_parts": []}
     try:
         manifest = read_manifest(parts_dir)
         if manifest is not None:
