@@ -45,7 +45,8 @@ also read the folders of earlier tlkit versions (head runs that recorded
 Two runs are comparable only when their evaluation sets have the same
 fingerprint (same paths, same labels, same class names).
 
-Imported when the CLI starts: numpy, and h5py through the cache schema (scikit-learn is imported by :func:`build_metrics`).
+Imported by ``tlkit fit-head --help`` (through the head registry): numpy, and h5py through the cache
+schema's Provenance (scikit-learn is imported by :func:`build_metrics`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.atomic import atomic_bytes, atomic_json, atomic_text
-from tlkit.cache.schema import Provenance
+from tlkit.provenance import Provenance
 from tlkit.errors import TlkitError
 
 CONFIG = "config.json"

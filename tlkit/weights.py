@@ -41,6 +41,7 @@ import re
 import socket
 import urllib.error
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -224,8 +225,6 @@ class Weights:
     def transform(self) -> TransformSpec:
         """The evaluation transform these weights expect (random and file weights: the ImageNet eval transform)."""
         if self.kind == "timm":
-            from tlkit.embed.backbones import default_transform
-
             return default_transform("timm:" + self.name.split(".")[0])
         entry = self.entry
         return entry.transform if entry is not None else DEFAULT_TRANSFORM
@@ -235,8 +234,6 @@ class Weights:
         weights that of the backbone's published weights, so their features compare with those."""
         if self.kind in ("torchvision", "timm"):
             return self.transform
-        from tlkit.embed.backbones import default_transform
-
         return default_transform(backbone)
 
     # -- the tensors -------------------------------------------------------------------------------
@@ -380,9 +377,76 @@ def is_quantized_state_dict(state_dict) -> bool:
 
 
 def _random_state_dict(seed: int, backbone: str = "resnet18") -> dict:
-    from tlkit.embed.backbones import Backbone
+    """The library's own initialisation of ``backbone`` under ``seed`` (``--weights random``)."""
+    import torch
 
-    return Backbone(backbone).random_state_dict(seed)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if backbone == "resnet18":  # the call tlkit always made: the same tensors, the same sha256
+            import torchvision
+
+            return torchvision.models.resnet18(weights=None).state_dict()
+        return architecture(backbone).state_dict()
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+# -- models by name, and the transforms of their published weights (torchvision's _api.py style) --------------
+
+TIMM_PREFIX = "timm:"
+
+
+def timm_module():
+    try:
+        import timm
+    except ImportError:
+        raise WeightsError("timm backbones need timm: pip install 'tlkit[timm]'") from None
+    return timm
+
+
+def architecture(name: str):
+    """A freshly initialised classification model by name: torchvision's ``get_model`` or ``timm:NAME``."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_module().create_model(name[len(TIMM_PREFIX):], pretrained=False)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None)
+
+
+@lru_cache(maxsize=8)
+def default_transform(name: str) -> TransformSpec:
+    """The eval transform of ``name``'s default published weights (torchvision's enum, timm's config)."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_transform(architecture(name))
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError, KeyError):  # a model without published weights: the ImageNet eval transform
+        return DEFAULT_TRANSFORM
+    return enum_transform(weights)
+
+
+def enum_transform(weights) -> TransformSpec:
+    """torchvision's ``ImageClassification`` of a weights enum member, as a TransformSpec."""
+    t = weights.transforms()
+    return TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
+                         mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
+                         antialias=bool(t.antialias))
+
+
+def timm_transform(model) -> TransformSpec:
+    """timm's eval transform of a model (``resolve_data_config``: resize to crop / crop_pct, centre crop)."""
+    import math
+
+    config = timm_module().data.resolve_data_config({}, model=model)
+    if config.get("crop_mode", "center") != "center":
+        raise WeightsError(f"timm's eval transform for this model crops by {config['crop_mode']!r}; tlkit runs centre crops only")
+    crop = int(config["input_size"][-1])
+    return TransformSpec(resize=int(math.floor(crop / config["crop_pct"])), crop=crop,
+                         interpolation=str(config["interpolation"]), mean=tuple(map(float, config["mean"])),
+                         std=tuple(map(float, config["std"])), antialias=True)
 
 
 def _torchvision_entry(enum: str) -> Pretrained | None:
@@ -393,14 +457,10 @@ def _torchvision_entry(enum: str) -> Pretrained | None:
         member = torchvision.models.get_weight(enum)
     except (ValueError, AttributeError, KeyError, TypeError):
         return None
-    from tlkit.embed.backbones import enum_transform
-
     return Pretrained(name="imagenet", module=type(member).__module__, enum=enum, transform=enum_transform(member))
 
 
 def _timm_default_tag(arch: str) -> str:
-    from tlkit.embed.backbones import timm_module
-
     cfg = timm_module().models.get_pretrained_cfg(arch)
     tag = getattr(cfg, "tag", None) if cfg is not None else None
     return f"{arch}.{tag}" if tag else arch
@@ -408,8 +468,6 @@ def _timm_default_tag(arch: str) -> str:
 
 def _load_timm(name: str) -> dict:
     """timm's pretrained weights (fetched by timm from the Hugging Face hub into its cache)."""
-    from tlkit.embed.backbones import timm_module
-
     timm = timm_module()
     try:
         return timm.create_model(name, pretrained=True).state_dict()

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from tlkit.errors import TlkitError
+from tlkit.weights import TIMM_PREFIX, architecture, default_transform, timm_module
 
 DEFAULT_BACKBONE = "resnet18"
-TIMM_PREFIX = "timm:"
 TIMM_DEFAULT_LAYER = "pre_logits"
 PROBE_SIZE = 224  # the input a shape probe runs (every layer's channels; the spatial sizes at 224 px)
 
@@ -53,14 +53,6 @@ def torchvision_names() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def timm_module():
-    try:
-        import timm
-    except ImportError:
-        raise BackboneError("timm backbones need timm: pip install 'tlkit[timm]'") from None
-    return timm
 
 
 @dataclass(frozen=True)
@@ -112,12 +104,7 @@ class Backbone:
 
     def model(self, state_dict: dict | None = None) -> nn.Module:
         """The whole classification model in eval mode, frozen; ``state_dict`` loaded (None: as initialised)."""
-        if self.is_timm:
-            model = timm_module().create_model(self.arch, pretrained=False)
-        else:
-            import torchvision
-
-            model = torchvision.models.get_model(self.name, weights=None)
+        model = architecture(self.name)
         if state_dict is not None:
             _load(model, state_dict, self.name)
         model.eval()
@@ -153,16 +140,9 @@ class Backbone:
 
     def random_state_dict(self, seed: int) -> dict:
         """The library's own initialisation of this model under ``seed`` (``--weights random``)."""
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            if self.name == DEFAULT_BACKBONE:  # the call tlkit always made: the same tensors, the same sha256
-                import torchvision
+        from tlkit.weights import Weights
 
-                return torchvision.models.resnet18(weights=None).state_dict()
-            return self.model().state_dict()
-        finally:
-            torch.random.set_rng_state(generator_state)
+        return Weights.random(seed).load(backbone=self.name).state_dict
 
     # -- what it gives --------------------------------------------------------------------------
 
@@ -406,46 +386,6 @@ def _shape(value) -> str:
     if isinstance(value, torch.Tensor):
         return "(N, " + ", ".join(str(d) for d in value.shape[1:]) + ")"
     return type(value).__name__
-
-
-@lru_cache(maxsize=8)
-def default_transform(name: str):
-    from tlkit.data.transforms import TransformSpec
-
-    if name.startswith(TIMM_PREFIX):
-        return timm_transform(Backbone(name).model())
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, AttributeError):  # a model without published weights: the ImageNet eval transform
-        return TransformSpec()
-    return enum_transform(weights)
-
-
-def enum_transform(weights):
-    """torchvision's ``ImageClassification`` of a weights enum member, as a TransformSpec."""
-    from tlkit.data.transforms import TransformSpec
-
-    t = weights.transforms()
-    return TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
-                         mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
-                         antialias=bool(t.antialias))
-
-
-def timm_transform(model):
-    """timm's eval transform of a model (``resolve_data_config``: resize to crop / crop_pct, centre crop)."""
-    import math
-
-    from tlkit.data.transforms import TransformSpec
-
-    config = timm_module().data.resolve_data_config({}, model=model)
-    if config.get("crop_mode", "center") != "center":
-        raise BackboneError(f"timm's eval transform for this model crops by {config['crop_mode']!r}; tlkit runs centre crops only")
-    crop = int(config["input_size"][-1])
-    return TransformSpec(resize=int(math.floor(crop / config["crop_pct"])), crop=crop,
-                         interpolation=str(config["interpolation"]), mean=tuple(map(float, config["mean"])),
-                         std=tuple(map(float, config["std"])), antialias=True)
 
 
 def list_backbones() -> list[str]:

@@ -21,11 +21,11 @@ from tlkit.cache.reader import H5_DAMAGE, one_line
 from tlkit.cache.schema import Provenance
 from tlkit.cache.verify import VerifyReport, verify_cache
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
+from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.mapper import FeatureMapper
-from tlkit.embed.reader import read_batches
 from tlkit.embed.recorded import recorded_backbone, recorded_precision, recorded_weights
 from tlkit.errors import TlkitError
 

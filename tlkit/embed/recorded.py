@@ -3,7 +3,7 @@
 ``verify --data`` re-embeds a sample with it and ``predict`` runs a head's cache backbone with it,
 so both must resolve the same thing the same way: the backbone and layer, the precision (with the
 int8 calibration, checked by its sha256) and the weights (checked by the sha256 of their tensors).
-A missing attribute means what :data:`tlkit.cache.schema.PROVENANCE_DEFAULTS` says (an old cache:
+A missing attribute means what :data:`tlkit.provenance.PROVENANCE_DEFAULTS` says (an old cache:
 resnet18, fp32); that is decided when the provenance is read, not here.
 """
 

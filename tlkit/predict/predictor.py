@@ -21,9 +21,9 @@ import torch
 
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import find_images
+from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
-from tlkit.embed.reader import read_batches
 from tlkit.errors import TlkitError
 from tlkit.metrics import predict_from_proba
 from tlkit.runs import MODEL, HeadPart, RunConfig, read_config
