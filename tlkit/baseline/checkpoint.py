@@ -6,7 +6,7 @@ state) plus the settings it was trained with, so ``--resume`` can refuse to
 continue with different ones. It is removed once the run is finished.
 
 A full disk is refused before writing, with the size the checkpoint needs
-(about 140 MB for ResNet-18 with its optimizer state), and a write that fails
+(about 135 MB for ResNet-18 with its optimizer state), and a write that fails
 all the same is reported as one storage line (:mod:`tlkit.atomic`).
 """
 
