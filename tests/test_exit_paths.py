@@ -148,8 +148,8 @@ class Command:
         try:
             me = psutil.Process(self.proc.pid)
         except psutil.NoSuchProcess:
-            return
-        while self.proc.poll() is None:
+            me = None
+        while me is not None and self.proc.poll() is None:
             try:
                 for child in me.children(recursive=True):
                     self.seen.setdefault(child.pid, child)
@@ -330,3 +330,89 @@ def test_a_checkpoint_that_fails_while_written_is_one_storage_line(small_disk):
     with pytest.raises(StorageError, match=rf"^no space left on {disk} \(need about 4 MiB to save the checkpoint"):
         checkpoint.save_checkpoint(disk, state, {})
     assert list(disk.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# in this process: the workers end with the code that owns them, even while the exception is kept
+# (a notebook keeps the last one; a traceback holds every frame, and with it the loader's iterator)
+
+class Failing:
+    """A stand-in stage that records the workers running when it is called, and fails on call ``n``."""
+
+    def __init__(self, n: int, result=None):
+        self.n, self.calls, self.result = n, 0, result
+        self.before = {p.pid for p in psutil.Process().children(recursive=True)}
+        self.workers: list[psutil.Process] = []
+
+    def __call__(self, *args, **kwargs):
+        from tlkit.errors import TlkitError
+
+        self.calls += 1
+        self.workers += [p for p in psutil.Process().children(recursive=True) if p.pid not in self.before]
+        if self.calls == self.n:
+            raise TlkitError("injected failure")
+        return self.result(*args, **kwargs)
+
+
+def _assert_workers_ended(failing: Failing, caught) -> None:
+    assert caught.value is not None  # still held, with its traceback
+    assert failing.workers, "no decoding worker ran: nothing was tested"
+    assert_gone(failing.workers, within=2.0)
+
+
+def test_embed_ends_its_workers_when_the_mapper_fails(hymenoptera_small, tmp_path, monkeypatch):
+    from tlkit.embed import embed
+    from tlkit.embed.mapper import FeatureMapper
+    from tlkit.errors import TlkitError
+
+    failing = Failing(3, FeatureMapper.__call__)
+    monkeypatch.setattr(FeatureMapper, "__call__", lambda self, images: failing(self, images))
+    with pytest.raises(TlkitError, match="injected") as caught:
+        embed(hymenoptera_small, tmp_path / "feats.h5", weights="random", batch_size=2, workers=2, progress=False,
+              echo=lambda *_: None)
+    _assert_workers_ended(failing, caught)
+
+
+def test_predict_ends_its_workers_when_the_model_fails(hymenoptera_small, tmp_path_factory):
+    from tlkit.errors import TlkitError
+    from tlkit.predict.predictor import load_predictor, predict_images
+
+    predictor = load_predictor(head_run(tmp_path_factory, embedded(tmp_path_factory, hymenoptera_small), "linear"))
+    failing = Failing(2, predictor.predict_proba)
+    predictor.predict_proba = failing
+    with pytest.raises(TlkitError, match="injected") as caught:
+        predict_images(predictor, [hymenoptera_small], batch_size=2, workers=2)
+    _assert_workers_ended(failing, caught)
+
+
+def test_the_training_loop_ends_its_workers_when_a_step_fails(hymenoptera_small):
+    import numpy as np
+    import torch
+
+    from tlkit.baseline.images import ImageSet, augmentation, training_batches
+    from tlkit.data.transforms import TransformSpec
+    from tlkit.errors import TlkitError
+    from tlkit.train.config import TrainConfig
+    from tlkit.train.loop import train_classifier
+
+    paths = sorted(str(p.relative_to(hymenoptera_small)) for p in (hymenoptera_small / "train").rglob("*.jpg"))
+    images = ImageSet(hymenoptera_small, paths, np.array([int("/bees/" in p) for p in paths]))
+    augment = augmentation(TransformSpec())
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3))[:, None] * self.w
+
+    model = Model()
+    failing = Failing(3, model.forward)
+    model.forward = failing
+    batches = lambda epoch: training_batches(images, augment, seed=0, epoch=epoch, batch_size=2, workers=2,  # noqa: E731
+                                             max_pixels=None)
+    with pytest.raises(TlkitError, match="injected") as caught:
+        train_classifier(model, batches, lambda m: (0.0, np.zeros((0, 2))), np.zeros(0, np.int64),
+                         TrainConfig(epochs=1, batch_size=2))
+    _assert_workers_ended(failing, caught)
