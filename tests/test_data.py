@@ -12,8 +12,8 @@ from synthetic import (
     save_bomb, save_exif_rotated, save_mode, save_not_an_image, save_truncated, save_zero_bytes,
 )
 from tlkit.data import discover, load_rgb
-from tlkit.data.splits import ALL_SPLIT
 from tlkit.errors import BadImage, DataError
+from tlkit.splits import ALL_SPLIT
 
 
 def test_split_layout_sorts_classes_and_shares_indices(tmp_path):

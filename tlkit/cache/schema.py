@@ -13,7 +13,7 @@ A reader must refuse a file whose ``complete`` attribute is not true.
 
 Splits are ``train``, ``val`` and ``test`` (a data folder with split folders)
 or ``all`` (one without), always listed in that order
-(:func:`tlkit.data.splits.ordered_splits`).
+(:func:`tlkit.splits.ordered_splits`).
 """
 
 from __future__ import annotations
