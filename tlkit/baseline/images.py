@@ -88,8 +88,8 @@ def decode_training_set(root, paths, labels, *, workers, max_pixels, budget_byte
     """Decode every image once; keep the pixels within ``budget_bytes``; return (set, [(path, reason)])."""
     root = Path(root)
     files = [str(root / p) for p in paths]
-    loader = DataLoader(DecodedFiles(files, max_pixels, convert=np.asarray), batch_size=8, num_workers=workers, collate_fn=_as_list,
-                        worker_init_fn=worker_init_fn())
+    loader = DataLoader(DecodedFiles(files, max_pixels, convert=np.asarray), batch_size=8, num_workers=workers,
+                        collate_fn=_as_list, worker_init_fn=worker_init_fn())
     pixels: list[np.ndarray | None] = [None] * len(files)
     bad: dict[int, str] = {}
     used = 0

@@ -34,7 +34,6 @@ CHUNK_ROWS = 256  # 256 rows x 2 KiB = 512 KiB chunks: inside HDF5's sweet spot 
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
 
 
-
 def parts_dir_of(cache: str | Path) -> Path:
     """Where an embed in progress keeps its finished work: ``<cache>.parts/`` (:mod:`tlkit.cache.parts`)."""
     cache = Path(cache)
