@@ -35,8 +35,8 @@ from tlkit.cache.reader import (
 )
 from tlkit.cache.schema import FORMAT, SCHEMA_VERSION
 from tlkit.cache.writer import atomic_h5, create_split, write_root_attrs, write_skipped
-from tlkit.data.splits import ordered_splits
 from tlkit.errors import CacheError
+from tlkit.splits import ordered_splits
 
 COPY_ROWS = 4096  # rows gathered per write: 8 MiB of features
 PATH_BLOCK = 16384  # paths read per step from each source (one chunk of the paths dataset)

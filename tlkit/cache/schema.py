@@ -13,7 +13,7 @@ A reader must refuse a file whose ``complete`` attribute is not true.
 
 Splits are ``train``, ``val`` and ``test`` (a data folder with split folders)
 or ``all`` (one without), always listed in that order
-(:func:`tlkit.data.splits.ordered_splits`).
+(:func:`tlkit.splits.ordered_splits`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ SKIPPED_GROUP = "skipped"
 CHUNK_ROWS = 256  # 256 rows x 2 KiB = 512 KiB chunks: inside HDF5's sweet spot of 10 KiB to 1 MiB
 
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
-
 
 
 def parts_dir_of(cache: str | Path) -> Path:

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlkit.data.splits import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
 from tlkit.errors import DataError
+from tlkit.splits import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
