@@ -1,0 +1,114 @@
+"""What a finished run folder says, as the values a tracker logs: read from its files, never from memory.
+
+The trackers log after the run is finished, from ``config.json``, ``history.json`` and
+``metrics.json`` (:func:`tlkit.runs.load_run`), so what TensorBoard or MLflow shows is
+exactly what the run folder holds: ``metrics.json`` stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlkit.runs import CONFIG, HISTORY, METRICS, Run, load_run
+
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+BLOCK_KEYS = ("accuracy", "roc_auc", "average_precision", "loss", "epoch")
+MAX_PARAM_CHARS = 500  # longer values (an int8 calibration, long lists) stay in config.json only
+SKIP_PARAMS = {"per_seed", "skipped", "weights"}
+
+
+@dataclass
+class RunRecord:
+    """One finished run, as tracker values."""
+
+    run: Run
+    params: dict[str, str | int | float | bool]  # flattened config.json
+    epoch_scalars: list[tuple[str, int, float]] = field(default_factory=list)  # (tag, epoch, value)
+    final_scalars: dict[str, float] = field(default_factory=dict)  # tag -> value, logged at final_step
+    final_step: int = 0
+    files: list[Path] = field(default_factory=list)  # run files logged as artifacts
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+
+def flatten(doc: dict, prefix: str = "") -> dict:
+    """Nested config keys as ``a.b.c``; lists as JSON; None as "None"; over-long values dropped."""
+    out = {}
+    for key, value in doc.items():
+        if key in SKIP_PARAMS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+            continue
+        if isinstance(value, (list, tuple)):
+            value = json.dumps(value)
+        elif value is None:
+            value = "None"
+        if isinstance(value, str) and len(value) > MAX_PARAM_CHARS:
+            continue
+        out[name] = value
+    return out
+
+
+def _block(prefix: str, block: dict | None, out: dict) -> None:
+    for key in BLOCK_KEYS:
+        value = (block or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = float(value)
+
+
+def read_record(run_dir) -> RunRecord:
+    """The tracker values of the finished run in ``run_dir`` (a one-line error for anything else)."""
+    run = load_run(run_dir)
+    rec = RunRecord(run=run, params=flatten(run.config.to_json()))
+    for row in run.history:
+        epoch = int(row["epoch"])
+        for key in HISTORY_KEYS:
+            if row.get(key) is not None:
+                rec.epoch_scalars.append((key, epoch, float(row[key])))
+        per_seed = row.get("per_seed") or {}
+        for i, seed in enumerate(per_seed.get("seed", [])):
+            for key in HISTORY_KEYS:
+                if key in per_seed and per_seed[key][i] is not None:
+                    rec.epoch_scalars.append((f"seed_{seed}/{key}", epoch, float(per_seed[key][i])))
+    m = run.metrics
+    _block("final", m.get("final"), rec.final_scalars)
+    _block("best", m.get("best"), rec.final_scalars)
+    for entry in m.get("seeds") or []:
+        _block(f"seed_{entry['seed']}/final", entry.get("final"), rec.final_scalars)
+        _block(f"seed_{entry['seed']}/best", entry.get("best"), rec.final_scalars)
+    rec.final_scalars["training_seconds"] = float(m["training_seconds"])
+    for metric, interval in (m.get("summary") or {}).items():
+        if metric == "images":
+            for name, boot in interval.items():
+                for key in ("estimate", "ci_low", "ci_high"):
+                    if boot.get(key) is not None:
+                        rec.final_scalars[f"interval/images/{name}/{key}"] = float(boot[key])
+            continue
+        for key in ("mean", "std", "ci_low", "ci_high"):
+            if interval.get(key) is not None:
+                rec.final_scalars[f"interval/{metric}/{key}"] = float(interval[key])
+    final_epoch = (m.get("final") or {}).get("epoch")
+    rec.final_step = int(final_epoch) if final_epoch is not None else 0
+    rec.files = [run.path / name for name in (CONFIG, HISTORY, METRICS) if (run.path / name).exists()]
+    return rec
+
+
+def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
+    """The report's figures of this run alone (loss/ROC/PR curves, confusion matrices) as PNGs in ``folder``."""
+    from tlkit.report.figures import confusion_figure, curves_figure
+
+    curves, confusion = folder / "curves.png", folder / "confusion.png"
+    curves_figure([rec.name], [rec.run], curves)
+    confusion_figure(rec.name, rec.run, rec.run.config.class_names, confusion)
+    return [curves, confusion]
+
+
+def figures_folder() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="tlkit-figures-")
