@@ -68,7 +68,9 @@ def test_tensorboard_events_equal_history_and_metrics(logged_run):
     boot = metrics["summary"]["images"]["accuracy"]
     assert _scalars(acc, "interval/images/accuracy/ci_low") == [(final_epoch, f32(boot["ci_low"]))]
     assert _scalars(acc, "training_seconds") == [(final_epoch, f32(metrics["training_seconds"]))]
-    assert {"figures/curves", "figures/confusion"} <= set(acc.Tags()["images"])
+    assert set(acc.Tags()["images"]) == {"figures/evaluation"}
+    (image,) = acc.Images("figures/evaluation")
+    assert image.width == 960 and image.height == 304  # 12 x 3.8 inches at 80 dpi
     # the hyperparameters, in the HParams plugin's session-start summary
     from tensorboard.plugins.hparams import plugin_data_pb2
 

@@ -101,13 +101,46 @@ def read_record(run_dir) -> RunRecord:
 
 
 def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
-    """The report's figures of this run alone (loss/ROC/PR curves, confusion matrices) as PNGs in ``folder``."""
-    from tlkit.report.figures import confusion_figure, curves_figure
+    """``evaluation.png``: ROC and precision-recall curves and the confusion matrix at the final epoch.
 
-    curves, confusion = folder / "curves.png", folder / "confusion.png"
-    curves_figure([rec.name], [rec.run], curves)
-    confusion_figure(rec.name, rec.run, rec.run.config.class_names, confusion)
-    return [curves, confusion]
+    The loss curves are not drawn: both trackers plot the logged scalars themselves. One small figure
+    at screen resolution, without the report's tight-bounding-box pass (``tlkit report`` draws the
+    full-size ones): rendering is most of what logging costs, and it runs after training.
+    """
+    import numpy as np
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    from tlkit.report.figures import _pyplot, _scores
+
+    run = rec.run
+    labels = np.asarray(run.predictions["labels"])
+    targets, scores, what = _scores(labels, np.asarray(run.proba_seeds("final")[0]))
+    plt = _pyplot()
+    fig, (ax_roc, ax_pr, ax_cm) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
+    if len(np.unique(targets)) == 2:
+        fpr, tpr, _ = roc_curve(targets, scores)
+        ax_roc.plot(fpr, tpr, label=f"AUC {auc(fpr, tpr):.3f}")
+        precision, recall, _ = precision_recall_curve(targets, scores)
+        ax_pr.step(recall, precision, where="post", label=f"AP {average_precision_score(targets, scores):.3f}")
+    ax_roc.plot([0, 1], [0, 1], ":", color="grey")
+    ax_roc.set(title=f"ROC{what}", xlabel="false positive rate", ylabel="true positive rate")
+    ax_pr.set(title=f"precision-recall{what}", xlabel="recall", ylabel="precision")
+    for ax in (ax_roc, ax_pr):
+        ax.legend(loc="lower right")
+    block = run.metrics["final"]
+    matrix = np.asarray(block["confusion_matrix"], dtype=float)
+    ax_cm.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax_cm.text(j, i, f"{value:g}", ha="center", va="center")
+    names = run.config.class_names
+    ax_cm.set(title=f"confusion, final: accuracy {block['accuracy']:.3f}", xlabel="predicted", ylabel="true",
+              xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names)
+    fig.suptitle(f"{rec.name} (first seed's curves)" if run.seeds and len(run.seeds) > 1 else rec.name)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.82, wspace=0.3)
+    path = folder / "evaluation.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
 
 
 def figures_folder() -> tempfile.TemporaryDirectory:

@@ -24,6 +24,45 @@ def default_uri(log_dir: Path) -> str:
     return f"sqlite:///{Path(log_dir).resolve() / DB}"
 
 
+def _template_db(version: str) -> Path:
+    """An empty MLflow sqlite store at this MLflow's schema, made once per MLflow version.
+
+    Why: MLflow creates a new sqlite store by running every schema migration (alembic), which took
+    seconds, many times a small head's training time; a copy of a migrated empty file is instant,
+    and MLflow then only checks that its schema revision is the current one.
+    """
+    import os
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlkit"
+    template = cache / f"mlflow-{version}-empty.db"
+    if not template.exists():
+        from mlflow import MlflowClient
+
+        from tlkit.atomic import atomic_path
+
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(template) as tmp:
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # creates and migrates the tables
+    return template
+
+
+def _new_store(uri: str) -> None:
+    """Start a new sqlite store from the migrated template (see :func:`_template_db`); other stores as they are."""
+    import shutil
+
+    import mlflow
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists() or not path.parent.is_dir():
+        return
+    try:
+        shutil.copyfile(_template_db(mlflow.__version__), path)
+    except OSError:  # no writable cache folder: MLflow migrates the new file itself
+        return
+
+
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -40,6 +79,7 @@ class MlflowLog:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = uri or default_uri(log_dir)
+        _new_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
