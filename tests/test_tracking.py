@@ -154,3 +154,35 @@ def test_bad_trackers_are_one_line_before_training(cache, tmp_path, monkeypatch)
                         "pip install 'tlkit[track]'")
     assert_invoke_error(invoke("train-scratch", tmp_path, "--log-to", "mlflow"), "tlkit[track]")
     assert not out.exists()  # refused before anything was trained or written
+
+
+def test_a_grid_run_logs_one_child_per_configuration(cache, tmp_path):
+    """fit-head --grid writes one run whose metrics.json lists every configuration (the sweeps layout)."""
+    from mlflow import MlflowClient
+
+    from tlkit.tracking import log_run
+
+    out = tmp_path / "grid"
+    assert invoke("fit-head", "--head", "linear", "--cache", cache, "--out", out, "--epochs", "2",
+                  "--no-progress").exit_code == 0
+    rows = [{"lr": lr, "fold0": 0.5 + i / 10, "fold1": 0.6, "mean": 0.55 + i / 20, "std": 0.05, "rank": 2 - i,
+             "seconds": 0.1 * (i + 1)} for i, lr in enumerate((0.001, 0.01))]
+    for name, key, value in (("metrics.json", "search", rows),
+                             ("config.json", "search", {"grid": {"lr": [0.001, 0.01]}, "chosen": {"lr": 0.01}})):
+        doc = json.loads((out / name).read_text())
+        doc[key] = value
+        (out / name).write_text(json.dumps(doc))
+    log_run(out, ["tensorboard", "mlflow"])
+    for i, row in enumerate(rows):
+        acc = _events(out / "tb" / "search" / f"{i:02d}-lr={row['lr']}")
+        assert _scalars(acc, "cv/mean") == [(0, float(np.float32(row["mean"])))]
+        assert _scalars(acc, "cv/fold0") == [(0, float(np.float32(row["fold0"])))]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "tlkit"]
+    every = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in every if r.info.run_name == "grid"]
+    children = sorted((r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.run_name)
+    assert [c.data.params for c in children] == [{"lr": "0.001"}, {"lr": "0.01"}]
+    assert [c.data.metrics["cv/mean"] for c in children] == [row["mean"] for row in rows]
+    assert [c.data.metrics["cv/rank"] for c in children] == [2.0, 1.0]

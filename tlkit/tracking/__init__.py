@@ -7,9 +7,11 @@ the source of truth. Logs go beside the run by default (``RUN/tb/``, ``RUN/mlrun
     with Tracker(["tensorboard", "mlflow"], log_dir=run_dir) as tracker:
         tracker.log_run(run_dir)
 
-A sweep logs one child run per configuration under one parent (TensorBoard: one
-sub-folder per child, which its HParams dashboard compares; MLflow: a parent run and
-children tagged with its id)::
+A sweep run (``fit-head --grid``: one run folder whose metrics.json lists every configuration's
+cross-validation scores under ``search``) is logged as the parent of one child run per
+configuration, read from those rows: nothing to call. Sweeps made of several run folders
+log one child run per folder under one parent (TensorBoard: one sub-folder per child, which
+its HParams dashboard compares; MLflow: a parent run and children tagged with its id)::
 
     with Tracker(targets, log_dir=sweep_dir, sweep="lr-grid", sweep_params={"lr": "[0.01, 0.1]"}) as tracker:
         for config, run_dir in finished:
@@ -77,16 +79,21 @@ class Tracker:
 
     def log_run(self, run_dir, config: dict | None = None) -> None:
         """Log one finished run; inside a sweep (``sweep=``) it is a child run with ``config`` as parameters."""
-        from tlkit.tracking.record import figures_folder, read_record, render_figures
+        from tlkit.tracking.record import figures_folder, read_record, render_figures, search_children
 
         rec = read_record(run_dir)
         extra = {f"sweep.{k}": v for k, v in (config or {}).items()}
         with figures_folder() as tmp:
             figures = render_figures(rec, Path(tmp)) if self.figures and self.targets else []
+            folder = Path(rec.name) if self.sweep is not None else Path(".")
             if self.tb is not None:
-                self.tb.log(rec, Path(rec.name) if self.sweep is not None else Path("."), extra, figures)
+                self.tb.log(rec, folder, extra, figures)
+            run_id = self.mlflow.log(rec, extra, self._parent, figures) if self.mlflow is not None else None
+        for child in search_children(rec):  # fit-head --grid: one child run per configuration
+            if self.tb is not None:
+                self.tb.log_child(folder / "search" / child.name, child.params, child.scalars)
             if self.mlflow is not None:
-                self.mlflow.log(rec, extra, self._parent, figures)
+                self.mlflow.log_child(child.name, child.params, child.scalars, run_id)
 
     def child_run(self, run_dir, config: dict) -> None:
         """One configuration of a sweep: its finished run folder and the settings it was trained with."""

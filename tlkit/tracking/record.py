@@ -100,6 +100,35 @@ def read_record(run_dir) -> RunRecord:
     return rec
 
 
+@dataclass
+class SearchChild:
+    """One configuration of a sweep (``fit-head --grid``): its settings and cross-validation scores."""
+
+    name: str  # e.g. "03-lr=0.01,depth=6"
+    params: dict
+    scalars: dict[str, float]
+
+
+def search_children(rec: RunRecord) -> list[SearchChild]:
+    """The configurations of a sweep run, from metrics.json's ``search`` rows (none for other runs).
+
+    Each row holds the grid parameters' values (config.json's ``search.grid`` names them), ``fold<k>``
+    scores, ``mean``, ``std``, ``rank`` and ``seconds``.
+    """
+    rows = rec.run.metrics.get("search")
+    grid = (rec.run.config.to_json().get("search") or {}).get("grid") or {}
+    if not isinstance(rows, list):
+        return []
+    children = []
+    for i, row in enumerate(rows):
+        params = {k: row[k] for k in grid if k in row}
+        scalars = {f"cv/{k}": float(v) for k, v in row.items()
+                   if k not in grid and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        label = ",".join(f"{k}={v}" for k, v in params.items())
+        children.append(SearchChild(name=f"{i:02d}-{label}", params=params, scalars=scalars))
+    return children
+
+
 def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
     """``evaluation.png``: ROC and precision-recall curves and the confusion matrix at the final epoch.
 

@@ -112,6 +112,17 @@ class MlflowLog:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
+    def log_child(self, name: str, params: dict, scalars: dict[str, float], parent: str) -> str:
+        """One configuration of a sweep as a child run of ``parent``: its settings and scores."""
+        from mlflow.entities import Metric
+
+        tags = {PARENT_TAG: parent, "tlkit.kind": "sweep-configuration"}
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        self._batch(run_id, params=params, metrics=[Metric(k, v, now, 0) for k, v in scalars.items()])
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
     def _batch(self, run_id: str, params: dict | None = None, metrics: list | None = None) -> None:
         from mlflow.entities import Param
 

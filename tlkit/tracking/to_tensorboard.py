@@ -47,3 +47,14 @@ class TensorBoardLog:
                     writer.add_image(f"figures/{Path(path).stem}", np.asarray(im.convert("RGB")), rec.final_step,
                                      dataformats="HWC")
         return where
+
+    def log_child(self, folder: Path, params: dict, scalars: dict[str, float]) -> None:
+        """One configuration of a sweep: its settings (HParams) and scores, at step 0."""
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        with SummaryWriter(log_dir=str(self.root / folder)) as writer:
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, 0)
+            for summary in hparams({k: _hparam_value(v) for k, v in params.items()}, scalars):
+                writer.file_writer.add_summary(summary)
