@@ -164,3 +164,16 @@ def test_bad_shard_input_is_one_line(shards, tmp_path):
     folder.mkdir(parents=True)
     assert_invoke_error(invoke("embed", folder.parent, tmp_path / "e.h5", *ARGS, "--label-key", "x"), "tar shards only")
     assert not list(tmp_path.glob("*.h5"))
+
+
+def test_which_inputs_are_read_as_shards(hymenoptera_small, shards, tmp_path):
+    from tlkit.data.shards import looks_like_shards
+
+    assert looks_like_shards(shards) and looks_like_shards(next(shards.glob("*.tar")))
+    assert looks_like_shards(f"{tmp_path}/x-{{000..009}}.tar")  # a pattern, even before it matches anything
+    assert not looks_like_shards(hymenoptera_small)
+    mixed = tmp_path / "mixed" / "ants"
+    mixed.mkdir(parents=True)
+    (mixed / "a.jpg").write_bytes((hymenoptera_small / "train" / "ants").glob("*.jpg").__next__().read_bytes())
+    (mixed.parent / "backup.tar").write_bytes(b"")
+    assert not looks_like_shards(mixed.parent)  # an image folder with a stray .tar stays an image folder

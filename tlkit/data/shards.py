@@ -82,13 +82,15 @@ def discover_source(data, label_key: str | None = None, split_key: str | None = 
 
 
 def looks_like_shards(data) -> bool:
-    """True for a ``.tar`` file or pattern, or a folder holding ``.tar`` files and no image-class folders."""
+    """True for a ``.tar`` file or pattern, or a folder with ``.tar`` files (at its top or one level down)
+    and no images where an image folder has them (``<class>/<image>``, ``<split>/<class>/<image>``)."""
     text = str(data)
     if text.endswith(SHARD_SUFFIX) or ("{" in text and SHARD_SUFFIX in text):
         return True
     folder = Path(text)
-    return folder.is_dir() and any(folder.glob(f"*{SHARD_SUFFIX}")) or (
-        folder.is_dir() and any(folder.glob(f"*/*{SHARD_SUFFIX}")))
+    if not folder.is_dir() or not any(p for pattern in ("*", "*/*") for p in folder.glob(pattern + SHARD_SUFFIX)):
+        return False
+    return not any(p.suffix.lower() in IMAGE_EXTENSIONS for pattern in ("*/*", "*/*/*") for p in folder.glob(pattern))
 
 
 def expand_shards(spec) -> tuple[Path, list[Path], list[str]]:
