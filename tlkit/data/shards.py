@@ -28,7 +28,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.cache.schema import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER
+from tlkit.data.splits import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER
 from tlkit.data.discovery import IMAGE_EXTENSIONS, DataIndex, ImageItem, discover
 from tlkit.errors import BadImage, DataError
 from tlkit.extras import require

@@ -139,12 +139,18 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
     import numpy as np
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-    from tlkit.report.figures import _pyplot, _scores
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
 
     run = rec.run
     labels = np.asarray(run.predictions["labels"])
-    targets, scores, what = _scores(labels, np.asarray(run.proba_seeds("final")[0]))
-    plt = _pyplot()
+    proba = np.asarray(run.proba_seeds("final")[0])
+    if proba.shape[1] == 2:  # the positive class, as `tlkit report` draws it; more classes: micro-average
+        targets, scores, what = labels, proba[:, 1], ""
+    else:
+        targets, scores, what = np.eye(proba.shape[1], dtype=np.int64)[labels].ravel(), proba.ravel(), " (micro-average)"
     fig, (ax_roc, ax_pr, ax_cm) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
     if len(np.unique(targets)) == 2:
         fpr, tpr, _ = roc_curve(targets, scores)
