@@ -14,9 +14,12 @@ into normalised float32 in the consuming process, on the device given, by
 tlkit/data/transforms.py).
 
 Workers are forked torch ``DataLoader`` processes. They are bound to the
-process that starts them (:func:`tlkit.signals.worker_init_fn`: they die
-with it, whatever kills it) and never hold a cache lock: the lock's file
-descriptor is closed in every forked child (:mod:`tlkit.cache.lock`).
+process that starts them (:func:`tlkit.signals.worker_options`: they die
+with it, whatever kills it, and are shut down when the generator that owns
+them is closed or left by an exception) and never hold a cache lock: the
+lock's file descriptor is closed in every forked child (:mod:`tlkit.cache.lock`).
+Callers close :func:`read_batches` when they stop early
+(``with contextlib.closing(read_batches(...)) as batches:``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlkit.data.decode import load_rgb
 from tlkit.data.transforms import TransformSpec
 from tlkit.errors import BadImage
-from tlkit.signals import worker_init_fn
+from tlkit.signals import loader_batches, worker_options
 
 
 @dataclass
@@ -94,15 +97,15 @@ def read_batches(
         DecodedFiles(files, max_pixels, convert=spec.build_pixels(), load=spec.load),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
-        worker_init_fn=worker_init_fn(),
+        **worker_options(workers),
     )
-    for batch in loader:
-        yield replace(batch, images=spec.normalize(batch.images.to(device, non_blocking=True))) if batch.indices else batch
+    with loader_batches(loader) as batches:  # closing this generator (or an error in it) ends the workers
+        for batch in batches:
+            yield replace(batch, images=spec.normalize(batch.images.to(device, non_blocking=True))) if batch.indices else batch
 
 
 def _errors_only(samples):
@@ -112,7 +115,8 @@ def _errors_only(samples):
 def check_files(files: list[tuple[str, str]], workers: int, max_pixels: int | None) -> list[tuple[str, str]]:
     """Fully decode every (file, shown-name) pair; return (shown-name, reason) of the bad ones."""
     loader = DataLoader(
-        DecodedFiles([f for f, _ in files], max_pixels), batch_size=16, num_workers=workers,
-        collate_fn=_errors_only, worker_init_fn=worker_init_fn(),
+        DecodedFiles([f for f, _ in files], max_pixels), batch_size=16, collate_fn=_errors_only,
+        **worker_options(workers),
     )
-    return [(files[i][1], why) for batch in loader for i, why in batch]
+    with loader_batches(loader) as batches:
+        return [(files[i][1], why) for batch in batches for i, why in batch]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 from tlkit.data.reader import read_batches
@@ -70,20 +71,23 @@ def run_shard(
         [it.file for it in items], spec, batch_size or default_batch_size(mapper.device), workers, max_pixels,
         device=mapper.device,
     )
-    for n, batch in enumerate(batches, 1):
-        batch_indices, batch_errors = batch.indices, batch.errors
-        if batch.indices:
-            features = mapper(batch.images)
-            rows = [items[i] for i in batch.indices]
-            writer.add(features, [r.label for r in rows], [r.path for r in rows], [r.split for r in rows])
-        for i, reason in batch.errors:
-            writer.add_skipped(items[i].path, items[i].split, reason)
-        del batch
-        if n % TRIM_EVERY == 0:
-            release_free_memory()
-        stats.embedded += len(batch_indices)
-        stats.skipped += len(batch_errors)
-        if on_progress:
-            on_progress(len(batch_indices) + len(batch_errors))
+    # Closed on every way out (a failing mapper or writer, a full disk, an interruption): the decoding
+    # workers stop here, not when the interpreter exits (where they used to keep it waiting).
+    with closing(batches):
+        for n, batch in enumerate(batches, 1):
+            batch_indices, batch_errors = batch.indices, batch.errors
+            if batch.indices:
+                features = mapper(batch.images)
+                rows = [items[i] for i in batch.indices]
+                writer.add(features, [r.label for r in rows], [r.path for r in rows], [r.split for r in rows])
+            for i, reason in batch.errors:
+                writer.add_skipped(items[i].path, items[i].split, reason)
+            del batch
+            if n % TRIM_EVERY == 0:
+                release_free_memory()
+            stats.embedded += len(batch_indices)
+            stats.skipped += len(batch_errors)
+            if on_progress:
+                on_progress(len(batch_indices) + len(batch_errors))
     writer.close()
     return stats
