@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_embed.py [DATA_DIR] [--precision fp32,bf16,int8] [--rounds 3] [--repeat 10] [--scale-rounds 2]
     .venv/bin/python bench/bench_embed.py [DATA_DIR] --profile     # where an image's time goes, per stage
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] --shards      # tar shards vs the same images as a folder
 
 Every contender runs as a whole process (interpreter start-up, imports, writing
 the result included), interleaved in rounds so that all see the same machine load:
@@ -337,6 +338,65 @@ def compare(data: Path, tmp: Path, precisions: list[str], n_rounds: int, label: 
               f"{ratio:.2f}x the peer (target >= {TARGETS[p]}x){fraction}", flush=True)
 
 
+# --- tar shards vs folder (--shards) -----------------------------------------------------------
+
+def cpu_description() -> str:
+    """The CPU's model and the SIMD flags that decide convolution and decode speed."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
+
+
+def write_tar_shards(data: Path, out: Path, per_shard: int = 100) -> str:
+    """``data``'s <split>/<class>/<image> files as webdataset shards (KEY.jpg + KEY.cls); returns a brace pattern."""
+    import io
+    import tarfile
+
+    names = []
+    for split_dir in sorted(p for p in data.iterdir() if p.is_dir()):
+        images = sorted(split_dir.glob("*/*"))
+        for n, start in enumerate(range(0, len(images), per_shard)):
+            name = f"{split_dir.name}-{n:05d}"
+            with tarfile.open(out / f"{name}.tar", "w") as tar:
+                for image in images[start:start + per_shard]:
+                    key = f"{image.parent.name}_{image.stem}".replace(".", "_")
+                    for member, payload in ((f"{key}{image.suffix.lower()}", image.read_bytes()),
+                                            (f"{key}.cls", image.parent.name.encode())):
+                        info = tarfile.TarInfo(member)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+            names.append(name)
+    return f"{out}/{{{','.join(names)}}}.tar"
+
+
+def compare_shards(data: Path, tmp: Path, n_rounds: int) -> None:
+    """tlkit embed on the images as a folder and as tar shards, whole processes, interleaved rounds."""
+    shard_dir = tmp / "shards"
+    shard_dir.mkdir()
+    pattern = write_tar_shards(data, shard_dir)
+    ratios = []
+    for r in range(n_rounds):
+        runs = {}
+        for source in (["folder", "shards"] if r % 2 == 0 else ["shards", "folder"]):
+            runs[source] = tlkit_embed(data if source == "folder" else Path(pattern), tmp / f"{source}-{r}.h5", "fp32")
+        folder_rate, shard_rate = (runs[s][0] / runs[s][1] for s in ("folder", "shards"))
+        ratios.append(shard_rate / folder_rate)
+        print(f"round {r + 1}: {runs['folder'][0]} images; whole process images/s: folder {folder_rate:.1f}, "
+              f"tar shards {shard_rate:.1f} ({ratios[-1]:.2f}x); by the summary line: folder {runs['folder'][2]:.1f}, "
+              f"shards {runs['shards'][2]:.1f}", flush=True)
+    print(f"tar shards / folder, median of {n_rounds} rounds: {median(ratios):.2f}x (target >= 1.0x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=os.environ.get("TLKIT_HYMENOPTERA"))
@@ -349,6 +409,8 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="leave out the comparison on the Nx images")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-tutorial", action="store_true", help="leave out today's batch-4 loop")
+    parser.add_argument("--shards", action="store_true",
+                        help="only compare tar-shard input with the same images as a folder (fp32, --rounds rounds)")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the stages (decode, transform, network, write) per precision, in-process")
     args = parser.parse_args()
@@ -357,6 +419,11 @@ def main() -> None:
     data = Path(args.data)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU: {cpu_description()}")
+    if args.shards:
+        with tempfile.TemporaryDirectory() as tmp:
+            compare_shards(data, Path(tmp), args.rounds)
+        return
     if args.profile:
         profile_stages(data, precisions)
         return

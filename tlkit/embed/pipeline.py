@@ -42,8 +42,8 @@ from tlkit.cache.parts import (
 from tlkit.cache.reader import H5_LOCKING, check_content_digest, class_names_of, open_h5, read_paths, read_skipped, split_names
 from tlkit.cache.schema import FEATURE_DIM, FORMAT, Provenance
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
-from tlkit.data.discovery import discover
 from tlkit.data.reader import check_files
+from tlkit.data.shards import discover_source
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
@@ -170,15 +170,22 @@ def embed(
     echo=print,
     precision: str = "fp32",
     fast_decode: bool = False,
+    label_key: str | None = None,
+    split_key: str | None = None,
 ) -> EmbedResult:
     """Embed every image under ``data_root`` that ``out`` does not hold yet; see module docs.
+
+    ``data_root`` may also be tar shards (a brace pattern or a folder of .tar files; tlkit/data/shards.py):
+    labels from KEY.cls or the JSON field ``label_key``, the split from the shard's name or ``split_key``.
 
     ``fast_decode``: large JPEGs decoded at a reduced DCT scale (:attr:`TransformSpec.jpeg_draft`).
     """
     start = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     check_output_path(out)
-    index = discover(data_root)
+    index = discover_source(data_root, label_key, split_key)
+    for name in index.ignored:
+        echo(f"note: ignored {name}")
     precision, device = precisions.Precision.parse(precision), precisions.device_for(precision, device)
     torch_device = select_device(device)
     precision.check_device(torch_device)  # a bad --device or --precision fails now, before the weights load
@@ -220,7 +227,7 @@ def embed(
         label_of = {name: i for i, name in enumerate(class_names)}
 
         pending = [
-            WorkItem(file=str(data_root / it.path), path=it.path, split=it.split, label=label_of[it.class_name])
+            WorkItem(file=index.source(it.path), path=it.path, split=it.split, label=label_of[it.class_name])
             for it in index.items
             if it.path not in cached_paths and it.path not in parts.done
         ]
@@ -234,6 +241,7 @@ def embed(
 
         if strict and pending:
             bad = check_files([(it.file, it.path) for it in pending], workers, max_pixels)
+            bad += [(path, why) for path, _, why in index.unreadable]
             if bad:
                 lines = "; ".join(f"{p}: {why}" for p, why in bad[:5])
                 more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
@@ -242,7 +250,7 @@ def embed(
         if calibrated and not ours.int8_calibration:
             # The first run into this cache: calibrate now, before the manifest records it, so an
             # interrupted run resumes with these numbers, and the published cache keeps them.
-            calibration = precisions.calibrate_on_images(loaded.state_dict, data_root, index.items, spec, max_pixels)
+            calibration = precisions.calibrate_on_images(loaded.state_dict, index.source, index.items, spec, max_pixels)
             ours = replace(ours, **precision.provenance_attrs(calibration))
         calibration = precisions.Int8Calibration.from_json(ours.int8_calibration) if ours.int8_calibration else None
 
@@ -277,7 +285,7 @@ def embed(
 
         sources = ([out] if out.exists() else []) + parts.files
         attrs = ours.to_attrs() | {"updated": now}
-        result.skipped = sorted(set(parts.skipped))
+        result.skipped = sorted(set(parts.skipped) | set(index.unreadable))  # unreadable: a truncated tar's tail
         assemble(out, sources, class_names, attrs, skipped=result.skipped, purpose=f"publish {out}")
         discard_parts(out)
     result.seconds = time.perf_counter() - start

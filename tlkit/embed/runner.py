@@ -39,7 +39,7 @@ TRIM_EVERY = 16  # batches
 class WorkItem:
     """An image to embed: where to read it and what to record for it."""
 
-    file: str  # absolute (or cwd-relative) path to open
+    file: str  # absolute (or cwd-relative) path to open, or a tlkit.data.shards.TarMember (bytes in a tar shard)
     path: str  # path relative to the data root, as stored in the cache
     split: str
     label: int
