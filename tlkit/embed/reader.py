@@ -16,13 +16,14 @@ descriptor is closed in every forked child (:mod:`tlkit.cache.lock`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.data.decode import load_rgb
 from tlkit.data.transforms import TransformSpec
+from tlkit.data.views import ViewSpec
 from tlkit.errors import BadImage
 from tlkit.signals import worker_init_fn
 
@@ -32,6 +33,18 @@ class Batch:
     indices: list[int]  # positions (in the reader's file list) of the rows of ``images``
     images: torch.Tensor  # (len(indices), 3, H, W) float32, normalised; uint8 (N, H, W, 3) pixels inside the loader
     errors: list[tuple[int, str]]  # (position, reason) of files that failed to decode
+    # With views: ``images`` holds the len(indices) centre crops, then n_views[j] views of indices[j], in order.
+    n_views: list[int] = field(default_factory=list)
+
+    def views_of(self, rows):
+        """``rows`` (one per row of ``images``, e.g. features) -> the centre rows, and a list of each file's
+        view rows (None for a file without views)."""
+        n = len(self.indices)
+        out, start = [], n
+        for k in self.n_views or [0] * n:
+            out.append(rows[start:start + k] if k else None)
+            start += k
+        return rows[:n], out
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader's pinning thread (``pin_memory=True``): page-locked pixels copy to a GPU asynchronously."""
@@ -39,29 +52,49 @@ class Batch:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, files: list[str], spec: TransformSpec, max_pixels: int | None):
+    def __init__(self, files: list[str], spec: TransformSpec, max_pixels: int | None,
+                 views: ViewSpec | None = None, view_keys: list[str | None] | None = None):
         self.files = files
         self.max_pixels = max_pixels
         self.spec = spec
         self.pixels = spec.build_pixels()
+        self.views = views.build_pixels(spec) if views is not None else None
+        self.view_keys = view_keys  # per file: the path its views are seeded by, or None for no views
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.pixels(self.spec.load(self.files[i], self.max_pixels)), None
+            image = self.spec.load(self.files[i], self.max_pixels)  # decoded once for the centre crop and the views
+            key = self.view_keys[i] if self.views is not None else None
+            return i, self.pixels(image), None if key is None else self.views(image, key), None
         except BadImage as exc:
-            return i, None, str(exc)
+            return i, None, None, str(exc)
 
 
 def _collate(samples) -> Batch:
-    good = [(i, x) for i, x, err in samples if err is None]
+    good = [(i, x, v) for i, x, v, err in samples if err is None]
+    views = [v for _, _, v in good if v is not None]
+    images = torch.stack([x for _, x, _ in good]) if good else torch.empty(0, dtype=torch.uint8)
     return Batch(
-        indices=[i for i, _ in good],
-        images=torch.stack([x for _, x in good]) if good else torch.empty(0, dtype=torch.uint8),
-        errors=[(i, err) for i, _, err in samples if err is not None],
+        indices=[i for i, _, _ in good],
+        images=torch.cat([images, *views]) if views else images,
+        errors=[(i, err) for i, _, _, err in samples if err is not None],
+        n_views=[0 if v is None else len(v) for _, _, v in good] if views else [],
     )
+
+
+def _batches_by_crops(crops: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive files grouped so that each batch holds about ``batch_size`` crops (centre + views)."""
+    batches, current, held = [], [], 0
+    for i, n in enumerate(crops):
+        current.append(i)
+        held += n
+        if held >= batch_size:
+            batches.append(current)
+            current, held = [], 0
+    return batches + ([current] if current else [])
 
 
 def read_batches(
@@ -71,16 +104,24 @@ def read_batches(
     workers: int,
     max_pixels: int | None,
     device: torch.device | str = "cpu",
+    views: ViewSpec | None = None,
+    view_keys: list[str | None] | None = None,
 ):
     """Yield :class:`Batch` objects over ``files`` in order, decoding in ``workers`` processes.
 
     ``images`` are normalised on ``device``; for a GPU the pixels travel pinned and as uint8.
+    ``views``: files whose ``view_keys`` entry is a path also get ``views.k`` augmented views, seeded by
+    that path, from the same decoded image; a batch then holds about ``batch_size`` crops in all.
     """
     device = torch.device(device)
+    by_crops = views is not None and any(k is not None for k in view_keys)
+    batching = (
+        {"batch_sampler": _batches_by_crops([1 + (views.k if k is not None else 0) for k in view_keys], batch_size)}
+        if by_crops else {"batch_size": batch_size, "shuffle": False}
+    )
     loader = DataLoader(
-        _ImageFiles(files, spec, max_pixels),
-        batch_size=batch_size,
-        shuffle=False,
+        _ImageFiles(files, spec, max_pixels, views if by_crops else None, view_keys),
+        **batching,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
