@@ -119,6 +119,11 @@ class Provenance:
         """K of ``--views K`` (0: no views)."""
         return int(json.loads(self.views)["k"]) if self.views else 0
 
+    @property
+    def view_splits(self) -> tuple[str, ...]:
+        """The splits that hold views (tlkit.data.views.VIEW_SPLITS when they were written)."""
+        return tuple(json.loads(self.views)["splits"]) if self.views else ()
+
 
 def _views_text(text: str) -> str:
     if not text:

@@ -39,26 +39,33 @@ class TorchHead(Head):
     def run_details(self) -> dict:
         return {"train": self.train_config().to_dict()}
 
-    def fit(self, X, y, eval_set=None):
-        """Train on (X, y). ``eval_set=(X_val, y_val)`` is evaluated after every epoch (history, best epoch)."""
+    def fit(self, X, y, eval_set=None, views=None):
+        """Train on (X, y). ``eval_set=(X_val, y_val)`` is evaluated after every epoch (history, best epoch).
+
+        ``views`` (n_samples, K, n_features): augmented views of each row (``tlkit embed --views K``); each
+        epoch then trains on one seeded draw of them per row instead of X (:mod:`tlkit.train.views`).
+        """
+        from tlkit.train.views import TrainingRows, check_views
+
         self.check_params()
         cfg = self.train_config()
         X, y_index = self._training_data(X, y, np.float32)
+        views = check_views(X, views)
         X_eval, y_eval = self._eval_arrays(eval_set, np.float32)
 
         with one_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             module = self._build_module(X.shape[1], len(self.classes_))
-            features, labels = torch.from_numpy(X), torch.from_numpy(y_index)
+            rows = TrainingRows(torch.from_numpy(X), None if views is None else torch.from_numpy(views))
             result = train_classifier(
-                module, _epoch_batches(features, labels, cfg), _evaluator(X_eval, y_eval, len(self.classes_)),
+                module, _epoch_batches(rows, torch.from_numpy(y_index), cfg), _evaluator(X_eval, y_eval, len(self.classes_)),
                 y_eval, cfg, on_epoch=epoch_listener(cfg.epochs),
             )
         module.eval()
         return self._fitted(module, result.history, result.seconds, result.best_state, result.best_epoch,
                             result.final_proba, result.best_proba, evaluated=len(y_eval) > 0)
 
-    def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
+    def fit_seeds(self, X, y, seeds, eval_set=None, views=None) -> list:
         """One fitted copy per seed, all seeds trained together as one set of stacked parameters.
 
         Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set)`` (within float
@@ -71,11 +78,13 @@ class TorchHead(Head):
 
         from tlkit.train.config import check_seeds
         from tlkit.train.seeds import NotVectorisable, train_seeds
+        from tlkit.train.views import check_views
 
         seeds = check_seeds(seeds)
         self.check_params()
         template = clone(self)  # validates the data and encodes the labels once, as fit would
         X_train, y_index = template._training_data(X, y, np.float32)
+        views = check_views(X_train, views)
         X_eval, y_eval = template._eval_arrays(eval_set, np.float32)
         cfg = template.train_config()
         listener = epoch_listener(cfg.epochs)
@@ -84,9 +93,10 @@ class TorchHead(Head):
                 template._build_module, X_train, y_index, seeds, cfg, n_classes=len(template.classes_),
                 eval_set=(X_eval, y_eval) if len(y_eval) else None,
                 on_epoch=None if listener is None else (lambda epoch, records: listener(_mean_record(records))),
+                views=views,
             )
         except NotVectorisable:
-            return super().fit_seeds(X, y, seeds, eval_set=eval_set)
+            return super().fit_seeds(X, y, seeds, eval_set=eval_set, views=views)
         heads = []
         for run in result.runs:
             head = clone(self).set_params(seed=run.seed)
@@ -146,14 +156,16 @@ def predict_module_proba(module: nn.Module, X: np.ndarray) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def _epoch_batches(features: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
-    """Shuffled mini-batches; the order of epoch e depends only on (seed, e)."""
+def _epoch_batches(features, labels: torch.Tensor, cfg: TrainConfig):
+    """Shuffled mini-batches; the order of epoch e depends only on (seed, e), and so does the view drawn
+    for each row when ``features`` (:class:`tlkit.train.views.TrainingRows`) holds views."""
 
     def batches(epoch: int):
         order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(labels)))
+        take = features.epoch([cfg.seed], epoch)
         for start in range(0, len(order), cfg.batch_size):
             rows = order[start:start + cfg.batch_size]
-            yield features[rows], labels[rows]
+            yield take(rows[None]), labels[rows]
 
     return batches
 

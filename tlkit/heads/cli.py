@@ -67,9 +67,13 @@ _DECORATORS, APPLIES = _head_options()
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share held out for evaluation when the cache has no 'val' split (stratified).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of that hold-out.")
+@click.option("--views", "views", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="Train on the cache's augmented views (embed --views K) when it has them: torch heads draw one "
+                   "view per image per epoch (seeded), the others train on every view as a row; evaluation always "
+                   "uses the centre crops. on: require them; off: ignore them.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
 @click.pass_context
-def fit_head(ctx, head, cache_path, out, seeds_spec, val_fraction, split_seed, progress, **values):
+def fit_head(ctx, head, cache_path, out, seeds_spec, val_fraction, split_seed, views, progress, **values):
     """Train a classifier head on the cached features and write a run folder.
 
     \b
@@ -100,6 +104,7 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, val_fraction, split_seed, p
         tlkit fit-head --head bottleneck --seeds 10 --out runs/b10
         tlkit fit-head --head quantum --qdevice lightning.qubit --shots 1000
         tlkit fit-head --head logreg --cache other/feats.h5
+        tlkit fit-head --head linear --cache cache/views.h5 --views off
     """
     from tlkit.heads.fit import fit_head as run_fit_head
     from tlkit.heads.fit import summary_table
@@ -119,7 +124,8 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, val_fraction, split_seed, p
     params = {name: value for name, value in values.items() if head in APPLIES[name]}
 
     result = run_fit_head(head, cache_path, out, params=params, seeds=seeds, val_fraction=val_fraction,
-                          split_seed=split_seed, progress=progress, echo=lambda msg: click.echo(msg, err=True))
+                          split_seed=split_seed, progress=progress, echo=lambda msg: click.echo(msg, err=True),
+                          views=views)
     click.echo(summary_table(result.metrics))
     click.echo(f"run folder: {result.run_dir}")
 

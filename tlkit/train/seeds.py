@@ -58,6 +58,7 @@ from tlkit.heads.threads import one_thread
 from tlkit.metrics import predict_from_proba
 from tlkit.train.config import check_seeds
 from tlkit.train.loop import EpochRecord, TrainConfig, make_optimizer, make_scheduler
+from tlkit.train.views import TrainingRows
 
 EVAL_ROWS = 8192  # seed-rows per evaluation forward pass (bounds memory at many seeds)
 METHODS = ("auto", "batched", "vmap")
@@ -109,6 +110,7 @@ def train_seeds(
     device: torch.device | str = "cpu",
     method: str = "auto",
     on_epoch: Callable[[int, list[EpochRecord]], None] | None = None,
+    views: np.ndarray | None = None,
 ) -> SeedsResult:
     """Train one module per seed, all in one vectorised pass; ``cfg.seed`` is ignored.
 
@@ -116,8 +118,10 @@ def train_seeds(
     ``_build_module``); ``X`` (n, features) float32 and ``y`` (n,) class
     indices 0..n_classes-1; ``eval_set=(X_val, y_val)`` likewise, evaluated
     after every epoch. ``on_epoch(epoch, records)`` gets the 1-based epoch
-    and each seed's :class:`EpochRecord`. The global torch RNG is left as it
-    was.
+    and each seed's :class:`EpochRecord`. ``views`` (n, K, features): each
+    seed trains on its own seeded draw of one view per row and epoch
+    (:mod:`tlkit.train.views`), as its single run would. The global torch RNG
+    is left as it was.
     """
     seeds = check_seeds(seeds)
     if method not in METHODS:
@@ -145,8 +149,9 @@ def train_seeds(
         modules = [first, *(build(seed) for seed in seeds[1:])]
         stacked = _stack(modules, axis if method == "auto" else method, device)
         loop = _SeedLoop(stacked, seeds, cfg, device)
-        runs = loop.train(torch.from_numpy(X).to(device), torch.from_numpy(y).to(device),
-                          torch.from_numpy(X_eval).to(device), y_eval, on_epoch)
+        rows = TrainingRows(torch.from_numpy(X).to(device),
+                            None if views is None else torch.from_numpy(np.ascontiguousarray(views, np.float32)).to(device))
+        runs = loop.train(rows, torch.from_numpy(y).to(device), torch.from_numpy(X_eval).to(device), y_eval, on_epoch)
     for module, run in zip(modules, runs):
         module.load_state_dict(run.final_state)
         module.eval()
@@ -312,10 +317,11 @@ class _SeedLoop:
                 [np.random.default_rng([seed, epoch]).permutation(n) for seed in self.seeds])).to(self.device)
             total_loss = torch.zeros(n_seeds, dtype=torch.float64, device=self.device)
             correct = torch.zeros(n_seeds, dtype=torch.int64, device=self.device)
+            take = features.epoch(self.seeds, epoch)  # each seed slot's view of each row (or the centre crops)
             for start in range(0, n, cfg.batch_size):
-                rows = order[:, start:start + cfg.batch_size].flatten()  # seed by seed, b rows each
-                targets = labels.index_select(0, rows).view(n_seeds, -1)
-                inputs = features.index_select(0, rows).view(*targets.shape, -1)  # (S, b, features)
+                rows = order[:, start:start + cfg.batch_size]  # seed by seed, b rows each
+                targets = labels.index_select(0, rows.flatten()).view(n_seeds, -1)
+                inputs = take(rows).view(*targets.shape, -1)  # (S, b, features)
                 optimizer.zero_grad()
                 logits = stacked.forward(inputs)  # (S, b, C)
                 per_row = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
