@@ -68,8 +68,8 @@ def fit_head(
     run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
     cache = load_cache(cache_path, views=views != "off")
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
-    echo(plan.describe())
     train, fit_params, views_used = training_data(estimator, plan, cache, views)
+    echo(plan.describe())
     if views_used:
         echo(f"training on views: {views_used['k']} {views_used['augment']} view(s) per image, {views_used['how']}; "
              "evaluated on the centre crops")
