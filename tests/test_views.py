@@ -125,6 +125,10 @@ def test_verify_data_reproduces_the_views_and_catches_other_ones(hymenoptera_sma
     assert invoke("verify", altered, "--no-progress").exit_code == 0
     result = invoke("verify", altered, "--data", hymenoptera_small, "--sample", "26", "--no-progress")
     assert result.exit_code == 1 and "stored view(s)" in result.output, result.output
+    with h5py.File(altered, "r+") as f:
+        f["train/views"][3, 1, 7] = np.nan
+    result = invoke("verify", altered, "--no-progress")
+    assert result.exit_code == 1 and "train/views: 1 row(s) hold NaN or inf: rows 3" in result.output, result.output
 
 
 @pytest.mark.slow

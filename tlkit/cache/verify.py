@@ -212,8 +212,9 @@ def _check_split(
         _check_paths(split, paths, report)
     _check_views(group, split, len(feats), provenance, report)
     if len(report.problems) == before:
+        views = f"; {group[VIEWS_DATASET].shape[1]} views per row valid" if VIEWS_DATASET in group else ""
         report.passed.append(f"{split}: {len(feats)} rows; checksums valid; row counts agree; no NaN/inf; "
-                             f"labels in 0..{n_classes - 1}; paths unique and sorted")
+                             f"labels in 0..{n_classes - 1}; paths unique and sorted{views}")
     return paths
 
 
