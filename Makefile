@@ -15,7 +15,7 @@ venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray,track,shards,export,timm]'
 	touch $(STAMP)
 
 # Real photos for the tests; CI sets TLKIT_HYMENOPTERA itself (see .ci/run).

@@ -45,7 +45,8 @@ also read the folders of earlier tlkit versions (head runs that recorded
 Two runs are comparable only when their evaluation sets have the same
 fingerprint (same paths, same labels, same class names).
 
-Imported when the CLI starts: numpy only (scikit-learn is imported by :func:`build_metrics`).
+Imported by ``tlkit fit-head --help`` (through the head registry): numpy only (scikit-learn is
+imported by :func:`build_metrics`).
 """
 
 from __future__ import annotations

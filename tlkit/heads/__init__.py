@@ -14,8 +14,10 @@ Each head is a scikit-learn classifier over feature arrays, declared once in
 
     heads = QuantumHead().fit_seeds(X, y, seeds=range(10))   # ten fitted heads, one vectorised pass
 
-Heavy imports (torch, PennyLane, scikit-learn) happen on first use, so the
-CLI that imports this package stays quick.
+Each name is imported on first use: ``from tlkit.heads import LogRegHead``
+loads scikit-learn but neither torch nor PennyLane, and ``tlkit fit-head``
+(whose command, :mod:`tlkit.heads.cli`, imports this package) loads only
+what the chosen head needs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _LAZY = {
     "BottleneckHead": "tlkit.heads.bottleneck",
     "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
-    "HeadError": "tlkit.heads.errors",
+    "HeadError": "tlkit.errors",
     "HEADS": "tlkit.heads.registry",
     "get_spec": "tlkit.heads.registry",
     "head_class": "tlkit.heads.registry",

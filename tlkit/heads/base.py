@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from tlkit.heads.estimator import Evaluation, Head, epoch_listener
-from tlkit.heads.threads import one_thread
+from tlkit.threads import one_thread
 from tlkit.train import TrainConfig
 from tlkit.train.loop import train_classifier
 

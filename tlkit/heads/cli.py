@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import click
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.heads.registry import HEADS
 from tlkit.train.config import SEEDS_HELP, parse_seeds
 from tlkit.train.hparams import HParamOption, SectionedCommand, option, stacked

@@ -50,7 +50,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.metrics import predict_from_proba
 
 

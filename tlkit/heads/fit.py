@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.heads.estimator import reporting_epochs
 from tlkit.heads.registry import get_spec, save_head
 from tlkit.heads.splits import SplitPlan, plan_splits

@@ -23,9 +23,9 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.heads.estimator import Evaluation, Head
-from tlkit.heads.threads import one_thread
+from tlkit.threads import one_thread
 
 
 class LogRegHead(Head, head="logreg"):

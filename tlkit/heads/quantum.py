@@ -25,8 +25,8 @@ import math
 import torch
 from torch import nn
 
+from tlkit.errors import HeadError
 from tlkit.heads.base import TorchHead
-from tlkit.heads.errors import HeadError
 from tlkit.heads.registry import QUANTUM, SIMULATORS
 
 _DEFAULTS = QUANTUM.defaults()

@@ -20,7 +20,7 @@ Adding a head is one declaration here plus one class::
 
 (which is how the bottleneck head below is declared).
 
-Imported when the CLI starts: no torch, scikit-learn or PennyLane here.
+Imported by ``tlkit fit-head --help`` (its options come from here): no torch, scikit-learn or PennyLane here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.heads.store import ARRAYS, TORCH_STATE, WeightsFormat
 from tlkit.runs import read_config
 from tlkit.train.config import TrainConfig

@@ -10,7 +10,7 @@ so a default, a range or a help text is never written twice. The training
 loop's settings are declared on :class:`tlkit.train.config.TrainConfig`; each
 head's own settings in :mod:`tlkit.heads.registry`.
 
-This module is imported when the CLI starts: it imports click only.
+The commands' ``--help`` imports this module: it imports click only.
 """
 
 from __future__ import annotations

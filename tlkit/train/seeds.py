@@ -53,9 +53,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.heads.errors import HeadError
-from tlkit.heads.threads import one_thread
+from tlkit.errors import HeadError
 from tlkit.metrics import predict_from_proba
+from tlkit.threads import one_thread
 from tlkit.train.config import check_seeds
 from tlkit.train.loop import EpochRecord, TrainConfig, make_optimizer, make_scheduler
 from tlkit.train.views import TrainingRows

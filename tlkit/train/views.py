@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 
 VIEW_STREAM = 0x76696577  # "view"
 
