@@ -33,7 +33,14 @@ Prints, all measured side by side in this one run on this machine:
    size just before (torch's first training step alone takes a large one-off
    amount, hence the 1-seed figure); on CUDA also torch's peak allocation.
 
-``--only cli,quantum,seeds,memory`` picks sections (4 comes with 3).
+6. sweeps (`fit-head --grid`, :func:`tlkit.heads.search`) for the linear,
+   quantum and bottleneck heads: a grid of 3 lrs x 5 folds x 5 seeds in one
+   vectorised pass, then the chosen lr refitted for the 5 seeds, against one
+   seed's `fit`: training seconds (targets: <= 6x), and as whole commands
+   (`fit-head --grid lr=... --cv 5 --seeds 5` against a single-seed
+   `fit-head`, start-up included; target <= 3x).
+
+``--only cli,quantum,seeds,memory,sweep`` picks sections (4 comes with 3).
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ HEADS = ("linear", "logreg", "quantum", "bottleneck")
 SEED_HEADS = ("linear", "quantum", "bottleneck")  # the heads that train many seeds in one pass
 SEED_TARGETS = {10: 2.0, 100: 5.0}
 DEMO_TARGET = 30.0
-SECTIONS = ("cli", "quantum", "seeds", "memory")
+SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep")
+SWEEP_LRS = "0.0003,0.001,0.003"  # the grid of section 6: 3 lrs (x 5 folds x 5 seeds, then the refit)
+SWEEP_TARGETS = {"training": 6.0, "command": 3.0}
 
 
 def ensure_cache(args, scratch: Path) -> Path:
@@ -278,6 +287,52 @@ def report_memory(cache: Path, args) -> None:
         print(line, flush=True)
 
 
+# --- 6. sweeps ----------------------------------------------------------------------------------
+
+def time_command(cache: Path, out: Path, head: str, *extra: str) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", head, "--cache", str(cache),
+                           "--out", str(out), "--no-progress", *extra], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"fit-head --head {head} {' '.join(extra)} failed:\n{proc.stderr}")
+    return time.perf_counter() - t0
+
+
+def report_sweep(cache: Path, args, scratch: Path) -> bool:
+    from tlkit.heads import search
+
+    train, val = load(cache)
+    lrs = [float(v) for v in SWEEP_LRS.split(",")]
+    heads = [h for h in args.heads.split(",") if h]
+    ok = True
+    print(f"\n6. sweeps: grid of {len(lrs)} lrs ({SWEEP_LRS}) x 5 folds x 5 seeds + refit of 5 seeds, against one "
+          f"seed; {args.epochs} epochs, {len(train.labels)} train rows; training seconds best of {args.repeat}")
+    print(f"{'head':<11}{'1 seed s':>9}{'search s':>10}{'refit s':>9}{'ratio':>7}{'1-seed cmd s':>14}{'sweep cmd s':>13}"
+          f"{'ratio':>7}  targets")
+    for name in heads:
+        one, swept = float("inf"), (float("inf"), float("inf"))
+        for _ in range(args.repeat):  # interleaved, so a busy machine weighs on both alike
+            head = head_class(name)(epochs=args.epochs)
+            one = min(one, head.fit(train.features, train.labels, eval_set=(val.features, val.labels)).training_seconds_)
+            found = search(head_class(name)(epochs=args.epochs), train.features, train.labels, {"lr": lrs}, cv=5,
+                           seeds=range(5))
+            refit = head_class(name)(epochs=args.epochs, **found.best_params_).fit_seeds(
+                train.features, train.labels, range(5), eval_set=(val.features, val.labels))
+            pair = (float(found.seconds.sum()), sum(h.training_seconds_ for h in refit))
+            swept = min(swept, pair, key=sum)
+        ratio = sum(swept) / one
+        single_cmd = time_command(cache, scratch / f"sweep-{name}-1", name, "--epochs", str(args.epochs))
+        sweep_cmd = time_command(cache, scratch / f"sweep-{name}-grid", name, "--epochs", str(args.epochs),
+                                 "--grid", f"lr={SWEEP_LRS}", "--cv", "5", "--seeds", "5")
+        cmd_ratio = sweep_cmd / single_cmd
+        passed = (ratio <= SWEEP_TARGETS["training"], cmd_ratio <= SWEEP_TARGETS["command"])
+        ok &= all(passed)
+        print(f"{name:<11}{one:>9.2f}{swept[0]:>10.2f}{swept[1]:>9.2f}{ratio:>6.1f}x{single_cmd:>14.2f}{sweep_cmd:>13.2f}"
+              f"{cmd_ratio:>6.1f}x  training <= {SWEEP_TARGETS['training']:g}x: {'PASS' if passed[0] else 'FAIL'}; "
+              f"command <= {SWEEP_TARGETS['command']:g}x: {'PASS' if passed[1] else 'FAIL'}", flush=True)
+    return ok
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -306,7 +361,24 @@ def main() -> int:
         return run(args, Path(tmp))
 
 
+def cpu_line() -> str:
+    """The CPU the figures were measured on: its model and the vector extensions that matter to torch."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+    return f"CPU: {model} ({os.cpu_count()} logical cores); flags: " + " ".join(f for f in wanted if f in flags)
+
+
 def run(args, scratch: Path) -> int:
+    print(cpu_line(), flush=True)
     cache = ensure_cache(args, scratch)
     sections = args.only.split(",")
     ok = True
@@ -318,6 +390,8 @@ def run(args, scratch: Path) -> int:
         ok &= report_seeds(cache, args)
     if "memory" in sections:
         report_memory(cache, args)
+    if "sweep" in sections:
+        ok &= report_sweep(cache, args, scratch)
     return 0 if ok else 1
 
 
