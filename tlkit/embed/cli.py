@@ -62,8 +62,17 @@ def _default_workers() -> int:
               help="Decode JPEGs at least twice the resize target at a reduced scale (1/2, 1/4, 1/8; never below it) "
                    "before resizing: much faster on large photos, slightly other pixels. Recorded in the cache's "
                    "transform, so later runs into the cache need it too (docs/embedding.md#decoding-and---fast-decode).")
+# The choices are tlkit.data.views.AUGMENTS, written out, as for --precision.
+@click.option("--views", "views", default=0, show_default=True, type=click.IntRange(0),
+              help="Also store K augmented views of every training image (splits train, all) beside its centre crop, "
+                   "in /<split>/views, from the image decoded once; fit-head trains on them (docs/embedding.md#augmented-views).")
+@click.option("--augment", default="tutorial", show_default=True, type=click.Choice(["tutorial", "crop", "flip"]),
+              help="The views' augmentation (with --views): tutorial = RandomResizedCrop(224, scale 0.08-1, "
+                   "ratio 3/4-4/3) + RandomHorizontalFlip(0.5), as the PyTorch transfer-learning tutorial trains; "
+                   "crop or flip alone. Each view is seeded by (image path, view index).")
 def embed(data_dir, cache, label_key, split_key, weights, seed, batch_size, workers, device, strict, max_pixels,
-          checkpoint_every, backend, ray_address, shards, gpus_per_worker, progress, precision, fast_decode):
+          checkpoint_every, backend, ray_address, shards, gpus_per_worker, progress, precision, fast_decode, views,
+          augment):
     """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
 
     \b
@@ -82,6 +91,11 @@ def embed(data_dir, cache, label_key, split_key, weights, seed, batch_size, work
     crop 224). The run is resumable and incremental: after an interruption,
     or after adding images, run the same command again and only the missing
     images are embedded. Unreadable images are skipped, listed and recorded.
+
+    \b
+    Examples:
+        tlkit embed data/ cache/feats.h5
+        tlkit embed data/ cache/views.h5 --views 10 --augment tutorial
     """
     # libgomp (torch's OpenMP on Linux) lets idle threads spin between parallel regions; while
     # decoding processes share the cores, the spinning steals them: embedding ran 2.2x slower on
@@ -98,6 +112,7 @@ def embed(data_dir, cache, label_key, split_key, weights, seed, batch_size, work
         ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
         progress=progress, echo=lambda msg: click.echo(msg, err=True), precision=precision, fast_decode=fast_decode,
         label_key=label_key, split_key=split_key,
+        views=views, augment=augment,
     )
     if result.up_to_date:
         click.echo(f"{cache} is up to date ({result.already_cached} images cached); nothing to embed")

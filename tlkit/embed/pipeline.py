@@ -45,6 +45,7 @@ from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.reader import check_files
 from tlkit.data.shards import discover_source
 from tlkit.data.transforms import TransformSpec
+from tlkit.data.views import ViewSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.backbone import BACKBONE, LAYER
@@ -96,8 +97,8 @@ def check_output_path(out: Path) -> None:
 
 
 def make_provenance(weights_id: str, weights_sha256: str, spec: TransformSpec, data_root: Path, created: str,
-                    precision: dict[str, str] | None = None) -> Provenance:
-    """``precision``: :meth:`Precision.provenance_attrs` (default: fp32)."""
+                    precision: dict[str, str] | None = None, views: ViewSpec | None = None) -> Provenance:
+    """``precision``: :meth:`Precision.provenance_attrs` (default: fp32); ``views``: K views per training image."""
     return Provenance(
         backbone=BACKBONE,
         layer=LAYER,
@@ -111,6 +112,7 @@ def make_provenance(weights_id: str, weights_sha256: str, spec: TransformSpec, d
         created=created,
         data_root=str(data_root.resolve()),
         **(precision or {}),
+        views=views.to_json() if views is not None else "",
     )
 
 
@@ -119,8 +121,18 @@ def _refuse_mix(where: str, theirs: Provenance, ours: Provenance) -> None:
     if diff:
         raise CacheError(
             f"{where} holds features of another feature space ({'; '.join(diff)}); feature spaces never mix: "
-            f"embed into a new file, or rerun with the weights, transform and precision it was made with"
+            f"embed into a new file, or rerun with the weights, transform, precision and views it was made with"
         )
+
+
+def _view_spec(k: int, augment: str, spec: TransformSpec) -> ViewSpec | None:
+    """The views of ``--views K --augment NAME`` (crops of the transform's size), or None for K = 0."""
+    if not k:
+        return None
+    try:
+        return ViewSpec(k=int(k), augment=augment, size=spec.crop)
+    except ValueError as exc:
+        raise DataError(f"--views {k} --augment {augment}: {exc}") from None
 
 
 def _adopt_calibration(ours: Provenance, theirs: Provenance) -> Provenance:
@@ -172,6 +184,8 @@ def embed(
     fast_decode: bool = False,
     label_key: str | None = None,
     split_key: str | None = None,
+    views: int = 0,
+    augment: str = "tutorial",
 ) -> EmbedResult:
     """Embed every image under ``data_root`` that ``out`` does not hold yet; see module docs.
 
@@ -179,6 +193,8 @@ def embed(
     labels from KEY.cls or the JSON field ``label_key``, the split from the shard's name or ``split_key``.
 
     ``fast_decode``: large JPEGs decoded at a reduced DCT scale (:attr:`TransformSpec.jpeg_draft`).
+    ``views`` K > 0: also K views of every training image by augmentation ``augment``
+    (:class:`tlkit.data.views.ViewSpec`), stored in ``/<split>/views``.
     """
     start = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
@@ -196,13 +212,14 @@ def embed(
     # int8 from fp32 tensors (random, file) is calibrated: once per cache, then read back from it
     calibrated = precision.name == "int8" and not precisions.is_quantized_state_dict(loaded.state_dict)
     spec = replace(chosen.transform, jpeg_draft=True) if fast_decode else chosen.transform
+    view_spec = _view_spec(views, augment, spec)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
 
     with CacheLock(out):
         remove_stale_tmp(out)
         parts_dir = parts_dir_of(out)
-        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, now, precision.provenance_attrs())
+        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, now, precision.provenance_attrs(), view_spec)
 
         cached_paths: set[str] = set()
         cached_classes: list[str] = []
@@ -263,6 +280,7 @@ def embed(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
                 f"{loaded.id} on {torch_device}, backend {backend}"
                 + (f", precision {precision}" if precision.name != "fp32" else "")
+                + (f", {view_spec.describe()}" if view_spec else "")
             )
             for note in filter(None, [precisions.speed_warning(precision, torch_device)]):
                 echo(note)
@@ -270,7 +288,7 @@ def embed(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
                 rows_per_part=rows_per_part, ray=ray or RayOptions(),
-                precision=precision.name, calibration=calibration,
+                precision=precision.name, calibration=calibration, views=view_spec,
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:

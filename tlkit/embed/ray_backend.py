@@ -157,7 +157,7 @@ class ShardEmbedder:
         writer = PartWriter(self.job.parts_dir, self.job.class_names, prefix=prefix, rows_per_part=self.job.rows_per_part)
         stats = run_shard(
             todo, self.mapper, writer, self.job.spec, self.job.batch_size, self.job.workers,
-            self.job.max_pixels, on_progress=self._advance,
+            self.job.max_pixels, on_progress=self._advance, views=self.job.views,
         )
         names = {it.path for it in items}
         return ShardReport(
