@@ -33,7 +33,23 @@ Prints, all measured side by side in this one run on this machine:
    size just before (torch's first training step alone takes a large one-off
    amount, hence the 1-seed figure); on CUDA also torch's peak allocation.
 
-``--only cli,quantum,seeds,memory`` picks sections (4 comes with 3).
+6. sweeps (`fit-head --grid`, :func:`tlkit.heads.search`) for the linear,
+   quantum and bottleneck heads: a grid of 3 lrs x 5 folds x 5 seeds in one
+   vectorised pass, then the chosen lr refitted for the 5 seeds, against one
+   seed's `fit`: training seconds (targets: <= 6x), and as whole commands
+   (`fit-head --grid lr=... --cv 5 --seeds 5` against a single-seed
+   `fit-head`, start-up included; target <= 3x).
+
+7. start-up: the whole single-seed `tlkit fit-head --head linear` command
+   against `python -c "import torch"`, on a small synthetic cache (of
+   hymenoptera's size: 244 train / 153 val rows, 2 classes), best of 3
+   rounds interleaved, wall and CPU seconds (CPU seconds move less on a busy
+   machine); target: the command at most import torch + 1.5 s. Then one run
+   under `python -X importtime` says where the command's imports go: torch,
+   torch._dynamo, scikit-learn (with what it pulls in: scipy.stats, pandas)
+   and the rest. Needs no --cache or --data: `--only startup`.
+
+``--only cli,quantum,seeds,memory,sweep,startup`` picks sections (4 comes with 3).
 """
 
 from __future__ import annotations
@@ -52,7 +68,9 @@ HEADS = ("linear", "logreg", "quantum", "bottleneck")
 SEED_HEADS = ("linear", "quantum", "bottleneck")  # the heads that train many seeds in one pass
 SEED_TARGETS = {10: 2.0, 100: 5.0}
 DEMO_TARGET = 30.0
-SECTIONS = ("cli", "quantum", "seeds", "memory")
+SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep", "startup")
+SWEEP_LRS = "0.0003,0.001,0.003"  # the grid of section 6: 3 lrs (x 5 folds x 5 seeds, then the refit)
+SWEEP_TARGETS = {"training": 6.0, "command": 3.0}
 
 
 def ensure_cache(args, scratch: Path) -> Path:
@@ -278,6 +296,170 @@ def report_memory(cache: Path, args) -> None:
         print(line, flush=True)
 
 
+# --- 6. sweeps ----------------------------------------------------------------------------------
+
+def time_command(cache: Path, out: Path, head: str, *extra: str) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", head, "--cache", str(cache),
+                           "--out", str(out), "--no-progress", *extra], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"fit-head --head {head} {' '.join(extra)} failed:\n{proc.stderr}")
+    return time.perf_counter() - t0
+
+
+def report_sweep(cache: Path, args, scratch: Path) -> bool:
+    from tlkit.heads import search
+
+    train, val = load(cache)
+    lrs = [float(v) for v in SWEEP_LRS.split(",")]
+    heads = [h for h in args.heads.split(",") if h]
+    ok = True
+    print(f"\n6. sweeps: grid of {len(lrs)} lrs ({SWEEP_LRS}) x 5 folds x 5 seeds + refit of 5 seeds, against one "
+          f"seed; {args.epochs} epochs, {len(train.labels)} train rows; training seconds best of {args.repeat}")
+    print(f"{'head':<11}{'1 seed s':>9}{'search s':>10}{'refit s':>9}{'ratio':>7}{'1-seed cmd s':>14}{'sweep cmd s':>13}"
+          f"{'ratio':>7}  targets")
+    for name in heads:
+        one, swept = float("inf"), (float("inf"), float("inf"))
+        for _ in range(args.repeat):  # interleaved, so a busy machine weighs on both alike
+            head = head_class(name)(epochs=args.epochs)
+            one = min(one, head.fit(train.features, train.labels, eval_set=(val.features, val.labels)).training_seconds_)
+            found = search(head_class(name)(epochs=args.epochs), train.features, train.labels, {"lr": lrs}, cv=5,
+                           seeds=range(5))
+            refit = head_class(name)(epochs=args.epochs, **found.best_params_).fit_seeds(
+                train.features, train.labels, range(5), eval_set=(val.features, val.labels))
+            pair = (float(found.seconds.sum()), sum(h.training_seconds_ for h in refit))
+            swept = min(swept, pair, key=sum)
+        ratio = sum(swept) / one
+        single_cmd = time_command(cache, scratch / f"sweep-{name}-1", name, "--epochs", str(args.epochs))
+        sweep_cmd = time_command(cache, scratch / f"sweep-{name}-grid", name, "--epochs", str(args.epochs),
+                                 "--grid", f"lr={SWEEP_LRS}", "--cv", "5", "--seeds", "5")
+        cmd_ratio = sweep_cmd / single_cmd
+        passed = (ratio <= SWEEP_TARGETS["training"], cmd_ratio <= SWEEP_TARGETS["command"])
+        ok &= all(passed)
+        print(f"{name:<11}{one:>9.2f}{swept[0]:>10.2f}{swept[1]:>9.2f}{ratio:>6.1f}x{single_cmd:>14.2f}{sweep_cmd:>13.2f}"
+              f"{cmd_ratio:>6.1f}x  training <= {SWEEP_TARGETS['training']:g}x: {'PASS' if passed[0] else 'FAIL'}; "
+              f"command <= {SWEEP_TARGETS['command']:g}x: {'PASS' if passed[1] else 'FAIL'}", flush=True)
+    return ok
+
+
+# --- 7. start-up of the whole command ------------------------------------------------------------
+
+STARTUP_TARGET = 1.5  # seconds the whole single-seed `fit-head --head linear` may take over `import torch`
+STARTUP_ROUNDS = 3
+# Where the command's import time goes: each group is a module and everything it imports first.
+IMPORT_GROUPS = (("torch._dynamo", "torch._dynamo"), ("torch", "torch"), ("scikit-learn", "sklearn"))
+SKLEARN_PARTS = ("scipy.stats", "pandas")  # what scikit-learn's own import pulls in (sklearn.utils.fixes)
+TORCH_ONLY = 'python -c "import torch"'
+
+
+def synthetic_cache(path: Path) -> Path:
+    """A feature cache of hymenoptera's size, 244 train and 153 val rows of two separable 512-d blobs."""
+    import numpy as np
+
+    from tlkit.cache.schema import FEATURE_DIM, FORMAT, SCHEMA_VERSION, Provenance
+    from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
+
+    centres = np.random.default_rng(0).normal(size=(2, FEATURE_DIM)) * 0.2
+    provenance = Provenance(backbone="resnet18", layer="avgpool", weights_id="random:seed=0", weights_sha256="0" * 64,
+                            transform="{}", feature_dim=FEATURE_DIM, tlkit_version="bench", torch_version="bench",
+                            torchvision_version="bench", created="2025-01-01T00:00:00+00:00", data_root="bench")
+    with atomic_h5(path) as f:
+        write_root_attrs(f, format=FORMAT, schema_version=SCHEMA_VERSION, complete=False, splits=["train", "val"],
+                         class_names=["ants", "bees"], **provenance.to_attrs())
+        for seed, (split, n) in enumerate((("train", 244), ("val", 153))):
+            y = np.arange(n) % 2
+            X = (np.random.default_rng(seed).normal(size=(n, FEATURE_DIM)) + centres[y]).astype(np.float32)
+            write_split(f, split, X, y, [f"{split}/{'ants' if c == 0 else 'bees'}/{i:05d}.jpg" for i, c in enumerate(y)])
+        write_skipped(f, [])
+        f.attrs["complete"] = True
+    return path
+
+
+def timed(cmd: list[str], env=None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child, its result) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
+
+
+def import_seconds(importtime_log: str) -> dict[str, float]:
+    """Seconds of each of :data:`IMPORT_GROUPS` (and of scikit-learn's parts) in a ``-X importtime`` log."""
+    nodes = []  # post-order: (depth, name, cumulative us, children)
+    for line in importtime_log.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        depth = (len(name) - len(name.lstrip())) // 2
+        children = []
+        while nodes and nodes[-1][0] > depth:
+            children.insert(0, nodes.pop())
+        nodes.append((depth, name.strip(), int(cumulative), children))
+    seconds = {label: 0.0 for label, _ in IMPORT_GROUPS} | {part: 0.0 for part in SKLEARN_PARTS} | {"total": 0.0}
+
+    def within(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    def walk(node, group=None):
+        _, name, cumulative, children = node
+        if group is None:
+            group = next((label for label, prefix in IMPORT_GROUPS if within(name, prefix)), None)
+            if group is not None:
+                seconds[group] += cumulative / 1e6
+        elif group == "scikit-learn":
+            part = next((p for p in SKLEARN_PARTS if within(name, p)), None)
+            if part is not None:
+                seconds[part] += cumulative / 1e6
+                return
+        for child in children:
+            walk(child, group)
+
+    for node in nodes:
+        seconds["total"] += node[2] / 1e6
+        walk(node)
+    return seconds
+
+
+def report_startup(scratch: Path) -> bool:
+    cache = synthetic_cache(scratch / "startup.h5")
+    torch_only = [sys.executable, "-c", "import torch"]
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "linear", "--cache", str(cache),
+                "--out", str(out), "--no-progress"]
+
+    best = {"torch": (float("inf"), float("inf")), "command": (float("inf"), float("inf"))}
+    for r in range(STARTUP_ROUNDS):  # interleaved: a busy machine weighs on both alike
+        for name, cmd in (("torch", torch_only), ("command", command(scratch / f"startup-{r}"))):
+            wall, cpu, _ = timed(cmd)
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    training = json.loads((scratch / "startup-0" / "metrics.json").read_text())["training_seconds"]
+    _, _, proc = timed([sys.executable, "-X", "importtime", *command(scratch / "startup-imports")[1:]])
+    imports = import_seconds(proc.stderr)
+
+    (t_wall, t_cpu), (c_wall, c_cpu) = best["torch"], best["command"]
+    passed = c_wall - t_wall <= STARTUP_TARGET
+    print(f"\n7. start-up: the whole single-seed `tlkit fit-head --head linear` on a synthetic cache "
+          f"(244 train / 153 val rows), best of {STARTUP_ROUNDS} rounds interleaved")
+    print(f"{'':<32}{'wall s':>8}{'CPU s':>8}")
+    print(f"{TORCH_ONLY:<32}{t_wall:>8.2f}{t_cpu:>8.2f}")
+    print(f"{'tlkit fit-head --head linear':<32}{c_wall:>8.2f}{c_cpu:>8.2f}")
+    print(f"{'difference':<32}{c_wall - t_wall:>+8.2f}{c_cpu - t_cpu:>+8.2f}  target wall <= +{STARTUP_TARGET:g} s: "
+          f"{'PASS' if passed else 'FAIL'}")
+    sklearn = imports["scikit-learn"]
+    rest = imports["total"] - sum(imports[label] for label, _ in IMPORT_GROUPS)
+    print(f"the command's imports (one more run, python -X importtime, wall): {imports['total']:.2f} s in all: "
+          f"torch {imports['torch']:.2f}, torch._dynamo {imports['torch._dynamo']:.2f}"
+          f"{'' if imports['torch._dynamo'] else ' (not imported)'}, scikit-learn {sklearn:.2f} (of which "
+          + ", ".join(f"{part} {imports[part]:.2f}" for part in SKLEARN_PARTS)
+          + f"), the rest {rest:.2f}; training (metrics.json) {training:.2f} s", flush=True)
+    return passed
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -306,9 +488,26 @@ def main() -> int:
         return run(args, Path(tmp))
 
 
+def cpu_line() -> str:
+    """The CPU the figures were measured on: its model and the vector extensions that matter to torch."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+    return f"CPU: {model} ({os.cpu_count()} logical cores); flags: " + " ".join(f for f in wanted if f in flags)
+
+
 def run(args, scratch: Path) -> int:
-    cache = ensure_cache(args, scratch)
+    print(cpu_line(), flush=True)
     sections = args.only.split(",")
+    cache = ensure_cache(args, scratch) if set(sections) - {"startup"} else None  # start-up makes its own
     ok = True
     if "cli" in sections:
         ok &= report_cli(cache, scratch)
@@ -318,6 +517,10 @@ def run(args, scratch: Path) -> int:
         ok &= report_seeds(cache, args)
     if "memory" in sections:
         report_memory(cache, args)
+    if "sweep" in sections:
+        ok &= report_sweep(cache, args, scratch)
+    if "startup" in sections:
+        ok &= report_startup(scratch)
     return 0 if ok else 1
 
 

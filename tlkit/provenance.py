@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 # ``precision`` and the int8 calibration digest are part of it: the same weights at bf16 or
 # int8 give other numbers (docs/precision.md), and an int8 network is fixed only with its
 # activation scales. The calibration itself is compared through its sha256.
+# ``views`` is not the centre crops' space, but what the file holds beside them: one setting per cache.
 FEATURE_SPACE_FIELDS = ("backbone", "layer", "pooling", "weights_sha256", "transform", "feature_dim",
                         "precision", "int8_calibration_sha256", "views")
 
@@ -26,7 +27,7 @@ FEATURE_SPACE_FIELDS = ("backbone", "layer", "pooling", "weights_sha256", "trans
 # nothing pooled by tlkit) and no augmented views. The one place these defaults are written:
 # caches, part manifests and run folders are all read through :meth:`Provenance.from_attrs`.
 PROVENANCE_DEFAULTS = {"backbone": "resnet18", "layer": "avgpool", "pooling": "none", "precision": "fp32",
-                       "int8_calibration": "", "int8_calibration_sha256": "", "views": 0}
+                       "int8_calibration": "", "int8_calibration_sha256": "", "views": ""}
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,14 @@ class Provenance:
     # "none": the layer's output is already one vector per image (the network's own pool, a class
     # token); "avg": tlkit averaged a spatial (N, C, H, W) or token (N, T, C) output (tlkit.embed.backbones).
     pooling: str = "none"
-    views: int = 0  # augmented views stored per image beside the centre crop (0: none)
+    # --views K --augment NAME: tlkit.data.views.ViewSpec.to_json(); "" (and absent in the file) = no views.
+    views: str = ""
 
     def to_attrs(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.views:  # a cache without views keeps the attributes every cache has recorded
+            del out["views"]
+        return out
 
     @classmethod
     def from_attrs(cls, attrs, lenient: bool = False) -> "Provenance":
@@ -75,7 +80,7 @@ class Provenance:
                 value = 0 if f.type == "int" else ""
             else:
                 raise KeyError(f.name)
-            if f.name == "transform" and isinstance(value, dict):  # as_dict() spells it out
+            if f.name in ("transform", "views") and isinstance(value, dict):  # as_dict() spells them out
                 value = json.dumps(value, sort_keys=True)
             values[f.name] = int(value) if f.type == "int" else str(value)
         return cls(**values)
@@ -86,24 +91,45 @@ class Provenance:
         for name in FEATURE_SPACE_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
+                if name == "views":  # the setting in words, not its JSON
+                    mine, theirs = _views_text(mine), _views_text(theirs)
                 out.append(f"{name}: {_short(theirs)} vs {_short(mine)}")
         return out
 
     def as_dict(self) -> dict:
-        out = asdict(self)
+        out = self.to_attrs()
         try:
             out["transform"] = json.loads(self.transform)
         except ValueError:  # a run folder that recorded none
             pass
+        if self.views:
+            out["views"] = json.loads(self.views)
         return out
+
+    @property
+    def view_count(self) -> int:
+        """K of ``--views K`` (0: no views)."""
+        return int(json.loads(self.views)["k"]) if self.views else 0
+
+    @property
+    def view_splits(self) -> tuple[str, ...]:
+        """The splits that hold views (tlkit.data.views.VIEW_SPLITS when they were written)."""
+        return tuple(json.loads(self.views)["splits"]) if self.views else ()
 
     def describe(self) -> str:
         """One phrase naming the feature space, e.g. ``resnet50 layer3 (avg-pooled, 1024-d), random:seed=0 at int8``."""
         layer = "" if (self.backbone, self.layer) == ("resnet18", "avgpool") else f" {self.layer}"
         pooled = "avg-pooled, " if self.pooling == "avg" else ""
         at = f" at {self.precision}" if self.precision != "fp32" else ""
-        views = f", {self.views} views" if self.views else ""
+        views = f", {self.view_count} views" if self.views else ""
         return f"{self.backbone}{layer} ({pooled}{self.feature_dim}-d{views}), {self.weights_id}{at}"
+
+
+def _views_text(text: str) -> str:
+    if not text:
+        return "none"
+    raw = json.loads(text)
+    return f"--views {raw['k']} --augment {raw['augment']}"
 
 
 def _short(value) -> str:

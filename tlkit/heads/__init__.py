@@ -14,6 +14,9 @@ Each head is a scikit-learn classifier over feature arrays, declared once in
 
     heads = QuantumHead().fit_seeds(X, y, seeds=range(10))   # ten fitted heads, one vectorised pass
 
+    result = search(LinearHead(), X, y, {"lr": [1e-3, 1e-2, 1e-1]}, cv=5, seeds=range(5))  # GridSearchCV's protocol
+    result.best_params_, result.cv_results_["mean_test_score"]
+
 Each name is imported on first use: ``from tlkit.heads import LogRegHead``
 loads scikit-learn but neither torch nor PennyLane, and ``tlkit fit-head``
 (whose command, :mod:`tlkit.heads.cli`, imports this package) loads only
@@ -27,6 +30,8 @@ _LAZY = {
     "LogRegHead": "tlkit.heads.logreg",
     "QuantumHead": "tlkit.heads.quantum",
     "BottleneckHead": "tlkit.heads.bottleneck",
+    "SVCHead": "tlkit.heads.svc",
+    "MLPHead": "tlkit.heads.mlp",
     "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
     "HeadError": "tlkit.errors",
@@ -36,6 +41,8 @@ _LAZY = {
     "load_head": "tlkit.heads.registry",
     "save_head": "tlkit.heads.registry",
     "fit_head": "tlkit.heads.fit",
+    "search": "tlkit.heads.sweep",
+    "SearchResult": "tlkit.heads.sweep",
 }
 
 __all__ = list(_LAZY)

@@ -26,6 +26,11 @@ override it with one vectorised pass over all seeds
 (:meth:`tlkit.heads.base.TorchHead.fit_seeds`). Which way a head goes is the
 head's own business: no caller looks at its name or type.
 
+Every head also has ``cross_validate(X, y, configs, folds, seeds)``, which
+:func:`tlkit.heads.search` (``fit-head --grid``) calls: the held-out
+accuracy of each configuration x fold x seed. The default here fits them one
+after another; the torch heads train them as slots of stacked passes.
+
 Progress: a head that trains in epochs reports each one to the listener of
 :func:`reporting_epochs`. Why a context and not a ``fit`` argument or a
 hyperparameter: a listener changes no result, so it must not be in
@@ -142,11 +147,12 @@ class Head(ClassifierMixin, BaseEstimator):
         """What config.json records about this fit beyond the hyperparameters (settings derived, values chosen)."""
         return {}
 
-    def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
+    def fit_seeds(self, X, y, seeds, eval_set=None, **fit_params) -> list:
         """One fitted copy of this head per seed (in the order given); this head itself is left unfitted.
 
-        Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set)``. Here that is
-        what runs, one seed after another; heads that can do better override this method.
+        Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set, **fit_params)``
+        (``fit_params``: ``views=`` for a head whose fit takes them). Here that is what runs, one seed
+        after another; heads that can do better override this method.
         """
         from sklearn.base import clone
 
@@ -156,7 +162,40 @@ class Head(ClassifierMixin, BaseEstimator):
         self.check_params()
         heads = [clone(self).set_params(seed=seed) for seed in seeds]
         with _reporting_fits_in_a_row(len(heads)):
-            return [head.fit(X, y, eval_set=eval_set) for head in heads]
+            return [head.fit(X, y, eval_set=eval_set, **fit_params) for head in heads]
+
+    def evaluate_once(self, eval_set) -> Evaluation | None:
+        """The evaluation of a head without epochs: its only fit is both the final and the best one."""
+        if eval_set is None:
+            return None
+        from sklearn.metrics import log_loss
+
+        X_eval, y_eval = self._eval_arrays(eval_set, np.float64)
+        proba = self.predict_proba(X_eval)
+        loss = float(log_loss(y_eval, proba, labels=np.arange(len(self.classes_)))) if len(y_eval) else None
+        return Evaluation(final_proba=proba, best_proba=proba, final_epoch=None, best_epoch=None,
+                          final_loss=loss, best_loss=loss)
+
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+        """Accuracy of each configuration (``set_params``) trained on each fold's training rows with each seed
+        and scored on its held-out rows: (scores (configs, folds, seeds), seconds (configs,)). Here one fit
+        after another; the torch heads train them in stacked passes (:mod:`tlkit.heads.sweep` calls this)."""
+        import time
+
+        from sklearn.base import clone
+
+        X, y = np.asarray(X), np.asarray(y)
+        scores = np.zeros((len(configs), len(folds), len(seeds)))
+        seconds = np.zeros(len(configs))
+        with _reporting_fits_in_a_row(scores.size):
+            for c, params in enumerate(configs):
+                t0 = time.perf_counter()
+                for k, (train, test) in enumerate(folds):
+                    for j, seed in enumerate(seeds):
+                        head = clone(self).set_params(**params, seed=seed).fit(X[train], y[train])
+                        scores[c, k, j] = float((head.predict(X[test]) == y[test]).mean())
+                seconds[c] = time.perf_counter() - t0
+        return scores, seconds
 
     def predict(self, X) -> np.ndarray:
         """Class labels; with two classes the positive one is predicted at probability >= 0.5."""

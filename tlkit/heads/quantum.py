@@ -137,6 +137,8 @@ class QuantumHead(TorchHead, head="quantum"):
     ``default.qubit`` analytic, and the seed paper's training loop.
     """
 
+    slot_params = (*TorchHead.slot_params, "q_delta")  # an initial scale: grid values share one sweep pass
+
     def check_params(self) -> None:
         super().check_params()
         if resolve_simulator(self.simulator, self.qdevice, self.shots) != "torch":
