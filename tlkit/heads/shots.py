@@ -23,8 +23,10 @@ sampled estimate, so its gradient is what a device gives, the
 parameter-shift rule with sampled expectations, d<Z>/dtheta =
 (<Z>(theta + pi/2) - <Z>(theta - pi/2)) / 2 for every RY angle, weights and
 input angles alike; the input angles' gradient flows on into the classical
-dressing through autograd. All 2 x (weights + inputs) shifted circuits of
-every sample and seed are one batched simulation and one batched draw.
+dressing through autograd. The 2 x (weights + inputs) shifted circuits of
+every sample and seed have their outcome probabilities computed together
+(:func:`tlkit.heads.density.shifted_probabilities`) and are sampled in one
+batched draw.
 """
 
 from __future__ import annotations
@@ -116,25 +118,39 @@ class ParameterShift(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         inputs, weights = ctx.saved_tensors
         sampler = ctx.sampler
-        program = sampler.program
-        n_in, n_w = inputs.shape[-1], weights.shape[-1]
-        if any(count != 1 for count in program.uses.values()):
-            raise NotImplementedError("the parameter-shift rule here needs each angle to feed one RY gate")
-        shift = math.pi / 2
         dtype = density.DTYPE
-        # Rows of shifts: weights +, weights -, inputs +, inputs -.
-        eye_w, eye_x = torch.eye(n_w, dtype=dtype), torch.eye(n_in, dtype=dtype)
-        zeros_w, zeros_x = torch.zeros(2 * n_in, n_w, dtype=dtype), torch.zeros(2 * n_w, n_in, dtype=dtype)
-        shifts_w = torch.cat([shift * eye_w, -shift * eye_w, zeros_w])  # (T, P)
-        shifts_x = torch.cat([zeros_x, shift * eye_x, -shift * eye_x])  # (T, I)
         with torch.no_grad():
-            shifted_inputs = inputs.to(dtype)[:, None] + shifts_x[None, :, None, :]  # (S, T, B, I)
-            shifted_weights = weights.to(dtype)[:, None, None, :] + shifts_w[None, :, None, :]  # (S, T, 1, P)
-            probs = density.probabilities(program, shifted_inputs, shifted_weights)  # (S, T, B, 2**n)
-            values = sampler.estimate(probs, ctx.generators)  # (S, T, B, M)
-            grad = grad.to(dtype)
-            d_weights = (values[:, :n_w] - values[:, n_w:2 * n_w]) / 2  # (S, P, B, M)
-            d_inputs = (values[:, 2 * n_w:2 * n_w + n_in] - values[:, 2 * n_w + n_in:]) / 2  # (S, I, B, M)
-            grad_weights = torch.einsum("spbm,sbm->sp", d_weights, grad)
-            grad_inputs = torch.einsum("sibm,sbm->sbi", d_inputs, grad)
+            # Every rotation shifted by +pi/2 and -pi/2 (rows 2t and 2t+1), sampled like any circuit.
+            probs, params = _shifted(sampler.program, inputs, weights)
+            values = sampler.estimate(probs, ctx.generators)  # (S, 2 * rotations, B, M)
+            derivative = (values[:, 0::2] - values[:, 1::2]) / 2  # (S, rotations, B, M): d<Z>/d angle
+            per_rotation = torch.einsum("srbm,sbm->srb", derivative, grad.to(dtype))
+            grad_inputs = torch.zeros(inputs.shape, dtype=dtype)
+            grad_weights = torch.zeros(weights.shape, dtype=dtype)
+            for r, (kind, index) in enumerate(params):  # an angle feeding several rotations sums their terms
+                if kind == "weight":
+                    grad_weights[:, index] += per_rotation[:, r].sum(-1)
+                else:
+                    grad_inputs[:, :, index] += per_rotation[:, r]
         return None, None, grad_inputs.to(inputs.dtype), grad_weights.to(weights.dtype)
+
+
+def _shifted(program: density.Program, inputs: torch.Tensor, weights: torch.Tensor):
+    """:func:`tlkit.heads.density.shifted_probabilities`'s rows. Density matrices: in the Heisenberg picture
+    (fewer operations); state vectors: as whole shifted circuits in one batch (fewer, larger operations, which
+    is faster at 16 amplitudes). Each angle must feed one rotation here."""
+    if program.mixed or any(count != 1 for count in program.uses.values()):
+        return density.shifted_probabilities(program, inputs, weights, math.pi / 2)
+    n_in, n_w = inputs.shape[-1], weights.shape[-1]
+    dtype = density.DTYPE
+    shift = math.pi / 2
+    eye_w, eye_x = torch.eye(n_w, dtype=dtype), torch.eye(n_in, dtype=dtype)
+    signs = torch.tensor([1.0, -1.0], dtype=dtype)[:, None, None]
+    shifts_w = torch.cat([(shift * signs * eye_w).transpose(0, 1).reshape(2 * n_w, n_w),
+                          torch.zeros(2 * n_in, n_w, dtype=dtype)])  # rows: weight 0 +, weight 0 -, ..., then inputs
+    shifts_x = torch.cat([torch.zeros(2 * n_w, n_in, dtype=dtype),
+                          (shift * signs * eye_x).transpose(0, 1).reshape(2 * n_in, n_in)])
+    shifted_inputs = inputs.to(dtype)[:, None] + shifts_x[None, :, None, :]  # (S, T, B, I)
+    shifted_weights = weights.to(dtype)[:, None, None, :] + shifts_w[None, :, None, :]  # (S, T, 1, P)
+    params = [("weight", p) for p in range(n_w)] + [("input", i) for i in range(n_in)]
+    return density.probabilities(program, shifted_inputs, shifted_weights), params
