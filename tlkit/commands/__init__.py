@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tlkit.baseline.cli", "train_scratch"),
     ("tlkit.report.cli", "report"),
     ("tlkit.predict.cli", "predict"),
+    ("tlkit.evaluate.cli", "evaluate"),
 ]
 
 

@@ -90,6 +90,8 @@ def fit_head(
         class_names=cache.class_names, final_loss=per_seed("final_loss"), best_loss=per_seed("best_loss"),
         seeds=[h.seed for h in fitted],
     )
+    if config.details.get("conditions"):  # a quantum head's noise, shots and gradient method, beside its numbers
+        metrics["conditions"] = config.details["conditions"]
     run.finish(metrics)
     return FitResult(run.path, head, fitted[0] if seeds is None else fitted, config, metrics, plan)
 

@@ -140,3 +140,16 @@ def parse_sweep(spec) -> tuple[str | None, list[NoiseModel]]:
         items = [f"{name}={value.strip()}" if g is swept[0] else ",".join(g) for g in groups]
         models.append(NoiseModel.parse(",".join(items)))
     return name, models
+
+
+def describe_conditions(conditions: dict | None) -> str:
+    """A run's ``conditions`` (config.json, metrics.json) in a few words, for ``tlkit report``; "-" for none."""
+    if not conditions:
+        return "-"
+    parts = [f"noise {conditions['noise']}" if conditions.get("noise") else "noise-free",
+             f"{conditions['shots']} shots" if conditions.get("shots") else "analytic"]
+    if conditions.get("qdevice") and conditions["qdevice"] != "default.qubit":
+        parts.append(conditions["qdevice"])
+    if conditions.get("trained_under"):
+        parts.append(f"trained {conditions['trained_under']}")
+    return ", ".join(parts)

@@ -19,6 +19,7 @@ from collections import defaultdict
 import numpy as np
 
 from tlkit.errors import TlkitError
+from tlkit.heads.noise import describe_conditions
 from tlkit.runs import BEST_NOTE, Run
 
 METRIC_NAMES = ("accuracy", "roc_auc", "average_precision")
@@ -207,6 +208,7 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
             "kind": run.config.kind,
             "model": run.config.describe_model(),
             "features": run.config.describe_features() + (f" at {_precision_of(run)}" if _precision_of(run) not in (None, "fp32") else ""),
+            "conditions": describe_conditions(m.get("conditions") or run.config.details.get("conditions")),
             "epochs": len(run.history),
             "final": _block(m["final"]),
             "best": _block(m["best"]),
@@ -256,14 +258,14 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
         "",
         "## Metrics",
         "",
-        "| run | model | features | accuracy (final) | ROC AUC (final) | avg precision (final) | final epoch "
-        "| accuracy (best) | ROC AUC (best) | avg precision (best) | best epoch | training s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | model | features | conditions | accuracy (final) | ROC AUC (final) | avg precision (final) "
+        "| final epoch | accuracy (best) | ROC AUC (best) | avg precision (best) | best epoch | training s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table["runs"]:
         f, b = r["final"], r["best"]
         lines.append(
-            f"| {r['name']} | {r['model']} | {r['features']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
+            f"| {r['name']} | {r['model']} | {r['features']} | {r['conditions']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
             f"| {_num(f['average_precision'])} | {_epoch(f['epoch'])} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
             f"| {_num(b['average_precision'])} | {_epoch(b['epoch'])} | {_num(r['training_seconds'], 1)} |"
         )
