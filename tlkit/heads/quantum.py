@@ -140,7 +140,8 @@ class CircuitRunner:
         """How the circuit is computed, for config.json."""
         if self.simulator != "torch":
             return self.simulator
-        kind = "density matrix" if self.noise else "state vector"
+        program = self.sampler.program if hasattr(self, "sampler") else self.program
+        kind = "density matrix" if getattr(program, "mixed", False) else "state vector"  # readout alone: vectors
         return f"torch {kind}" + (", sampled" if self.shots is not None else "")
 
     def __call__(self, angles: torch.Tensor, weights: torch.Tensor, shot_seeds: torch.Tensor | None = None):
