@@ -462,8 +462,13 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
         k_high, k_low = _krons(variant.flatten(2, 3), n)  # (S, b, 2R, dh, dh)
         states = torch.stack(entering, 1)[:, positions.repeat_interleave(2)]  # (S, 2R, B, dim)
         out = _layer(states, k_high.transpose(1, 2), k_low.transpose(1, 2), n, d)  # (S, 2R, B, dim)
-        observables = torch.stack([a.expand(seeds, batch, outcomes, dim) for a in after], 1)[:, positions.repeat_interleave(2)]
-        value = torch.einsum("svbd,svbkd->svbk", out, observables)
+        chosen = positions.repeat_interleave(2)
+        if all(a.shape[1] == 1 for a in after):  # projectors per seed only: no copy per sample
+            observables = torch.stack([a[:, 0] for a in after], 1)[:, chosen]  # (S, 2R, outcomes, dim)
+            value = torch.einsum("svbd,svkd->svbk", out, observables)
+        else:
+            observables = torch.stack([a.expand(seeds, batch, outcomes, dim) for a in after], 1)[:, chosen]
+            value = torch.einsum("svbd,svbkd->svbk", out, observables)
         rows.append(value if program.mixed else value * value)  # a state vector gives amplitudes: p = a**2
     return torch.cat(rows, dim=1), params
 
