@@ -15,7 +15,7 @@ venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray,track,shards,export,timm]'
 	touch $(STAMP)
 
 # Real photos for the tests; CI sets TLKIT_HYMENOPTERA itself (see .ci/run).
@@ -25,13 +25,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # make demo       the main job on a fresh machine: without DATA=, download the hymenoptera photos
-#                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg, quantum and
-#                 bottleneck heads ($(SEEDS) seeds each), write the report to $(RUNS)/report/: intervals,
-#                 every head against linear, and quantum against its classical control, bottleneck.
+#                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg, quantum,
+#                 bottleneck, svc and mlp heads, each tuned with the same budget (a 3-value grid, $(CV)-fold
+#                 cross-validation on the train split; logreg chooses its C by its own inner search) and
+#                 refitted for $(SEEDS) seeds, write the report to $(RUNS)/report/: intervals, every head
+#                 against linear, and quantum against its classical control, bottleneck.
 # make reproduce  the seed paper's whole table: demo plus the 30-epoch ResNet-18-from-scratch baseline,
 #                 reported as the baseline of the relative changes and of the paired comparisons.
 # DATA=, WEIGHTS= (imagenet, random or a state_dict file), CACHE= and RUNS= override the defaults;
-# SEEDS= is fit-head's --seeds (a count, a range 0-9 or a list 1,5,9; default 5); HEAD_FLAGS= passes
+# SEEDS= is fit-head's --seeds (a count, a range 0-9 or a list 1,5,9; default 5); CV= its --cv (default 3 here);
+# DEMO_LRS= (torch heads), DEMO_CS= (svc's C) and DEMO_ALPHAS= (mlp's alpha) are the grids; HEAD_FLAGS= passes
 # options to fit-head (e.g. --epochs 5), SCRATCH_FLAGS= to train-scratch. Finished runs are kept, so
 # an interrupted make picks up where it stopped (an unfinished scratch run is resumed).
 RUNS          ?= runs/demo-$(notdir $(basename $(WEIGHTS)))
@@ -39,7 +42,11 @@ SEEDS         ?= 5
 HEAD_FLAGS    ?=
 SCRATCH_FLAGS ?=
 DEMO_DATA      = $(if $(DATA),$(DATA),data/hymenoptera_data)
-DEMO_HEADS     = linear logreg quantum bottleneck
+CV            ?= 3
+DEMO_LRS      ?= 0.001,0.01,0.1
+DEMO_CS       ?= 0.1,1,10
+DEMO_ALPHAS   ?= 0.0001,0.01,1
+DEMO_HEADS     = linear logreg quantum bottleneck svc mlp
 # The comparison that says whether the circuit itself adds anything (beside every head vs the baseline).
 DEMO_COMPARE   = --compare "$(RUNS)/quantum:$(RUNS)/bottleneck"
 
@@ -47,10 +54,12 @@ demo: $(STAMP)
 	@test -n "$(DATA)" || $(BIN)/python scripts/fetch_hymenoptera.py data
 	$(BIN)/tlkit embed "$(DEMO_DATA)" "$(CACHE)" --weights $(WEIGHTS)
 	@for head in $(DEMO_HEADS); do \
+	  case $$head in linear|quantum|bottleneck) grid="--grid lr=$(DEMO_LRS)";; svc) grid="--grid C=$(DEMO_CS)";; \
+	    mlp) grid="--grid alpha=$(DEMO_ALPHAS)";; *) grid=;; esac; \
 	  if [ -f "$(RUNS)/$$head/metrics.json" ]; then echo "$(RUNS)/$$head is finished: kept"; \
-	  else echo "$(BIN)/tlkit fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head --seeds $(SEEDS) $(HEAD_FLAGS)"; \
-	    $(BIN)/tlkit fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" --seeds "$(SEEDS)" $(HEAD_FLAGS) \
-	      || exit 1; fi; \
+	  else echo "$(BIN)/tlkit fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head --seeds $(SEEDS) --cv $(CV) $$grid $(HEAD_FLAGS)"; \
+	    $(BIN)/tlkit fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" --seeds "$(SEEDS)" --cv "$(CV)" $$grid \
+	      $(HEAD_FLAGS) || exit 1; fi; \
 	done
 	$(BIN)/tlkit report $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" $(DEMO_COMPARE)
 

@@ -33,13 +33,21 @@ Prints, all measured side by side in this one run on this machine:
    size just before (torch's first training step alone takes a large one-off
    amount, hence the 1-seed figure); on CUDA also torch's peak allocation.
 
-6. shots and noise (``--shots 1000 --noise depolarizing=0.01``): seconds per training epoch of one seed
+6. sweeps (`fit-head --grid`, :func:`tlkit.heads.search`) for the linear,
+   quantum and bottleneck heads: a grid of 3 lrs x 5 folds x 5 seeds in one
+   vectorised pass, then the chosen lr refitted for the 5 seeds, against one
+   seed's `fit`: training seconds (targets: <= 6x), and as whole commands
+   (`fit-head --grid lr=... --cv 5 --seeds 5` against a single-seed
+   `fit-head`, start-up included; target <= 3x).
+
+7. shots and noise (``--shots 1000 --noise depolarizing=0.01``): seconds per training epoch of one seed
    against the analytic noise-free epoch (target <= 10x) and against the PennyLane QNode path with the
    same shots and noise on default.mixed (timed on --qnode-batches batches, extrapolated to an epoch;
    target >= 100x); 10 seeds against one under noise and shots (target <= 2x); and ``tlkit evaluate``'s
    scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise (target < 2 s of compute).
 
-``--only cli,quantum,seeds,memory,noise`` picks sections (4 comes with 3).
+``--only cli,quantum,seeds,memory,sweep,noise`` picks sections (4 comes with 3).
+
 """
 
 from __future__ import annotations
@@ -59,7 +67,9 @@ HEADS = ("linear", "logreg", "quantum", "bottleneck")
 SEED_HEADS = ("linear", "quantum", "bottleneck")  # the heads that train many seeds in one pass
 SEED_TARGETS = {10: 2.0, 100: 5.0}
 DEMO_TARGET = 30.0
-SECTIONS = ("cli", "quantum", "seeds", "memory", "noise")
+SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep", "noise")
+SWEEP_LRS = "0.0003,0.001,0.003"  # the grid of section 6: 3 lrs (x 5 folds x 5 seeds, then the refit)
+SWEEP_TARGETS = {"training": 6.0, "command": 3.0}
 
 
 def ensure_cache(args, scratch: Path) -> Path:
@@ -285,6 +295,52 @@ def report_memory(cache: Path, args) -> None:
         print(line, flush=True)
 
 
+# --- 6. sweeps ----------------------------------------------------------------------------------
+
+def time_command(cache: Path, out: Path, head: str, *extra: str) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", head, "--cache", str(cache),
+                           "--out", str(out), "--no-progress", *extra], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"fit-head --head {head} {' '.join(extra)} failed:\n{proc.stderr}")
+    return time.perf_counter() - t0
+
+
+def report_sweep(cache: Path, args, scratch: Path) -> bool:
+    from tlkit.heads import search
+
+    train, val = load(cache)
+    lrs = [float(v) for v in SWEEP_LRS.split(",")]
+    heads = [h for h in args.heads.split(",") if h]
+    ok = True
+    print(f"\n6. sweeps: grid of {len(lrs)} lrs ({SWEEP_LRS}) x 5 folds x 5 seeds + refit of 5 seeds, against one "
+          f"seed; {args.epochs} epochs, {len(train.labels)} train rows; training seconds best of {args.repeat}")
+    print(f"{'head':<11}{'1 seed s':>9}{'search s':>10}{'refit s':>9}{'ratio':>7}{'1-seed cmd s':>14}{'sweep cmd s':>13}"
+          f"{'ratio':>7}  targets")
+    for name in heads:
+        one, swept = float("inf"), (float("inf"), float("inf"))
+        for _ in range(args.repeat):  # interleaved, so a busy machine weighs on both alike
+            head = head_class(name)(epochs=args.epochs)
+            one = min(one, head.fit(train.features, train.labels, eval_set=(val.features, val.labels)).training_seconds_)
+            found = search(head_class(name)(epochs=args.epochs), train.features, train.labels, {"lr": lrs}, cv=5,
+                           seeds=range(5))
+            refit = head_class(name)(epochs=args.epochs, **found.best_params_).fit_seeds(
+                train.features, train.labels, range(5), eval_set=(val.features, val.labels))
+            pair = (float(found.seconds.sum()), sum(h.training_seconds_ for h in refit))
+            swept = min(swept, pair, key=sum)
+        ratio = sum(swept) / one
+        single_cmd = time_command(cache, scratch / f"sweep-{name}-1", name, "--epochs", str(args.epochs))
+        sweep_cmd = time_command(cache, scratch / f"sweep-{name}-grid", name, "--epochs", str(args.epochs),
+                                 "--grid", f"lr={SWEEP_LRS}", "--cv", "5", "--seeds", "5")
+        cmd_ratio = sweep_cmd / single_cmd
+        passed = (ratio <= SWEEP_TARGETS["training"], cmd_ratio <= SWEEP_TARGETS["command"])
+        ok &= all(passed)
+        print(f"{name:<11}{one:>9.2f}{swept[0]:>10.2f}{swept[1]:>9.2f}{ratio:>6.1f}x{single_cmd:>14.2f}{sweep_cmd:>13.2f}"
+              f"{cmd_ratio:>6.1f}x  training <= {SWEEP_TARGETS['training']:g}x: {'PASS' if passed[0] else 'FAIL'}; "
+              f"command <= {SWEEP_TARGETS['command']:g}x: {'PASS' if passed[1] else 'FAIL'}", flush=True)
+    return ok
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -315,7 +371,24 @@ def main() -> int:
         return run(args, Path(tmp))
 
 
+def cpu_line() -> str:
+    """The CPU the figures were measured on: its model and the vector extensions that matter to torch."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+    return f"CPU: {model} ({os.cpu_count()} logical cores); flags: " + " ".join(f for f in wanted if f in flags)
+
+
 def run(args, scratch: Path) -> int:
+    print(cpu_line(), flush=True)
     cache = ensure_cache(args, scratch)
     sections = args.only.split(",")
     ok = True
@@ -327,12 +400,14 @@ def run(args, scratch: Path) -> int:
         ok &= report_seeds(cache, args)
     if "memory" in sections:
         report_memory(cache, args)
+    if "sweep" in sections:
+        ok &= report_sweep(cache, args, scratch)
     if "noise" in sections:
         ok &= report_noise(cache, args)
     return 0 if ok else 1
 
 
-# --- 6. shots and noise ----------------------------------------------------------------------------
+# --- 7. shots and noise ----------------------------------------------------------------------------
 
 NOISE, SHOTS = "depolarizing=0.01", 1000
 NOISE_TARGETS = {"vs_analytic": 10.0, "vs_qnode": 100.0, "seeds": 2.0, "evaluate_s": 2.0}
@@ -346,7 +421,7 @@ def report_noise(cache: Path, args) -> bool:
     from tlkit.heads import QuantumHead
     from tlkit.heads.noise import NoiseModel
     from tlkit.heads.quantum import DressedQuantumNet
-    from tlkit.heads.threads import one_thread
+    from tlkit.threads import one_thread
 
     train, val = load(cache)
     X, y, eval_set = train.features, train.labels, (val.features, val.labels)
@@ -401,7 +476,7 @@ def report_noise(cache: Path, args) -> bool:
                   if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     print(f"\nCPU: {model}, {os.cpu_count()} cores; flags: "
           + " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags))
-    print(f"\n6. shots and noise (--shots {SHOTS} --noise {NOISE}); {len(y)} training rows, batch 4, "
+    print(f"\n7. shots and noise (--shots {SHOTS} --noise {NOISE}); {len(y)} training rows, batch 4, "
           f"{len(val.labels)} evaluation rows; best of {max(1, args.repeat)} interleaved rounds")
     print(f"   seconds per epoch: analytic noise-free {analytic:.3f}, shots+noise {noisy:.3f}, "
           f"10 seeds shots+noise {noisy10:.3f}, PennyLane QNode (default.mixed, parameter shift) {qnode_epoch:.1f} "

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from tlkit.data.discovery import discover
+from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.embed.mapper import FeatureMapper
 from tlkit.embed.precision import CALIBRATION_IMAGES, calibrate_int8, calibration_sample, compare_features
-from tlkit.embed.reader import read_batches
 from tlkit.weights import Weights
 from tlkit.heads.logreg import LogRegHead
 

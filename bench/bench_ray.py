@@ -122,7 +122,7 @@ def decode_rate(data: Path) -> float:
     """Images/s of decoding + transforming alone on one core: what bounds a GPU worker per decoding process."""
     from tlkit.data.discovery import discover
     from tlkit.data.transforms import TransformSpec
-    from tlkit.embed.reader import read_batches
+    from tlkit.data.reader import read_batches
 
     files = [str(data / it.path) for it in discover(data).items]
     start = time.perf_counter()

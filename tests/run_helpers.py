@@ -45,7 +45,8 @@ def fake_run(folder: Path, *, labels, proba_final, proba_best=None, class_names=
     seeds = list(range(len(proba_final))) if proba_final.ndim == 3 else [0]
     paths = paths if paths is not None else [f"{eval_split}/{class_names[y]}/img{i:04d}.jpg" for i, y in enumerate(labels)]
     losses = losses or [1.0 / (e + 1) for e in range(history_epochs)]
-    histories = [[{"epoch": e + 1, "lr": 0.001, "train_loss": losses[e] * 1.1 + 0.01 * s, "train_acc": 0.5,
+    histories = [[{"epoch": e + 1, "lr": 0.001, "train_loss": losses[e] * 1.1 + 0.01 * s,
+                   "train_acc": 0.5 + 0.4 * e / max(history_epochs, 1),  # a run that learns (tlkit.health)
                    "val_loss": losses[e] + 0.01 * s, "val_acc": 0.5, "seconds": seconds / max(history_epochs, 1)}
                   for e in range(history_epochs)] for s in seeds]
     history = seeds_history(histories, seeds)

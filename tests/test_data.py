@@ -11,8 +11,8 @@ from PIL import Image
 from synthetic import (
     save_bomb, save_exif_rotated, save_mode, save_not_an_image, save_truncated, save_zero_bytes,
 )
-from tlkit.cache.schema import ALL_SPLIT
 from tlkit.data import discover, load_rgb
+from tlkit.data.splits import ALL_SPLIT
 from tlkit.errors import BadImage, DataError
 
 
@@ -138,7 +138,7 @@ def test_the_workers_pixels_normalised_in_batches_equal_the_eval_transform(hymen
     import torch
 
     from tlkit.data.transforms import TransformSpec
-    from tlkit.embed.reader import read_batches
+    from tlkit.data.reader import read_batches
 
     files = [str(p) for p in sorted((hymenoptera / "train" / "ants").iterdir())[:40]]
     files += [str(save_mode(tmp_path / f"m{i}.{ext}", mode, size=size)) for i, (mode, ext, size) in enumerate([

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from heads_data import blobs, write_cache
+from run_helpers import embedded
 from tlkit.cache import load_cache
 from tlkit.cli import TlkitGroup
 from tlkit.heads import load_head
@@ -34,33 +35,40 @@ def run_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def real_runs(hymenoptera_cache, tmp_path_factory):
+def real_cache(hymenoptera_small, tmp_path_factory):
+    """Real features: the 26-image hymenoptera subset embedded with random weights, once per session
+    (shared with test_predict and test_report: embedding all 398 photos here cost minutes)."""
+    return embedded(tmp_path_factory, hymenoptera_small)
+
+
+@pytest.fixture(scope="module")
+def real_runs(real_cache, tmp_path_factory):
     """Each head at its default settings on the hymenoptera features (embedded with random weights)."""
     root = tmp_path_factory.mktemp("head_runs")
     runs = {}
     for head in HEADS:
-        result = run_cli("--head", head, "--cache", hymenoptera_cache, "--out", root / head, "--no-progress")
+        result = run_cli("--head", head, "--cache", real_cache, "--out", root / head, "--no-progress")
         assert result.exit_code == 0, result.output
         runs[head] = (root / head, result.output)
     return runs
 
 
 @pytest.mark.parametrize("head", HEADS)
-def test_real_features_run_folder(head, real_runs, hymenoptera_cache):
+def test_real_features_run_folder(head, real_runs, real_cache):
     run_dir, output = real_runs[head]
-    cache = load_cache(hymenoptera_cache)
+    cache = load_cache(real_cache)
     val = cache["val"]
     assert "final" in output and "best (opt.)" in output and f"run folder: {run_dir}" in output
 
     run = load_run(run_dir)
     config = run.config.to_json()  # config.json as written
     assert config["kind"] == "head" and config["head"] == head
-    assert config["cache"] == str(Path(hymenoptera_cache).resolve())
+    assert config["cache"] == str(Path(real_cache).resolve())
     assert config["cache_provenance"] == cache.provenance.as_dict()
     assert config["class_names"] == cache.class_names == ["ants", "bees"]
     assert config["eval_split"] == "val" and config["val_fraction"] is None
     assert config["eval_fingerprint"] == eval_fingerprint(val.paths, val.labels, cache.class_names)
-    assert (config["n_train"], config["n_eval"]) == (245, 153)
+    assert (config["n_train"], config["n_eval"]) == (16, 10)  # hymenoptera_small: 8 + 8 train, 5 + 5 val
     if head == "logreg":
         assert "train" not in config and config["logreg"]["C"] > 0
         assert run.history == []
@@ -97,7 +105,7 @@ def test_real_features_run_folder(head, real_runs, hymenoptera_cache):
         assert np.allclose(best.predict_proba(val.features), pred["proba_best"], atol=1e-6)
 
 
-def test_same_seed_same_run(hymenoptera_cache, tmp_path):
+def test_same_seed_same_run(real_cache, tmp_path):
     def numbers(run_dir):
         run = load_run(run_dir)
         metrics = {k: v for k, v in run.metrics.items() if k != "training_seconds"}
@@ -108,7 +116,7 @@ def test_same_seed_same_run(hymenoptera_cache, tmp_path):
         outs = []
         for i, seed in enumerate((4, 4, 5)):
             out = tmp_path / f"{head}{i}"
-            result = run_cli("--head", head, "--cache", hymenoptera_cache, "--epochs", epochs, "--seed", seed, "--out", out)
+            result = run_cli("--head", head, "--cache", real_cache, "--epochs", epochs, "--seed", seed, "--out", out)
             assert result.exit_code == 0, result.output
             outs.append(numbers(out))
         (m0, h0, p0), (m1, h1, p1), (_, _, p2) = outs
@@ -229,12 +237,18 @@ def test_options_are_generated_from_the_declarations():
     from tlkit.baseline.cli import train_scratch
     from tlkit.heads.registry import HEADS
 
+    from tlkit.train.hparams import HParamOption
+
     options = {p.name: p for p in fit_head.params}
     for spec in HEADS.values():
         for param in spec.params:
-            assert (param.name in options) == param.cli, param.name
             if param.cli:
                 assert options[param.name].default == param.default, param.name
+    # Python-only settings have no option of their own (svc's gamma is not the StepLR --gamma; logreg's cv is
+    # fit-head's general --cv, which also sets a sweep's folds).
+    assert {n for n, o in options.items() if isinstance(o, HParamOption)} == {
+        p.name for spec in HEADS.values() for p in spec.params if p.cli}
+    assert "cv" in options and not isinstance(options["cv"], HParamOption)
     scratch = {p.name: p.default for p in train_scratch.params}
     assert {name: scratch[name] for name in TrainConfig.names()} == TrainConfig().to_dict()
     text = CliRunner().invoke(cli(), ["fit-head", "--help"]).output

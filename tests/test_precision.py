@@ -19,6 +19,7 @@ from cli_helpers import assert_invoke_error, invoke
 from tlkit.cache import load_cache
 from tlkit.data import TransformSpec
 from tlkit.data.discovery import discover
+from tlkit.data.reader import read_batches
 from tlkit.embed import embed
 from tlkit.embed.job import RayOptions
 from tlkit.embed.backbone import build_backbone, fuse_batchnorm
@@ -41,7 +42,6 @@ from tlkit.embed.precision import (
     device_for,
     speed_warning,
 )
-from tlkit.embed.reader import read_batches
 from tlkit.weights import PRETRAINED, Weights, is_quantized_state_dict, load_quantized_state_dict
 from tlkit.errors import WeightsError
 from tlkit.heads.logreg import LogRegHead

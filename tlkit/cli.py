@@ -12,11 +12,14 @@ import sys
 import click
 
 from tlkit import __version__
+from tlkit.commands import LazyGroup
 from tlkit.errors import TlkitError
 
 
-class TlkitGroup(click.Group):
+class TlkitGroup(LazyGroup):
     """Turns user-fixable errors into one line instead of a traceback.
+
+    Its subcommands are the table of :mod:`tlkit.commands`, each imported when it is used.
 
     SIGTERM and SIGHUP (schedulers, a closed terminal) are handled like Ctrl-C in
     every command (:mod:`tlkit.signals`); the exit status is 128 + the signal.
@@ -61,11 +64,6 @@ def main():
     Run `tlkit COMMAND --help` for the details of each command.
     """
 
-
-# Every subcommand is defined in the module of its feature and listed in tlkit/commands/__init__.py.
-from tlkit.commands import register_all  # noqa: E402
-
-register_all(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

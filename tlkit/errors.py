@@ -27,3 +27,13 @@ class CacheError(TlkitError):
 
 class CacheBusy(CacheError):
     """Another process is writing the same cache."""
+
+
+class HeadError(TlkitError, ValueError):
+    """A head or its training loop cannot run on this input (one class, empty split, bad seeds...).
+
+    The one error type of stage two. Here, not in ``tlkit.heads``, because the
+    training loop (``tlkit.train``, a layer below the heads) raises it too. Also a
+    ``ValueError``, which is what scikit-learn code expects from an estimator
+    given input it cannot use.
+    """

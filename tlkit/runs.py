@@ -5,13 +5,15 @@
         history.json       per-epoch train/val loss and accuracy (empty for heads without epochs)
         history.csv        the same, for spreadsheets
         metrics.json       evaluation metrics at the final and at the best epoch, training seconds,
-                           and the intervals (``summary``)
+                           the intervals (``summary``) and the training-health checks (``health``,
+                           :mod:`tlkit.health`; absent from runs before it: :attr:`Run.health`)
         predictions.npz    evaluation set: paths, labels, probabilities (final and best)
         model.pt           the trained weights as a state_dict (torch.load(..., weights_only=True)),
         model_best.pt      the best epoch's (torch heads with an evaluation set),
         model.npz          or plain arrays for scikit-learn heads (no pickle)
         model_seeds.pt     a run of many seeds (fit-head --seeds): every seed's weights, stacked
         model_seeds.npz    (model.pt / model.npz hold the first seed's, alone)
+        search.csv         a sweep (fit-head --grid): every configuration's fold scores, mean, std, rank, seconds
         checkpoint.pt      an unfinished train-scratch run's last epoch (removed when it finishes)
 
 A run of many seeds (``fit-head --seeds``) has the same files. What changes
@@ -45,7 +47,8 @@ also read the folders of earlier tlkit versions (head runs that recorded
 Two runs are comparable only when their evaluation sets have the same
 fingerprint (same paths, same labels, same class names).
 
-Imported when the CLI starts: numpy only (scikit-learn is imported by :func:`build_metrics`).
+Imported by ``tlkit fit-head --help`` (through the head registry): numpy only (scikit-learn is
+imported by :func:`build_metrics`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import io
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,6 +79,7 @@ MODEL_ARRAYS = "model.npz"
 MODEL_SEEDS = "model_seeds.pt"
 MODEL_ARRAYS_SEEDS = "model_seeds.npz"
 CHECKPOINT = "checkpoint.pt"
+SEARCH_CSV = "search.csv"
 
 BEST_NOTE = (
     "'best' is the epoch with the highest accuracy on the evaluation set itself: an optimistic figure "
@@ -99,6 +104,17 @@ class HeadPart:
     split_seed: int | None = None
     weights: list[str] = field(default_factory=list)  # the model files written
     seeds: list[int] | None = None  # the seeds trained (fit-head --seeds); None in runs before it existed
+    search: dict | None = None  # a sweep (fit-head --grid): grid, folds {k, seed}, seeds, chosen (SearchResult.record)
+
+    def budget(self, head_params: dict | None = None) -> str:
+        """The tuning budget in a few words: "grid of 12, 5-fold", a head's own inner search, or "untuned"."""
+        if self.search:
+            return f"grid of {self.search['n_configs']}, {self.search['folds']['k']}-fold"
+        params = self.head_params if head_params is None else head_params
+        if "Cs" in params and "cv" in params:  # logreg chooses C by its own cross-validation
+            cs = params["Cs"]
+            return f"C of {cs if isinstance(cs, int) else len(cs)}, {params['cv']}-fold (inside the head)"
+        return "untuned (fixed hyperparameters)"
 
     def describe_model(self, kind: str) -> str:
         return f"{self.head} head"
@@ -233,7 +249,7 @@ def eval_fingerprint(paths, labels, class_names) -> str:
 
 def build_metrics(
     labels, proba_final, proba_best, *, final_epoch, best_epoch, training_seconds,
-    class_names, final_loss=None, best_loss=None, seeds=None,
+    class_names, final_loss=None, best_loss=None, seeds=None, histories=None, train_labels=None,
 ) -> dict:
     """metrics.json content: the same metric block at the final and at the best epoch, and the intervals.
 
@@ -244,7 +260,12 @@ def build_metrics(
     seed (or one for all); ``final`` and ``best`` are then the across-seed
     means, ``seeds`` holds each seed's blocks, and ``training_seconds`` is
     the sum (the time it took to train them all). See the module docstring.
+
+    ``health`` is :func:`tlkit.health.check_run` on every seed: ``histories``
+    (one list of epoch records per seed) and ``train_labels`` let it judge
+    whether the train loss moved; without them it checks the predictions only.
     """
+    from tlkit.health import check_run
     from tlkit.metrics import classification_metrics
     from tlkit.stats import seeds_summary
 
@@ -277,6 +298,7 @@ def build_metrics(
         metrics["seeds"] = [{"seed": None if seeds is None else int(seed), **block, "training_seconds": t}
                             for seed, block, t in zip(seeds or [None] * n_seeds, blocks, seconds)]
     metrics["summary"] = seeds_summary(labels, finals) if len(labels) else None
+    metrics["health"] = check_run(labels, finals, histories=histories, train_labels=train_labels, seeds=seeds)
     metrics["note"] = BEST_NOTE
     return metrics
 
@@ -400,6 +422,14 @@ class RunWriter:
         atomic_text(self.path / HISTORY_CSV, buf.getvalue())
         self._written.update((HISTORY, HISTORY_CSV))
 
+    def write_search(self, rows: list[dict]) -> None:
+        """search.csv: one row per configuration of a sweep (its parameters, fold scores, mean, std, rank, seconds)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        self.write_file(SEARCH_CSV, buf.getvalue().encode())
+
     def write_predictions(self, paths, labels, proba_final, proba_best, seeds=None) -> None:
         """predictions.npz. Probabilities (n, classes), or (seeds, n, classes) with ``seeds`` naming them."""
         finals, bests = _per_seed(proba_final), _per_seed(proba_best)
@@ -462,6 +492,25 @@ class Run:
         """Every seed's evaluation probabilities, (seeds, n, classes); one seed for single-seed runs."""
         many = self.predictions.get(f"proba_{which}_seeds")
         return np.asarray(many) if many is not None else np.asarray(self.predictions[f"proba_{which}"])[None]
+
+    def seed_histories(self) -> list[list[dict]]:
+        """Each seed's epoch records (history.json's ``per_seed`` split up; a single run's rows as they are)."""
+        n_seeds = len(self.proba_seeds())
+        if not self.history or "per_seed" not in self.history[0]:
+            return [list(self.history)] * n_seeds if n_seeds == 1 or not self.history else [[]] * n_seeds
+        return [[{"epoch": row["epoch"], **{k: v[i] for k, v in row["per_seed"].items() if k != "seed"}}
+                 for row in self.history] for i in range(n_seeds)]
+
+    @cached_property
+    def health(self) -> dict:
+        """metrics.json's ``health``; for a run written before tlkit checked it, the checks its files allow
+        (the predictions and history: without the train labels, the train loss is not judged)."""
+        if self.metrics.get("health") is not None:
+            return self.metrics["health"]
+        from tlkit.health import check_run
+
+        return check_run(self.predictions["labels"], self.proba_seeds(), histories=self.seed_histories(),
+                         seeds=self.seeds if self.seeds and len(self.seeds) == len(self.proba_seeds()) else None)
 
 
 def load_run(path: str | os.PathLike) -> Run:

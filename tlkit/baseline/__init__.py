@@ -4,8 +4,9 @@
 from the embed weights) with on-the-fly augmentation, and writes the same run
 folder as ``tlkit fit-head`` so ``tlkit report`` can compare them.
 
-This package is imported when the CLI starts: the heavy modules (torch,
-torchvision) are imported by :func:`train_scratch` only.
+``tlkit train-scratch --help`` imports this package (its command is
+:mod:`tlkit.baseline.cli`): so :func:`train_scratch`, which imports torch and
+torchvision, loads on first use, and the help answers at once.
 """
 
 from __future__ import annotations

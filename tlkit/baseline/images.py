@@ -26,8 +26,8 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from tlkit.data.decode import load_rgb
+from tlkit.data.reader import DecodedFiles, read_batches
 from tlkit.data.transforms import TransformSpec
-from tlkit.embed.reader import read_batches
 from tlkit.errors import BadImage, DataError
 from tlkit.signals import worker_init_fn
 
@@ -80,20 +80,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 # -- the decode pass ------------------------------------------------------------------------------
 
-class _Decode(Dataset):
-    def __init__(self, files: list[str], max_pixels: int | None):
-        self.files, self.max_pixels = files, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, np.asarray(load_rgb(self.files[i], self.max_pixels)), None
-        except BadImage as exc:
-            return i, None, str(exc)
-
-
 def _as_list(samples):
     return samples
 
@@ -102,7 +88,7 @@ def decode_training_set(root, paths, labels, *, workers, max_pixels, budget_byte
     """Decode every image once; keep the pixels within ``budget_bytes``; return (set, [(path, reason)])."""
     root = Path(root)
     files = [str(root / p) for p in paths]
-    loader = DataLoader(_Decode(files, max_pixels), batch_size=8, num_workers=workers, collate_fn=_as_list,
+    loader = DataLoader(DecodedFiles(files, max_pixels, convert=np.asarray), batch_size=8, num_workers=workers, collate_fn=_as_list,
                         worker_init_fn=worker_init_fn())
     pixels: list[np.ndarray | None] = [None] * len(files)
     bad: dict[int, str] = {}

@@ -255,7 +255,7 @@ def train_scratch(
     metrics = build_metrics(
         eval_set.labels, result.final_proba, result.best_proba, final_epoch=final.epoch, best_epoch=best.epoch,
         training_seconds=result.seconds, class_names=index.class_names, final_loss=final.val_loss,
-        best_loss=best.val_loss,
+        best_loss=best.val_loss, histories=[history], train_labels=train_set.labels,  # for the health checks
     )
     run.finish(metrics)
     remove_checkpoint(run_dir)

@@ -33,8 +33,9 @@ from tlkit.cache.reader import (
     split_names,
     stored_digest,
 )
-from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, ordered_splits
+from tlkit.cache.schema import FORMAT, SCHEMA_VERSION
 from tlkit.cache.writer import atomic_h5, create_split, write_root_attrs, write_skipped
+from tlkit.data.splits import ordered_splits
 from tlkit.errors import CacheError
 
 COPY_ROWS = 4096  # rows gathered per write: 8 MiB of features

@@ -24,18 +24,12 @@ import h5py
 
 from tlkit.atomic import atomic_text, discard_dir, replace_dir, tmp_name
 from tlkit.cache.reader import H5_DAMAGE, H5_LOCKING, one_line, read_paths, read_skipped, split_names
-from tlkit.cache.schema import PART_FORMAT
+from tlkit.cache.schema import PART_FORMAT, parts_dir_of  # parts_dir_of: part of the cache's contract, read there
 from tlkit.errors import CacheError
 
 PARTS_MANIFEST = "manifest.json"
 LOCAL_PREFIX = "part"  # part files of the local backend: part-NNNNNN.h5
 SHARD_PREFIX = "shard"  # part files of Ray shard K: shard-KKKKK-NNNNNN.h5
-
-
-def parts_dir_of(cache: str | Path) -> Path:
-    """Where an embed in progress keeps its finished work: ``<cache>.parts/``."""
-    cache = Path(cache)
-    return cache.with_name(cache.name + ".parts")
 
 
 def shard_prefix(k: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, SKIPPED_GROUP, Provenance
+from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, SKIPPED_GROUP, Provenance, parts_dir_of
 from tlkit.errors import CacheError
 
 # HDF5 flocks every file it opens (shared for readers, exclusive for writers) for as long as it
@@ -160,8 +160,6 @@ def open_h5(path: str | Path, *, allow_unfinished: bool = False, check_digest: b
     (``check_digest``) that its attributes and skipped lists match their digest."""
     path = Path(path)
     if not path.exists():
-        from tlkit.cache.parts import parts_dir_of  # here: the parts module reads part files with this one
-
         parts = parts_dir_of(path)
         if parts.is_dir():
             raise CacheError(f"{path} is unfinished: an embed into it is running or was interrupted ({parts}/ holds its progress); rerun the same `tlkit embed` command to finish it")

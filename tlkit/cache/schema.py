@@ -12,13 +12,15 @@ Root attributes: ``format``, ``schema_version``, ``complete``, ``splits``,
 A reader must refuse a file whose ``complete`` attribute is not true.
 
 Splits are ``train``, ``val`` and ``test`` (a data folder with split folders)
-or ``all`` (one without), always listed in that order (:func:`ordered_splits`).
+or ``all`` (one without), always listed in that order
+(:func:`tlkit.data.splits.ordered_splits`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import h5py
 
@@ -31,15 +33,12 @@ CHUNK_ROWS = 256  # 256 rows x 2 KiB = 512 KiB chunks: inside HDF5's sweet spot 
 
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
 
-SPLIT_NAMES = ("train", "val", "test")  # split folders a data root may hold
-ALL_SPLIT = "all"  # the one split of a data root without split folders
-SPLIT_ORDER = (*SPLIT_NAMES, ALL_SPLIT)  # the order of splits everywhere: attributes, files, listings
 
 
-def ordered_splits(present) -> list[str]:
-    """The known splits among ``present``, in :data:`SPLIT_ORDER`."""
-    present = set(present)
-    return [s for s in SPLIT_ORDER if s in present]
+def parts_dir_of(cache: str | Path) -> Path:
+    """Where an embed in progress keeps its finished work: ``<cache>.parts/`` (:mod:`tlkit.cache.parts`)."""
+    cache = Path(cache)
+    return cache.with_name(cache.name + ".parts")
 
 
 # The fields whose equality means "the same feature space": caches that differ in

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlkit.cache.schema import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
+from tlkit.data.splits import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
 from tlkit.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})

@@ -6,8 +6,12 @@ The pipeline has the roles of clip-retrieval's inference: a **reader**
 driven by a **distributor** (local, or Ray). :func:`embed` plans the work
 and publishes the finished cache.
 
-The CLI imports this package when it starts (:mod:`tlkit.embed.cli`), and
-``tlkit embed`` must set ``OMP_WAIT_POLICY`` before torch loads: so
+The reader itself is :mod:`tlkit.data.reader` (``predict`` and the scratch
+baseline decode images with it too).
+
+``tlkit embed`` and ``tlkit verify`` import this package (their commands are
+:mod:`tlkit.embed.cli`); ``embed`` must set ``OMP_WAIT_POLICY`` before torch
+loads, and ``verify`` without ``--data`` needs no torch at all: so
 :func:`embed` and :class:`EmbedResult` (which import torch) are loaded on
 first use, not here.
 """

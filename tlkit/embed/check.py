@@ -21,12 +21,12 @@ from tlkit.cache.reader import H5_DAMAGE, one_line
 from tlkit.cache.schema import Provenance
 from tlkit.cache.verify import VerifyReport, verify_cache
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
+from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.mapper import FeatureMapper
-from tlkit.embed.precision import Int8Calibration, Precision, PrecisionError
-from tlkit.embed.reader import read_batches
+from tlkit.embed.precision import Precision, recorded_precision
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.weights import Weights
 
@@ -146,20 +146,6 @@ def check_sample(
             f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}: "
             f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
         )
-
-
-def recorded_precision(provenance) -> tuple[Precision, Int8Calibration | None]:
-    """The precision a cache records (a Provenance or its as_dict()), and its int8 calibration if any.
-
-    A cache written before precisions existed records none: it was embedded in fp32.
-    """
-    get = provenance.get if isinstance(provenance, dict) else lambda name, default=None: getattr(provenance, name, default)
-    precision = Precision.parse(str(get("precision", "fp32") or "fp32"))
-    text = get("int8_calibration", "") or ""
-    calibration = Int8Calibration.from_json(text) if text else None
-    if calibration is not None and calibration.sha256 != get("int8_calibration_sha256", ""):
-        raise PrecisionError("the stored int8 calibration does not match its recorded sha256: the cache was altered")
-    return precision, calibration
 
 
 def _recorded_weights(provenance: Provenance, weights, report: VerifyReport, precision: Precision):

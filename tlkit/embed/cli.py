@@ -4,8 +4,9 @@
 check re-embeds a sample of images (:mod:`tlkit.embed.check`); without
 ``--data`` it runs only the cache's own integrity checks.
 
-Imported when the CLI starts: top-level imports stay light (click only), and
-torch must not be imported before ``embed`` has set ``OMP_WAIT_POLICY``.
+Imported when ``embed`` or ``verify`` runs or shows its help (:mod:`tlkit.commands`): top-level
+imports stay light (click only), and torch must not be imported before ``embed`` has set
+``OMP_WAIT_POLICY``.
 """
 
 from __future__ import annotations

@@ -43,13 +43,13 @@ from tlkit.cache.reader import H5_LOCKING, check_content_digest, class_names_of,
 from tlkit.cache.schema import FEATURE_DIM, FORMAT, Provenance
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import discover
+from tlkit.data.reader import check_files
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.backbone import BACKBONE, LAYER
 from tlkit.embed.distributor import get_distributor
 from tlkit.embed.job import EmbedJob, RayOptions
-from tlkit.embed.reader import check_files
 from tlkit.embed.runner import WorkItem
 from tlkit.errors import CacheError, DataError
 from tlkit.weights import Weights

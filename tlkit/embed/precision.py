@@ -451,6 +451,20 @@ def device_for(precision: "str | Precision", device: str) -> str:
     return "cpu" if Precision.parse(precision).name == "int8" and device == "auto" else device
 
 
+def recorded_precision(provenance) -> tuple[Precision, Int8Calibration | None]:
+    """The precision a cache records (a Provenance or its as_dict()), and its int8 calibration if any.
+
+    A cache written before precisions existed records none: it was embedded in fp32.
+    """
+    get = provenance.get if isinstance(provenance, dict) else lambda name, default=None: getattr(provenance, name, default)
+    precision = Precision.parse(str(get("precision", "fp32") or "fp32"))
+    text = get("int8_calibration", "") or ""
+    calibration = Int8Calibration.from_json(text) if text else None
+    if calibration is not None and calibration.sha256 != get("int8_calibration_sha256", ""):
+        raise PrecisionError("the stored int8 calibration does not match its recorded sha256: the cache was altered")
+    return precision, calibration
+
+
 # -- int8 with torchvision's published quantized ImageNet weights ---------------------------------------------
 # They are an entry of the one weights registry (tlkit.weights.PRETRAINED["imagenet"].int8, chosen by
 # Weights.at_precision("int8")), fetched and sha-checked like every named weights; here they are built.

@@ -7,9 +7,9 @@ import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.embed.mapper import FeatureMapper, default_batch_size
-from tlkit.embed.reader import read_batches
 from tlkit.embed.writer import PartWriter
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.cache.parts import LOCAL_PREFIX, next_seq, part_name
-from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION, ordered_splits
+from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
+from tlkit.data.splits import ordered_splits
 
 
 class PartWriter:

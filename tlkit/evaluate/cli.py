@@ -12,7 +12,6 @@ RUN/evaluations/<conditions>`` shows it beside the run (same evaluation images, 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import click
@@ -64,8 +63,3 @@ def evaluate(run_dir, noise, shots, qdevice, seed_index, cache_path, progress):
     if len(results) > 1:
         click.echo(f"plot: {results[0].plot}")
 
-
-def png_bytes(figure) -> bytes:
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()

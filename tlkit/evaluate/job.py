@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -145,7 +146,6 @@ def _sweep_plot(run_dir: Path, component: str, results: list[Result]) -> Path:
     import matplotlib.pyplot as plt
 
     from tlkit.atomic import atomic_bytes, atomic_json
-    from tlkit.evaluate.cli import png_bytes
 
     rest = results[0].conditions
     others = replace(rest, noise=type(rest.noise)(tuple(c for c in rest.noise.components if c[0] != component)))
@@ -176,7 +176,9 @@ def _sweep_plot(run_dir: Path, component: str, results: list[Result]) -> Path:
     shots = rest.shots
     axes.set_title(f"{Path(run_dir).name}: accuracy against {component}" + (f" ({shots} shots)" if shots else ""))
     axes.legend(fontsize=8)
-    atomic_bytes(out / "accuracy.png", png_bytes(figure))
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_bytes(out / "accuracy.png", buf.getvalue())
     plt.close(figure)
     atomic_json(out / "sweep.json", {"component": component, "conditions": others.as_dict(), "points": points})
     return out / "accuracy.png"

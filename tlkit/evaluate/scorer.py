@@ -45,7 +45,7 @@ def score(heads: list, seeds: list[int], X: np.ndarray, conditions: Conditions) 
     """(seeds, n, classes) probabilities of the fitted quantum ``heads`` under ``conditions``, and the seconds
     the computation took."""
     from tlkit.heads.quantum import DressedQuantumNet, resolve_simulator
-    from tlkit.heads.threads import one_thread
+    from tlkit.threads import one_thread
 
     params = heads[0].get_params()
     n_features, n_classes = int(heads[0].n_features_in_), len(heads[0].classes_)

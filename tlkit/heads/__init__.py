@@ -14,8 +14,13 @@ Each head is a scikit-learn classifier over feature arrays, declared once in
 
     heads = QuantumHead().fit_seeds(X, y, seeds=range(10))   # ten fitted heads, one vectorised pass
 
-Heavy imports (torch, PennyLane, scikit-learn) happen on first use, so the
-CLI that imports this package stays quick.
+    result = search(LinearHead(), X, y, {"lr": [1e-3, 1e-2, 1e-1]}, cv=5, seeds=range(5))  # GridSearchCV's protocol
+    result.best_params_, result.cv_results_["mean_test_score"]
+
+Each name is imported on first use: ``from tlkit.heads import LogRegHead``
+loads scikit-learn but neither torch nor PennyLane, and ``tlkit fit-head``
+(whose command, :mod:`tlkit.heads.cli`, imports this package) loads only
+what the chosen head needs.
 """
 
 from __future__ import annotations
@@ -25,15 +30,19 @@ _LAZY = {
     "LogRegHead": "tlkit.heads.logreg",
     "QuantumHead": "tlkit.heads.quantum",
     "BottleneckHead": "tlkit.heads.bottleneck",
+    "SVCHead": "tlkit.heads.svc",
+    "MLPHead": "tlkit.heads.mlp",
     "Head": "tlkit.heads.estimator",
     "TorchHead": "tlkit.heads.base",
-    "HeadError": "tlkit.heads.errors",
+    "HeadError": "tlkit.errors",
     "HEADS": "tlkit.heads.registry",
     "get_spec": "tlkit.heads.registry",
     "head_class": "tlkit.heads.registry",
     "load_head": "tlkit.heads.registry",
     "save_head": "tlkit.heads.registry",
     "fit_head": "tlkit.heads.fit",
+    "search": "tlkit.heads.sweep",
+    "SearchResult": "tlkit.heads.sweep",
 }
 
 __all__ = list(_LAZY)

@@ -11,7 +11,7 @@ Everything learned ends with an underscore.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -19,15 +19,19 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from tlkit.heads.estimator import Evaluation, Head, epoch_listener
-from tlkit.heads.threads import one_thread
+from tlkit.threads import one_thread
 from tlkit.train import TrainConfig
-from tlkit.train.loop import train_classifier
+from tlkit.train.slots import PER_SLOT
 
 PREDICT_CHUNK = 8192  # rows per forward pass at prediction time
 
 
 class TorchHead(Head):
     """Base class: subclasses declare their head (``head="name"``) and define ``_build_module``."""
+
+    # Hyperparameters that leave the module's structure alone: a sweep trains their values as slots of one
+    # pass. A head adds its own (the quantum head's q_delta, an initial scale).
+    slot_params: tuple[str, ...] = PER_SLOT
 
     def _build_module(self, n_features: int, n_classes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -46,17 +50,17 @@ class TorchHead(Head):
         X, y_index = self._training_data(X, y, np.float32)
         X_eval, y_eval = self._eval_arrays(eval_set, np.float32)
 
-        with one_thread(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            module = self._build_module(X.shape[1], len(self.classes_))
-            features, labels = torch.from_numpy(X), torch.from_numpy(y_index)
-            result = train_classifier(
-                module, _epoch_batches(features, labels, cfg), _evaluator(X_eval, y_eval, len(self.classes_)),
-                y_eval, cfg, on_epoch=epoch_listener(cfg.epochs),
-            )
-        module.eval()
-        return self._fitted(module, result.history, result.seconds, result.best_state, result.best_epoch,
-                            result.final_proba, result.best_proba, evaluated=len(y_eval) > 0)
+        from tlkit.train.slots import Slot, train_slots
+
+        listener = epoch_listener(cfg.epochs)
+        result = train_slots(  # the one-slot case of the shared loop
+            [Slot(cfg.seed, cfg, self._build_module)], X, y_index, n_classes=len(self.classes_),
+            eval_set=(X_eval, y_eval) if len(y_eval) else None,
+            on_epoch=None if listener is None else (lambda epoch, records: listener(records[0])),
+        )
+        run = result.runs[0]
+        return self._fitted(run.module, run.history, run.seconds, run.best_state, run.best_epoch,
+                            run.final_proba, run.best_proba, evaluated=len(y_eval) > 0)
 
     def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
         """One fitted copy per seed, all seeds trained together as one set of stacked parameters.
@@ -94,6 +98,48 @@ class TorchHead(Head):
             heads.append(head._fitted(run.module, run.history, run.seconds, run.best_state, run.best_epoch,
                                       run.final_proba, run.best_proba, evaluated=len(y_eval) > 0))
         return heads
+
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+        """:meth:`Head.cross_validate` in stacked passes: every configuration x fold x seed that builds the same
+        module structure is one slot of one pass (its own lr, momentum, weight decay, epochs... and rows);
+        configurations differing in anything else (depth, width, batch size...) go in separate passes."""
+        from sklearn.base import clone
+
+        from tlkit.train.seeds import NotVectorisable
+        from tlkit.train.slots import Slot, train_slots
+
+        template = clone(self)
+        X, y_index = template._training_data(X, y, np.float32)
+        scores = np.zeros((len(configs), len(folds), len(seeds)))
+        seconds = np.zeros(len(configs))
+        groups: dict[tuple, list[int]] = {}
+        for c, params in enumerate(configs):
+            structure = tuple((k, repr(v)) for k, v in sorted(params.items()) if k not in self.slot_params)
+            groups.setdefault(structure, []).append(c)
+        heads = [clone(self).set_params(**params) for params in configs]
+        for head in heads:
+            head.check_params()
+        listener = epoch_listener(sum(max(heads[c].epochs for c in group) for group in groups.values()))
+        for group in groups.values():
+            slots, where = [], []
+            for c in group:
+                cfg = heads[c].train_config()
+                for k, (train, test) in enumerate(folds):
+                    for j, seed in enumerate(seeds):
+                        slots.append(Slot(seed, replace(cfg, seed=seed), heads[c]._build_module, train, test))
+                        where.append((c, k, j))
+            try:
+                result = train_slots(slots, X, y_index, n_classes=len(template.classes_), eval_set=(X, y_index),
+                                     keep_best=False,
+                                     on_epoch=None if listener is None else (lambda e, r: listener(_mean_record(r))))
+            except NotVectorisable:  # a QNode: one fit after another
+                some, time_ = super(TorchHead, self).cross_validate(X, y_index, [configs[c] for c in group], folds, seeds)
+                scores[group], seconds[group] = some, time_
+                continue
+            for (c, k, j), run in zip(where, result.runs):
+                scores[c, k, j] = run.history[-1].val_acc
+                seconds[c] += run.seconds
+        return scores, seconds
 
     def _fitted(self, module, history, seconds, best_state, best_epoch, final_proba, best_proba, *, evaluated):
         """Set what a fit learns (one place for fit and fit_seeds); returns self."""
@@ -144,29 +190,3 @@ def predict_module_proba(module: nn.Module, X: np.ndarray) -> np.ndarray:
             for i in range(0, len(X), PREDICT_CHUNK)
         ]
     return np.concatenate(chunks)
-
-
-def _epoch_batches(features: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
-    """Shuffled mini-batches; the order of epoch e depends only on (seed, e)."""
-
-    def batches(epoch: int):
-        order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(labels)))
-        for start in range(0, len(order), cfg.batch_size):
-            rows = order[start:start + cfg.batch_size]
-            yield features[rows], labels[rows]
-
-    return batches
-
-
-def _evaluator(X_eval: np.ndarray, y_eval: np.ndarray, n_classes: int):
-    features, labels = torch.from_numpy(X_eval), torch.from_numpy(y_eval)
-
-    def evaluate(module: nn.Module):
-        if not len(labels):
-            return float("nan"), np.zeros((0, n_classes))
-        with torch.no_grad():
-            logits = module(features)
-            loss = nn.functional.cross_entropy(logits, labels).item()
-            return loss, torch.softmax(logits.double(), dim=1).numpy()
-
-    return evaluate

@@ -26,6 +26,11 @@ override it with one vectorised pass over all seeds
 (:meth:`tlkit.heads.base.TorchHead.fit_seeds`). Which way a head goes is the
 head's own business: no caller looks at its name or type.
 
+Every head also has ``cross_validate(X, y, configs, folds, seeds)``, which
+:func:`tlkit.heads.search` (``fit-head --grid``) calls: the held-out
+accuracy of each configuration x fold x seed. The default here fits them one
+after another; the torch heads train them as slots of stacked passes.
+
 Progress: a head that trains in epochs reports each one to the listener of
 :func:`reporting_epochs`. Why a context and not a ``fit`` argument or a
 hyperparameter: a listener changes no result, so it must not be in
@@ -50,7 +55,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.metrics import predict_from_proba
 
 
@@ -157,6 +162,39 @@ class Head(ClassifierMixin, BaseEstimator):
         heads = [clone(self).set_params(seed=seed) for seed in seeds]
         with _reporting_fits_in_a_row(len(heads)):
             return [head.fit(X, y, eval_set=eval_set) for head in heads]
+
+    def evaluate_once(self, eval_set) -> Evaluation | None:
+        """The evaluation of a head without epochs: its only fit is both the final and the best one."""
+        if eval_set is None:
+            return None
+        from sklearn.metrics import log_loss
+
+        X_eval, y_eval = self._eval_arrays(eval_set, np.float64)
+        proba = self.predict_proba(X_eval)
+        loss = float(log_loss(y_eval, proba, labels=np.arange(len(self.classes_)))) if len(y_eval) else None
+        return Evaluation(final_proba=proba, best_proba=proba, final_epoch=None, best_epoch=None,
+                          final_loss=loss, best_loss=loss)
+
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+        """Accuracy of each configuration (``set_params``) trained on each fold's training rows with each seed
+        and scored on its held-out rows: (scores (configs, folds, seeds), seconds (configs,)). Here one fit
+        after another; the torch heads train them in stacked passes (:mod:`tlkit.heads.sweep` calls this)."""
+        import time
+
+        from sklearn.base import clone
+
+        X, y = np.asarray(X), np.asarray(y)
+        scores = np.zeros((len(configs), len(folds), len(seeds)))
+        seconds = np.zeros(len(configs))
+        with _reporting_fits_in_a_row(scores.size):
+            for c, params in enumerate(configs):
+                t0 = time.perf_counter()
+                for k, (train, test) in enumerate(folds):
+                    for j, seed in enumerate(seeds):
+                        head = clone(self).set_params(**params, seed=seed).fit(X[train], y[train])
+                        scores[c, k, j] = float((head.predict(X[test]) == y[test]).mean())
+                seconds[c] = time.perf_counter() - t0
+        return scores, seconds
 
     def predict(self, X) -> np.ndarray:
         """Class labels; with two classes the positive one is predicted at probability >= 0.5."""

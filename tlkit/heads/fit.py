@@ -35,6 +35,7 @@ class FitResult:
     config: RunConfig
     metrics: dict
     plan: SplitPlan
+    search: object = None  # the SearchResult of a sweep (--grid)
 
 
 def fit_head(
@@ -44,6 +45,8 @@ def fit_head(
     *,
     params: dict | None = None,
     seeds: list[int] | None = None,
+    grid: dict | None = None,
+    cv: int = 5,
     val_fraction: float = 0.2,
     split_seed: int = 0,
     progress: bool | None = None,
@@ -52,17 +55,32 @@ def fit_head(
     """Train head ``head`` (a name in :data:`tlkit.heads.registry.HEADS`) with hyperparameters ``params``.
 
     ``seeds``: train one copy per seed (``fit_seeds``) and write a run of many seeds (:mod:`tlkit.runs`);
-    ``FitResult.estimator`` is then the list of fitted heads.
+    ``FitResult.estimator`` is then the list of fitted heads. ``grid`` ({name: [values]}): first choose the
+    configuration by ``cv``-fold cross-validation on the training rows only (:mod:`tlkit.heads.sweep`), then
+    fit it as above; the run folder also holds search.csv.
     """
     from tlkit.cache import load_cache
 
-    estimator = get_spec(head).build(params)
+    spec = get_spec(head)
+    estimator = spec.build(params)
     estimator.check_params()  # bad flags (an unknown device...) fail before anything is read
     seeds = None if seeds is None else check_seeds(seeds)
+    if grid:
+        from tlkit.heads.sweep import check_grid, search
+
+        grid = check_grid(spec, grid)
     run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
     cache = load_cache(cache_path)
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
     echo(plan.describe())
+
+    found = None
+    if grid:  # chosen on the training rows alone: the evaluation split is not read until the choice is made
+        with EpochBar(f"{head} search", progress) as bar, reporting_epochs(bar):
+            found = search(estimator, plan.train.features, plan.train.labels, grid, cv=cv,
+                           seeds=seeds or [estimator.seed])
+        estimator = spec.build({**(params or {}), **found.best_params_})
+        echo(f"search done: chosen {found.best_params_} (mean fold accuracy {found.best_score_:.4f})")
 
     y_eval = plan.eval.labels
     with EpochBar(head, progress) as bar, reporting_epochs(bar):
@@ -79,6 +97,9 @@ def fit_head(
     run.create()
     weights = save_head(fitted, run)
     config = run_config(head, fitted, cache, plan, weights)
+    if found is not None:
+        config.part.search = found.record()
+        run.write_search(found.rows())
     run.write_config(config)
     run.write_history(seeds_history([h.history_ for h in fitted], [h.seed for h in fitted]))
     run.write_predictions(plan.eval.paths, y_eval, per_seed("final_proba"), per_seed("best_proba"),
@@ -89,11 +110,14 @@ def fit_head(
         training_seconds=fitted[0].training_seconds_ if one_seed else [h.training_seconds_ for h in fitted],
         class_names=cache.class_names, final_loss=per_seed("final_loss"), best_loss=per_seed("best_loss"),
         seeds=[h.seed for h in fitted],
+        histories=[h.history_ for h in fitted], train_labels=plan.train.labels,  # for the health checks
     )
+    if found is not None:
+        metrics["search"] = found.rows()
     if config.details.get("conditions"):  # a quantum head's noise, shots and gradient method, beside its numbers
         metrics["conditions"] = config.details["conditions"]
     run.finish(metrics)
-    return FitResult(run.path, head, fitted[0] if seeds is None else fitted, config, metrics, plan)
+    return FitResult(run.path, head, fitted[0] if seeds is None else fitted, config, metrics, plan, found)
 
 
 def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:

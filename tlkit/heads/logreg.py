@@ -14,14 +14,13 @@ import time
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from tlkit.heads.errors import HeadError
-from tlkit.heads.estimator import Evaluation, Head
-from tlkit.heads.threads import one_thread
+from tlkit.errors import HeadError
+from tlkit.heads.estimator import Head
+from tlkit.threads import one_thread
 
 
 class LogRegHead(Head, head="logreg"):
@@ -53,17 +52,8 @@ class LogRegHead(Head, head="logreg"):
         self.model_ = fitted_logistic_regression(self.C_, search.coef_, search.intercept_, search.classes_)
         self.training_seconds_ = time.perf_counter() - t0
         self.history_ = []
-        self.evaluation_ = self._evaluate(eval_set)
+        self.evaluation_ = self.evaluate_once(eval_set)
         return self
-
-    def _evaluate(self, eval_set) -> Evaluation | None:
-        if eval_set is None:
-            return None
-        X_eval, y_eval = self._eval_arrays(eval_set, np.float64)
-        proba = self.predict_proba(X_eval)
-        loss = float(log_loss(y_eval, proba, labels=np.arange(len(self.classes_)))) if len(y_eval) else None
-        return Evaluation(final_proba=proba, best_proba=proba, final_epoch=None, best_epoch=None,
-                          final_loss=loss, best_loss=loss)
 
     def run_details(self) -> dict:
         return {"logreg": {"C": self.C_, "cv_folds": self.cv_folds_, "scoring": "neg_log_loss"}}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 
 # component -> the PennyLane channel placed after every gate
 GATE_CHANNELS = {"depolarizing": "DepolarizingChannel", "amplitude_damping": "AmplitudeDamping",
@@ -141,15 +141,3 @@ def parse_sweep(spec) -> tuple[str | None, list[NoiseModel]]:
         models.append(NoiseModel.parse(",".join(items)))
     return name, models
 
-
-def describe_conditions(conditions: dict | None) -> str:
-    """A run's ``conditions`` (config.json, metrics.json) in a few words, for ``tlkit report``; "-" for none."""
-    if not conditions:
-        return "-"
-    parts = [f"noise {conditions['noise']}" if conditions.get("noise") else "noise-free",
-             f"{conditions['shots']} shots" if conditions.get("shots") else "analytic"]
-    if conditions.get("qdevice") and conditions["qdevice"] != "default.qubit":
-        parts.append(conditions["qdevice"])
-    if conditions.get("trained_under"):
-        parts.append(f"trained {conditions['trained_under']}")
-    return ", ".join(parts)

@@ -29,8 +29,8 @@ import math
 import torch
 from torch import nn
 
+from tlkit.errors import HeadError
 from tlkit.heads.base import TorchHead
-from tlkit.heads.errors import HeadError
 from tlkit.heads.noise import NoiseModel
 from tlkit.heads.registry import QUANTUM, SIMULATORS
 
@@ -216,6 +216,8 @@ class QuantumHead(TorchHead, head="quantum"):
     Defaults: 4 qubits, depth 6, circuit weights initialised 0.01 * N(0, 1),
     ``default.qubit`` analytic, and the seed paper's training loop.
     """
+
+    slot_params = (*TorchHead.slot_params, "q_delta")  # an initial scale: grid values share one sweep pass
 
     def check_params(self) -> None:
         super().check_params()

@@ -20,7 +20,7 @@ Adding a head is one declaration here plus one class::
 
 (which is how the bottleneck head below is declared).
 
-Imported when the CLI starts: no torch, scikit-learn or PennyLane here.
+Imported by ``tlkit fit-head --help`` (its options come from here): no torch, scikit-learn or PennyLane here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.heads.noise import NOISE_HELP
 from tlkit.heads.store import ARRAYS, TORCH_STATE, WeightsFormat
 from tlkit.runs import read_config
@@ -86,7 +86,7 @@ LOGREG = HeadSpec(
         HParam("Cs", DEFAULT_CS, "Inverse regularisation strengths to try (an int n: n values on "
                "scikit-learn's default grid); default 45 values from 1e-6 to 1e5.", cli=False),
         HParam("cv", 5, "Cross-validation folds choosing C (fewer when the rarest class has fewer "
-               "training examples).", min=2),
+               "training examples); on the command line, fit-head's --cv.", min=2, cli=False),
         HParam("max_iter", 1000, "L-BFGS iterations per fit.", min=1, cli=False),
         HParam("seed", 0, "Seed of the cross-validation folds."),
     ),
@@ -130,7 +130,35 @@ BOTTLENECK = HeadSpec(
     weights=TORCH_STATE,
 )
 
-HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (LINEAR, LOGREG, QUANTUM, BOTTLENECK)}
+# The classical baselines of Bowles, Ahmed & Schuld's benchmark (arXiv:2403.07059), each on standardized features.
+SEED = HParam("seed", 0, "Seed of the initialisation and the data order.")
+SVC = HeadSpec(
+    name="svc", cls="tlkit.heads.svc:SVCHead", title="RBF support-vector machine",
+    summary="scikit-learn RBF SVC on standardized features, scored by its decision function (a baseline)",
+    params=(
+        HParam("C", 1.0, "SVC regularisation: larger C fits the training data more closely.", min=0, min_open=True),
+        HParam("gamma", None, "RBF kernel width 1/(2 sigma^2); none: 'scale', 1 / (n_features * X.var()). "
+               "Python and --grid gamma=... only (--gamma is the StepLR factor).", type=float, min=0, min_open=True,
+               optional=True, cli=False),
+        replace(SEED, help="Unused by the (deterministic) SVC; kept so that --seeds works for every head."),
+    ),
+    weights=ARRAYS,
+)
+_LR = next(p for p in TRAINING if p.name == "lr")
+MLP = HeadSpec(
+    name="mlp", cls="tlkit.heads.mlp:MLPHead", title="Multi-layer perceptron",
+    summary="scikit-learn MLPClassifier (one ReLU hidden layer, Adam) on standardized features (a baseline)",
+    params=(
+        HParam("hidden", 100, "Width of the hidden layer.", min=1),
+        HParam("alpha", 1e-4, "L2 penalty of the MLP.", min=0),
+        replace(_LR, help="Initial learning rate."),
+        HParam("max_epochs", 200, "MLP: the most epochs of Adam (it stops earlier when the loss settles).", min=1),
+        replace(SEED, help="Seed of the initialisation and the data order."),
+    ),
+    weights=ARRAYS,
+)
+
+HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (LINEAR, LOGREG, QUANTUM, BOTTLENECK, SVC, MLP)}
 
 
 def get_spec(name: str) -> HeadSpec:

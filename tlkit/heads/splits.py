@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlkit.cache.reader import FeatureCache, SplitArrays
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 
 
 @dataclass

@@ -19,7 +19,7 @@ classes, n_features)``; ARRAYS calls ``to_arrays()`` and
 ``from_arrays(arrays)``. The file names belong to the run contract
 (:mod:`tlkit.runs`).
 
-Imported when the CLI starts: torch only inside the methods.
+Imported by ``tlkit fit-head --help`` (through the registry): torch only inside the methods.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.runs import MODEL, MODEL_ARRAYS, MODEL_ARRAYS_SEEDS, MODEL_BEST, MODEL_SEEDS
 
 

@@ -1,7 +1,8 @@
 """``tlkit predict``: labels and class probabilities for new images from a finished run.
 
-This package is imported when the CLI starts; torch is imported only when
-:func:`predict_images` runs.
+``tlkit predict --help`` imports this package (its command is
+:mod:`tlkit.predict.cli`): so :func:`load_predictor` and :func:`predict_images`,
+which import torch, load on first use, and the help answers at once.
 """
 
 from __future__ import annotations

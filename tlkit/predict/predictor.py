@@ -21,9 +21,9 @@ import torch
 
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.discovery import find_images
+from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
-from tlkit.embed.reader import read_batches
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.metrics import predict_from_proba
 from tlkit.runs import MODEL, HeadPart, RunConfig, read_config
@@ -91,7 +91,7 @@ def backbone_weights(provenance: dict, weights_path=None):
 
 
 def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> Predictor:
-    from tlkit.embed.check import recorded_precision
+    from tlkit.embed.precision import recorded_precision
     from tlkit.embed.mapper import FeatureMapper
 
     try:

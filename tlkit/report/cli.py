@@ -56,7 +56,12 @@ def report(runs, out, baseline, curves, compare):
         f, rel = row["final"], row["relative_change"]["final"]["accuracy"]
         change = "" if row["name"] == table["baseline"] or rel is None else f" ({rel:+.2f}% vs {table['baseline']})"
         seeds = f" (mean of {len(row['seeds'])} seeds)" if row.get("seeds") and len(row["seeds"]) > 1 else ""
-        click.echo(f"{row['name']}: final accuracy {f['accuracy']:.4f}{seeds}{change}")
+        flagged = (row.get("health") or {}).get("describe")  # a run that did not train says so
+        health = f"  ⚠ {flagged}: see report.md, Training health" if flagged else ""
+        click.echo(f"{row['name']}: final accuracy {f['accuracy']:.4f}{seeds}{change}{health}")
     for comparison in table["comparisons"]:
         click.echo(describe_comparison(comparison))
+    click.echo("tuning budget: " + "; ".join(f"{row['name']} {row['budget']}" for row in table["runs"]))
+    if table["budget_warning"]:
+        click.echo(table["budget_warning"], err=True)
     click.echo(f"report written to {out}/report.md")

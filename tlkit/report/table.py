@@ -19,7 +19,6 @@ from collections import defaultdict
 import numpy as np
 
 from tlkit.errors import TlkitError
-from tlkit.heads.noise import describe_conditions
 from tlkit.runs import BEST_NOTE, Run
 
 METRIC_NAMES = ("accuracy", "roc_auc", "average_precision")
@@ -29,6 +28,19 @@ COMPARISON_NOTE = (
     "McNemar: exact test on the first seed's predictions. Significant at 5% when the interval excludes 0 "
     "and p < 0.05."
 )
+
+
+def describe_conditions(conditions: dict | None) -> str:
+    """A run's ``conditions`` (config.json, metrics.json) in a few words, for ``tlkit report``; "-" for none."""
+    if not conditions:
+        return "-"
+    parts = [f"noise {conditions['noise']}" if conditions.get("noise") else "noise-free",
+             f"{conditions['shots']} shots" if conditions.get("shots") else "analytic"]
+    if conditions.get("qdevice") and conditions["qdevice"] != "default.qubit":
+        parts.append(conditions["qdevice"])
+    if conditions.get("trained_under"):
+        parts.append(f"trained {conditions['trained_under']}")
+    return ", ".join(parts)
 
 
 def unique_names(runs: list[Run]) -> list[str]:
@@ -158,7 +170,12 @@ def _aligned(run: Run, order: np.ndarray) -> np.ndarray:
 
 
 def comparisons(runs: list[Run], names: list[str], pairs: list[tuple[int, int]]) -> list[dict]:
-    """One :func:`tlkit.stats.compare` entry per (run, baseline) pair, on the baseline's image order."""
+    """One :func:`tlkit.stats.compare` entry per (run, baseline) pair, on the baseline's image order.
+
+    ``flagged`` names the runs of the pair that did not train (:mod:`tlkit.health`): their verdict compares
+    a head that never left its start.
+    """
+    from tlkit.health import describe
     from tlkit.stats import compare
 
     out = []
@@ -167,17 +184,60 @@ def comparisons(runs: list[Run], names: list[str], pairs: list[tuple[int, int]])
         labels = np.asarray(runs[j].predictions["labels"])
         entry = compare(labels, _aligned(runs[i], order), _aligned(runs[j], order), run=names[i], baseline=names[j])
         entry["n_seeds"] = {"run": len(runs[i].proba_seeds()), "baseline": len(runs[j].proba_seeds())}
+        entry["flagged"] = {names[k]: describe(runs[k].health) for k in (i, j) if describe(runs[k].health)}
         out.append(entry)
     return out
 
 
 def describe_comparison(c: dict) -> str:
     """The terminal line of one comparison."""
-    from tlkit.stats import verdict
-
     interval = "no interval" if c["ci_low"] is None else f"95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
     return (f"{c['run']} vs {c['baseline']}: final accuracy {c['difference']:+.4f} ({interval}, paired bootstrap); "
-            f"McNemar p = {c['mcnemar_p']:.3g} on {c['n_discordant']} discordant images (first seed): {verdict(c)}")
+            f"McNemar p = {c['mcnemar_p']:.3g} on {c['n_discordant']} discordant images (first seed): {_verdict(c)}")
+
+
+# --- training health: every table marks a run that did not train (tlkit.health) ------------------
+HEALTH_MARK = "⚠"
+HEALTH_NOTE = (f"{HEALTH_MARK} marks a run where at least one seed did not train (tlkit's training-health check: "
+               "see Training health)")
+
+
+def _health_row(run: Run) -> dict:
+    from tlkit.health import describe
+
+    health = run.health
+    return {"n_seeds": health["n_seeds"], "n_flagged": health["n_flagged"], "flags": health["flags"],
+            "describe": describe(health), "stored": "health" in run.metrics}
+
+
+def _name(row: dict) -> str:
+    """A run's name in a table, marked when it did not train."""
+    return f"{row['name']} {HEALTH_MARK}" if (row.get("health") or {}).get("n_flagged") else row["name"]
+
+
+def _verdict(c: dict) -> str:
+    from tlkit.stats import verdict
+
+    flagged = c.get("flagged") or {}
+    said = "; ".join(f"{name}: {text}" for name, text in flagged.items())
+    return verdict(c) + (f" ({HEALTH_MARK} compares a run that did not train: {said})" if flagged else "")
+
+
+def _health_legend(table: dict) -> list[str]:
+    return [f"{HEALTH_NOTE}.", ""] if any((r.get("health") or {}).get("n_flagged") for r in table["runs"]) else []
+
+
+def _health_markdown(table: dict) -> list[str]:
+    flagged = [r for r in table["runs"] if (r.get("health") or {}).get("n_flagged")]
+    if not flagged:
+        return []
+    from tlkit.health import CRITERIA
+
+    lines = ["## Training health", ""]
+    lines += [f"- **{r['name']}** {HEALTH_MARK}: {r['health']['describe']}" for r in flagged]
+    return lines + ["", f"Checks: {CRITERIA}. The numbers behind each flag are in the run's metrics.json "
+                        "(`health`). Its accuracy is not what this head can do: it never left its start.", ""]
+# --- end of training health ---------------------------------------------------------------------
 
 
 def _block(metrics_block: dict) -> dict:
@@ -213,8 +273,10 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
             "final": _block(m["final"]),
             "best": _block(m["best"]),
             "training_seconds": m.get("training_seconds"),
+            "budget": _budget(run),
             "seeds": run.seeds,
             "summary": m.get("summary"),  # intervals; absent from runs written before they existed
+            "health": _health_row(run),  # training-health flags (tlkit.health); computed for older runs
             "relative_change": {
                 "final": {k: relative_change(m["final"].get(k), base["final"].get(k)) for k in METRIC_NAMES},
                 "best": {k: relative_change(m["best"].get(k), base["best"].get(k)) for k in METRIC_NAMES},
@@ -233,7 +295,22 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
         "runs": rows,
         "comparisons": comparisons(runs, names, pairs),
         "comparison_note": COMPARISON_NOTE,
+        "budget_warning": budget_warning(names, [row["budget"] for row in rows]),
     }
+
+
+def _budget(run: Run) -> str:
+    """A run's tuning budget ("grid of 12, 5-fold"; see HeadPart.budget); a scratch run's is untuned."""
+    budget = getattr(run.config.part, "budget", None)
+    return budget() if budget else "untuned (fixed hyperparameters)"
+
+
+def budget_warning(names: list[str], budgets: list[str]) -> str | None:
+    """One line when the compared runs were tuned with different budgets (None when they all share one)."""
+    if len(set(budgets)) < 2:
+        return None
+    return ("warning: the runs were tuned with different budgets (" + "; ".join(f"{n}: {b}" for n, b in zip(names, budgets))
+            + "): part of a difference between them may be the tuning's")
 
 
 def _num(value, digits=4) -> str:
@@ -265,10 +342,13 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
     for r in table["runs"]:
         f, b = r["final"], r["best"]
         lines.append(
-            f"| {r['name']} | {r['model']} | {r['features']} | {r['conditions']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
+            f"| {_name(r)} | {r['model']} | {r['features']} | {r['conditions']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
             f"| {_num(f['average_precision'])} | {_epoch(f['epoch'])} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
             f"| {_num(b['average_precision'])} | {_epoch(b['epoch'])} | {_num(r['training_seconds'], 1)} |"
         )
+    lines += ["", "Tuning budget: " + "; ".join(f"{r['name']} {r['budget']}" for r in table["runs"]) + "."]
+    if table.get("budget_warning"):
+        lines += ["", f"**{table['budget_warning'][0].upper()}{table['budget_warning'][1:]}**"]
     lines += [
         "",
         f"## Relative change against `{table['baseline']}`",
@@ -280,12 +360,12 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
     for r in table["runs"]:
         rf, rb = r["relative_change"]["final"], r["relative_change"]["best"]
         lines.append(
-            f"| {r['name']} | {_pct(rf['accuracy'])} | {_pct(rf['roc_auc'])} | {_pct(rf['average_precision'])} "
+            f"| {_name(r)} | {_pct(rf['accuracy'])} | {_pct(rf['roc_auc'])} | {_pct(rf['average_precision'])} "
             f"| {_pct(rb['accuracy'])} | {_pct(rb['roc_auc'])} | {_pct(rb['average_precision'])} "
             f"| {_pct(r['relative_change']['training_seconds'])} |"
         )
-    lines += ["", f"{table['relative_change_note']}.", "", f"_{table['note']}_", ""]
-    lines += _intervals_markdown(table) + _comparisons_markdown(table)
+    lines += ["", f"{table['relative_change_note']}.", "", f"_{table['note']}_", ""] + _health_legend(table)
+    lines += _intervals_markdown(table) + _comparisons_markdown(table) + _health_markdown(table)
     if figures:
         lines += ["## Figures", ""]
         for title, file in figures.items():
@@ -310,7 +390,7 @@ def _intervals_markdown(table: dict) -> list[str]:
         seeds = summary.get("accuracy") or {}
         images = (summary.get("images") or {}).get("accuracy") or {}
         n = len(r["seeds"]) if r.get("seeds") else 1
-        lines.append(f"| {r['name']} | {n} | {_num(r['final']['accuracy'])} | {_num(seeds.get('std'))} "
+        lines.append(f"| {_name(r)} | {n} | {_num(r['final']['accuracy'])} | {_num(seeds.get('std'))} "
                      f"| {_interval(seeds.get('ci_low'), seeds.get('ci_high'))} "
                      f"| {_interval(images.get('ci_low'), images.get('ci_high'))} |")
     lines += ["", "Across seeds: how much the result moves with the seed (n/a with one seed). Over images: how much "
@@ -320,8 +400,6 @@ def _intervals_markdown(table: dict) -> list[str]:
 
 
 def _comparisons_markdown(table: dict) -> list[str]:
-    from tlkit.stats import verdict
-
     if not table["comparisons"]:
         return []
     lines = [
@@ -333,6 +411,7 @@ def _comparisons_markdown(table: dict) -> list[str]:
     ]
     for c in table["comparisons"]:
         low = "n/a" if c["ci_low"] is None else f"{c['ci_low']:+.4f} – {c['ci_high']:+.4f}"
-        lines.append(f"| {c['run']} | {c['baseline']} | {c['difference']:+.4f} | {low} | {c['mcnemar_p']:.3g} "
-                     f"| {c['n_discordant']} | {verdict(c)} |")
+        mark = {name: f"{name} {HEALTH_MARK}" for name in c.get("flagged") or {}}
+        lines.append(f"| {mark.get(c['run'], c['run'])} | {mark.get(c['baseline'], c['baseline'])} "
+                     f"| {c['difference']:+.4f} | {low} | {c['mcnemar_p']:.3g} | {c['n_discordant']} | {_verdict(c)} |")
     return lines + ["", table["comparison_note"], ""]

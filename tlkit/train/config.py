@@ -5,7 +5,7 @@ Defaults are the seed paper's: cross-entropy, batch size 4, 30 epochs, SGD
 these as hyperparameters and ``tlkit train-scratch`` and ``tlkit fit-head``
 build their training options from them (:func:`tlkit.train.hparams.options`).
 
-Imported when the CLI starts: no torch here.
+The commands' ``--help`` imports this module: no torch here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
-from tlkit.heads.errors import HeadError
+from tlkit.errors import HeadError
 from tlkit.train.hparams import HParam, hparam, hparams_of
 
 TRAINING = "Training loop"  # the --help section of these settings

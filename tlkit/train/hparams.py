@@ -10,7 +10,7 @@ so a default, a range or a help text is never written twice. The training
 loop's settings are declared on :class:`tlkit.train.config.TrainConfig`; each
 head's own settings in :mod:`tlkit.heads.registry`.
 
-This module is imported when the CLI starts: it imports click only.
+The commands' ``--help`` imports this module: it imports click only.
 """
 
 from __future__ import annotations
@@ -70,6 +70,32 @@ class HParam:
             if not self.min_open and not value >= self.min:
                 return f"{self.name} must be at least {self.min:g}, got {value}"
         return None
+
+    def parse(self, text: str):
+        """The value a command line's ``text`` means for this setting (a ``--grid`` value), checked against the
+        declaration; ValueError with one line for text that cannot be one."""
+        text = text.strip()
+        kind = self.value_type
+        if self.optional and text.lower() == "none":
+            value = None
+        elif kind is int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"{self.name} must be an integer, got {text!r}") from None
+        elif kind is float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{self.name} must be a number, got {text!r}") from None
+        elif kind is str:
+            value = text
+        else:
+            raise ValueError(f"{self.name} takes no value from the command line")
+        problem = self.problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     def click_type(self) -> click.ParamType | None:
         kind = self.value_type

@@ -1,4 +1,6 @@
-"""One training loop for every torch model tlkit trains.
+"""The training loop of the scratch baseline (a whole ResNet-18, its own DataLoader order), and the rules
+every loop shares: the epoch record and the best-epoch rule (:class:`BestEpoch`). The heads train in
+:mod:`tlkit.train.slots` (one run, many seeds or a sweep alike).
 
 Its settings, with the seed paper's defaults, are :class:`TrainConfig`
 (:mod:`tlkit.train.config`). After every epoch the model is evaluated; the
@@ -40,6 +42,23 @@ class TrainResult:
     best_proba: np.ndarray
     best_state: dict
     seconds: float  # training wall time, evaluation included
+
+
+class BestEpoch:
+    """The best-epoch rule, once for every loop: the first epoch with the highest evaluation accuracy.
+
+    NaN (no evaluation set) never improves on anything, so such a run has no best epoch.
+    """
+
+    def __init__(self, epoch: int = 0, acc: float = -1.0, proba=None, state=None):
+        self.epoch, self.acc, self.proba, self.state = epoch, acc, proba, state
+
+    def offer(self, epoch: int, acc: float, proba, state: Callable[[], dict]) -> bool:
+        """Record ``epoch`` if it beats the best so far; ``state()`` is called (a copy made) only then."""
+        if not acc > self.acc:
+            return False
+        self.epoch, self.acc, self.proba, self.state = epoch, acc, proba, state()
+        return True
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -84,7 +103,7 @@ def train_classifier(
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = make_scheduler(optimizer, cfg)
     history: list[EpochRecord] = []
-    best_epoch, best_acc, best_state, best_proba, final_proba = 0, -1.0, None, None, None
+    best, final_proba = BestEpoch(), None
     seconds = 0.0
     start_epoch = 0
     if resume_from is not None:
@@ -92,8 +111,8 @@ def train_classifier(
         optimizer.load_state_dict(resume_from["optimizer"])
         scheduler.load_state_dict(resume_from["scheduler"])
         history = [EpochRecord(**r) for r in resume_from["history"]]
-        best_epoch, best_acc = resume_from["best_epoch"], resume_from["best_acc"]
-        best_state, best_proba = resume_from["best_state"], resume_from["best_proba"]
+        best = BestEpoch(resume_from["best_epoch"], resume_from["best_acc"], resume_from["best_proba"],
+                         resume_from["best_state"])
         final_proba, seconds = resume_from["final_proba"], resume_from["seconds"]
         start_epoch = len(history)
         torch.set_rng_state(resume_from["torch_rng"])
@@ -122,16 +141,14 @@ def train_classifier(
         record = EpochRecord(epoch + 1, lr, total_loss / max(seen, 1), correct / max(seen, 1), float(val_loss), val_acc, dt)
         history.append(record)
         final_proba = proba
-        if val_acc > best_acc:
-            best_epoch, best_acc, best_proba = epoch + 1, val_acc, proba
-            best_state = copy.deepcopy(model.state_dict())
+        best.offer(epoch + 1, val_acc, proba, lambda: copy.deepcopy(model.state_dict()))
         if on_epoch:
             on_epoch(record)
         if checkpoint:
             checkpoint({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "history": [asdict(r) for r in history], "best_epoch": best_epoch, "best_acc": best_acc,
-                "best_state": best_state, "best_proba": best_proba, "final_proba": final_proba,
+                "history": [asdict(r) for r in history], "best_epoch": best.epoch, "best_acc": best.acc,
+                "best_state": best.state, "best_proba": best.proba, "final_proba": final_proba,
                 "seconds": seconds, "torch_rng": torch.get_rng_state(),
             })
-    return TrainResult(history, best_epoch, final_proba, best_proba, best_state, seconds)
+    return TrainResult(history, best.epoch, final_proba, best.proba, best.state, seconds)

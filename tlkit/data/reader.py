@@ -1,7 +1,12 @@
 """Reader: decode images in worker processes, in batches; normalise each batch where it is used.
 
 A file that fails to decode does not stop the batch: it comes back as an
-error entry (index, reason) next to the tensors of the good files.
+error entry (index, reason) next to the tensors of the good files. Every pass
+over image files works this way, on one dataset (:class:`DecodedFiles`): the
+embedding's reader (:func:`read_batches`), the check of ``embed --strict``
+(:func:`check_files`), ``predict``, and the scratch baseline's decode pass.
+Here, in the data layer, so that stage one, the baseline and ``predict`` share
+it without importing each other.
 
 The workers hand over uint8 pixels (resized and cropped); the batch is turned
 into normalised float32 in the consuming process, on the device given, by
@@ -38,19 +43,27 @@ class Batch:
         return replace(self, images=self.images.pin_memory())
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, files: list[str], spec: TransformSpec, max_pixels: int | None):
+class DecodedFiles(Dataset):
+    """Image files decoded one by one: item ``i`` is ``(i, convert(image), None)``, or ``(i, None, reason)``
+    when file ``i`` cannot be decoded (:class:`~tlkit.errors.BadImage`), so one bad file never stops a batch.
+
+    ``load(path, max_pixels)`` decodes (default :func:`~tlkit.data.decode.load_rgb`); ``convert`` turns
+    the image into what the worker hands over (default: nothing, for a pass that only checks the files).
+    """
+
+    def __init__(self, files: list[str], max_pixels: int | None, convert=None, load=load_rgb):
         self.files = files
         self.max_pixels = max_pixels
-        self.spec = spec
-        self.pixels = spec.build_pixels()
+        self.convert = convert
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.pixels(self.spec.load(self.files[i], self.max_pixels)), None
+            image = self.load(self.files[i], self.max_pixels)
+            return i, self.convert(image) if self.convert is not None else None, None
         except BadImage as exc:
             return i, None, str(exc)
 
@@ -78,7 +91,7 @@ def read_batches(
     """
     device = torch.device(device)
     loader = DataLoader(
-        _ImageFiles(files, spec, max_pixels),
+        DecodedFiles(files, max_pixels, convert=spec.build_pixels(), load=spec.load),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -92,30 +105,14 @@ def read_batches(
         yield replace(batch, images=spec.normalize(batch.images.to(device, non_blocking=True))) if batch.indices else batch
 
 
-class _CheckFiles(Dataset):
-    def __init__(self, files: list[str], max_pixels: int | None):
-        self.files = files
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            load_rgb(self.files[i], self.max_pixels)
-            return None
-        except BadImage as exc:
-            return i, str(exc)
-
-
-def _drop_good(samples):
-    return [s for s in samples if s is not None]
+def _errors_only(samples):
+    return [(i, err) for i, _, err in samples if err is not None]
 
 
 def check_files(files: list[tuple[str, str]], workers: int, max_pixels: int | None) -> list[tuple[str, str]]:
     """Fully decode every (file, shown-name) pair; return (shown-name, reason) of the bad ones."""
     loader = DataLoader(
-        _CheckFiles([f for f, _ in files], max_pixels), batch_size=16, num_workers=workers,
-        collate_fn=_drop_good, worker_init_fn=worker_init_fn(),
+        DecodedFiles([f for f, _ in files], max_pixels), batch_size=16, num_workers=workers,
+        collate_fn=_errors_only, worker_init_fn=worker_init_fn(),
     )
     return [(files[i][1], why) for batch in loader for i, why in batch]

@@ -1,0 +1,206 @@
+"""Sweeps (``fit-head --grid``, :func:`tlkit.heads.search`): chosen on training data only, the vectorised pass
+equals separate fits and scikit-learn's GridSearchCV, the svc/mlp baselines, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from cli_helpers import assert_invoke_error, invoke
+from heads_data import blobs, write_cache
+from test_faults import Running
+from tlkit.heads import BottleneckHead, HeadError, LinearHead, MLPHead, QuantumHead, SVCHead, load_head, search
+from tlkit.runs import load_run
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Noisy blobs; 57 rows so that the folds differ in size (and batch 4 leaves short last batches)."""
+    X, y = blobs(57, 2, seed=1, noise=2.5)
+    return X, np.array(["ants", "bees"])[y]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    X, y = blobs(40, 2, seed=1, noise=2.5)
+    X_val, y_val = blobs(15, 2, seed=2, noise=2.5)
+    root = tmp_path_factory.mktemp("sweep_cache")
+    return write_cache(root / "feats.h5", {"train": (X, y), "val": (X_val, y_val)}, ["ants", "bees"]), (X, y, X_val, y_val)
+
+
+def separate_fold_scores(head, X, y, configs, cv, seeds, fold_seed=0):
+    """Every configuration x fold x seed as its own fit, scored on the held-out fold at the final epoch."""
+    folds = StratifiedKFold(cv, shuffle=True, random_state=fold_seed).split(X, y)
+    scores = np.zeros((len(configs), cv, len(seeds)))
+    for k, (train, test) in enumerate(folds):
+        for c, params in enumerate(configs):
+            for j, seed in enumerate(seeds):
+                fitted = clone(head).set_params(**params, seed=seed).fit(X[train], y[train])
+                scores[c, k, j] = fitted.score(X[test], y[test])  # the final epoch's accuracy
+    return scores
+
+
+# --- the vectorised pass is separate fits, and GridSearchCV ----------------------------------------
+
+@pytest.mark.parametrize("head, grid", [
+    (LinearHead(batch_size=4), {"lr": [0.003, 0.05], "epochs": [2, 3], "weight_decay": [0.0, 0.1]}),
+    (QuantumHead(epochs=2, batch_size=4), {"lr": [0.01, 0.1], "q_delta": [0.01, 1.0], "depth": [1, 2]}),
+    (BottleneckHead(epochs=2, batch_size=4, optimizer="adam"), {"lr": [0.01, 0.1], "n_qubits": [2, 3]}),
+], ids=["linear", "quantum", "bottleneck"])
+def test_vectorised_fold_scores_equal_separate_fits(head, grid, data):
+    X, y = data
+    result = search(head, X, y, grid, cv=3, seeds=[0, 5])
+    assert result.scores.shape == (len(result.configs), 3, 2)
+    expected = separate_fold_scores(head, X, y, result.configs, 3, [0, 5])
+    np.testing.assert_array_equal(result.scores, expected)
+    assert len({tuple(s.ravel()) for s in result.scores}) > 1  # the configurations really differ
+    assert np.allclose(result.cv_results_["mean_test_score"], expected.mean(axis=(1, 2)))
+
+
+def test_linear_fold_scores_equal_grid_search_cv(data):
+    X, y = data
+    grid = {"lr": [0.001, 0.01, 0.1], "epochs": [1, 3]}
+    ours = search(LinearHead(batch_size=4, seed=2), X, y, grid, cv=4)
+    theirs = GridSearchCV(LinearHead(batch_size=4, seed=2), grid,
+                          cv=StratifiedKFold(4, shuffle=True, random_state=2)).fit(X, y)
+    assert ours.configs == list(theirs.cv_results_["params"])
+    for key in [f"split{k}_test_score" for k in range(4)] + ["mean_test_score", "std_test_score"]:
+        assert np.abs(ours.cv_results_[key] - theirs.cv_results_[key]).max() <= 1e-6, key
+    assert list(ours.cv_results_["rank_test_score"]) == list(theirs.cv_results_["rank_test_score"])
+    assert ours.best_params_ == theirs.best_params_ and ours.best_index_ == theirs.best_index_
+
+
+def test_ties_go_to_the_earlier_configuration(data):
+    X, y = data
+    result = search(LinearHead(epochs=1), X, y, {"momentum": [0.5, 0.5 + 1e-12]}, cv=3)  # the same scores
+    assert result.cv_results_["mean_test_score"][0] == result.cv_results_["mean_test_score"][1]
+    assert list(result.cv_results_["rank_test_score"]) == [1, 1] and result.best_params_ == {"momentum": 0.5}
+
+
+def test_scikit_learn_heads_search_one_fit_after_another(data):
+    X, y = data
+    result = search(SVCHead(), X, y, {"C": [0.1, 10.0], "gamma": [None, 0.01]}, cv=3)
+    np.testing.assert_array_equal(result.scores, separate_fold_scores(SVCHead(), X, y, result.configs, 3, [0]))
+
+
+# --- the command: chosen on the train split alone ------------------------------------------------
+
+def sweep(cache_path, out, *extra):
+    result = invoke("fit-head", "--head", "linear", "--cache", cache_path, "--out", out, "--epochs", 3,
+                    "--grid", "lr=0.001,0.03,0.3", "--grid", "momentum=0,0.9", "--cv", 3, "--seeds", 2,
+                    "--no-progress", *extra)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_relabelling_the_evaluation_images_changes_neither_the_choice_nor_a_fold_score(cache, tmp_path):
+    path, (X, y, X_val, y_val) = cache
+    relabelled = write_cache(tmp_path / "relabelled.h5", {"train": (X, y), "val": (X_val, 1 - y_val)}, ["ants", "bees"])
+    first, second = sweep(path, tmp_path / "a"), sweep(relabelled, tmp_path / "b")
+    rows = [list(csv.DictReader(open(tmp_path / run / "search.csv"))) for run in ("a", "b")]
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [drop(r) for r in rows[0]] == [drop(r) for r in rows[1]] and len(rows[0]) == 6
+    configs = [load_run(tmp_path / run).config.part.search for run in ("a", "b")]
+    assert configs[0]["chosen"] == configs[1]["chosen"] and configs[0]["folds"] == {
+        "k": 3, "seed": 0, "stratified": True, "shuffle": True}
+    assert load_run(tmp_path / "a").metrics["final"] != load_run(tmp_path / "b").metrics["final"]  # evaluated apart
+    # The terminal shows the top five; the run folder the chosen configuration, refitted for each seed.
+    assert "top 5" in first.output and first.output.count("\n   ") >= 5 and "chosen: " in second.output
+    run = load_run(tmp_path / "a")
+    chosen = configs[0]["chosen"]
+    assert {k: run.config.part.head_params[k] for k in chosen} == chosen and run.seeds == [0, 1]
+    assert [r["rank"] for r in run.metrics["search"]] == [int(r["rank"]) for r in rows[0]]
+    best = min(rows[0], key=lambda r: (int(r["rank"]), rows[0].index(r)))
+    assert float(best["lr"]) == chosen["lr"] and float(best["momentum"]) == chosen["momentum"]
+
+
+def test_report_shows_budgets_and_warns_when_they_differ(cache, tmp_path):
+    path, _ = cache
+    sweep(path, tmp_path / "swept")
+    result = invoke("fit-head", "--head", "linear", "--cache", path, "--out", tmp_path / "plain", "--epochs", 3,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    report = invoke("report", tmp_path / "swept", tmp_path / "plain", "-o", tmp_path / "report")
+    assert report.exit_code == 0, report.output
+    assert "swept grid of 6, 3-fold" in report.output and "plain untuned" in report.output
+    warnings = [line for line in report.stderr.splitlines() if line.startswith("warning: the runs were tuned")]
+    assert len(warnings) == 1
+    doc = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["budget"] for r in doc["runs"]] == ["grid of 6, 3-fold", "untuned (fixed hyperparameters)"]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--grid", "nope=1,2"), ("no hyperparameter 'nope'",)),
+    (("--grid", "lr=-0.1,0.1"), ("lr must be positive",)),
+    (("--grid", "epochs=0,3"), ("epochs must be at least 1",)),
+    (("--grid", "lr="), ("empty value",)),
+    (("--grid", "lr=0.1,,0.2"), ("empty value",)),
+    (("--grid", "depth=1,2"), ("the linear head has no hyperparameter 'depth'", "--head quantum")),
+    (("--grid", "lr=0.1", "--grid", "lr=0.2"), ("given twice",)),
+    (("--grid", "lr"), ("PARAM=V1,V2",)),
+    (("--grid", "seed=1,2"), ("--seeds",)),
+    (("--grid", "lr=0.1,0.2", "--cv", "41"), ("--cv 41 is larger than the rarest class",)),
+    (("--grid", "lr=0.1,0.2", "--lr", "0.5"), ("--lr and --grid lr",)),
+])
+def test_bad_grids_are_one_line_errors_and_write_nothing(cache, tmp_path, args, fragments):
+    path, _ = cache
+    out = tmp_path / "run"
+    result = invoke("fit-head", "--head", "linear", "--cache", path, "--out", out, "--no-progress", *args)
+    assert_invoke_error(result, *fragments, ignore=("train on",))
+    assert not out.exists()
+
+
+def test_python_grid_errors(data):
+    X, y = data
+    with pytest.raises(HeadError, match="no hyperparameter 'depth'"):
+        search(LinearHead(), X, y, {"depth": [1, 2]})
+    with pytest.raises(HeadError, match="no values"):
+        search(LinearHead(), X, y, {"lr": []})
+    with pytest.raises(HeadError, match="at least 1"):
+        search(LinearHead(), X, y, {"epochs": [0]})
+    with pytest.raises(HeadError, match="rarest class"):
+        search(LinearHead(), X[:8], np.array(["a"] * 6 + ["b"] * 2), {"lr": [0.1]}, cv=3)
+
+
+def strip_seconds(block: dict) -> dict:
+    return {k: v for k, v in block.items() if k != "training_seconds"}
+
+
+# --- the svc and mlp baselines ----------------------------------------------------------------------
+
+def test_svc_scores_rows_by_its_decision_function(data):
+    X, y = data
+    head = SVCHead(C=3.0).fit(X, y)
+    decision = head.decision_function(X)
+    order = np.argsort(decision)
+    assert np.all(np.diff(head.predict_proba(X)[order, 1]) >= 0)  # ROC/AP rank rows by the decision value
+    assert list(head.predict(X)) == list(np.where(decision > 0, head.classes_[1], head.classes_[0]))
+
+
+@pytest.mark.parametrize("head, flags", [("svc", ("--C", "2")), ("mlp", ("--max-epochs", "15"))])
+def test_svc_and_mlp_killed_write_nothing_and_the_rerun_equals_a_clean_run(head, flags, tmp_path):
+    X, y = blobs(700, 2, seed=1, noise=6.0)  # a fit of about a second
+    X_val, y_val = blobs(50, 2, seed=2, noise=6.0)
+    path = write_cache(tmp_path / "feats.h5", {"train": (X, y), "val": (X_val, y_val)}, ["ants", "bees"])
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    args = ("fit-head", "--head", head, "--cache", path, "--out", out, *flags, "--seeds", "2", "--no-progress")
+    job = Running(*args)
+    job.wait_until(lambda: job.said("evaluate on"), "training to start")
+    job.proc.send_signal(signal.SIGKILL)
+    job.proc.wait()
+    assert not out.exists() or not any(out.iterdir())  # nothing written until finished
+    rerun = Running(*args)
+    rerun.proc.wait(timeout=240)
+    assert rerun.proc.returncode == 0, "".join(rerun.err)
+    result = invoke("fit-head", "--head", head, "--cache", path, "--out", clean, *flags, "--seeds", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    a, b = load_run(out), load_run(clean)
+    assert [strip_seconds(s) for s in a.metrics["seeds"]] == [strip_seconds(s) for s in b.metrics["seeds"]]
+    np.testing.assert_array_equal(a.proba_seeds(), b.proba_seeds())
+    assert np.allclose(load_head(out, seed=1).predict_proba(X_val), load_run(out).proba_seeds()[1], atol=1e-12)

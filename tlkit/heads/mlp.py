@@ -1,0 +1,44 @@
+"""The MLP baseline: ``Pipeline(StandardScaler, MLPClassifier)``, one ReLU hidden layer trained by Adam.
+
+Bowles et al.'s other classical baseline. Its width (``hidden``), L2
+penalty (``alpha``) and learning rate are hyperparameters (``--grid
+hidden=10,100,1000``); ``seed`` seeds its initialisation and batch order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import LabelBinarizer
+
+from tlkit.heads.pipeline import PipelineHead
+
+
+class MLPHead(PipelineHead, head="mlp"):
+    def _classifier(self):
+        return MLPClassifier(hidden_layer_sizes=(int(self.hidden),), alpha=float(self.alpha),
+                             learning_rate_init=float(self.lr), max_iter=int(self.max_epochs),
+                             random_state=int(self.seed))
+
+    def _proba(self, pipeline, X) -> np.ndarray:
+        return pipeline.predict_proba(X)
+
+    def run_details(self) -> dict:
+        return {"mlp": {"n_iter": int(self.pipeline_.named_steps["model"].n_iter_)}}
+
+    def _model_arrays(self, model) -> dict:
+        layers = {f"coef{i}": c for i, c in enumerate(model.coefs_)}
+        layers.update({f"intercept{i}": b for i, b in enumerate(model.intercepts_)})
+        return {**layers, "classes": model.classes_, "out_activation": np.asarray(model.out_activation_)}
+
+    def _restore_model(self, arrays: dict):
+        model = self._classifier()
+        n_weights = sum(1 for k in arrays if k.startswith("coef"))
+        model.coefs_ = [arrays[f"coef{i}"] for i in range(n_weights)]
+        model.intercepts_ = [arrays[f"intercept{i}"] for i in range(n_weights)]
+        model.n_layers_, model.n_outputs_ = n_weights + 1, model.coefs_[-1].shape[1]
+        model.out_activation_ = str(arrays["out_activation"])
+        model.classes_ = arrays["classes"]
+        model._label_binarizer = LabelBinarizer().fit(model.classes_)
+        model.n_features_in_ = model.coefs_[0].shape[0]
+        return model
