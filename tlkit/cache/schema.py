@@ -5,6 +5,7 @@ Layout (see docs/cache-format.md)::
     /<split>/features   float32 (N, 512)   one row per image
     /<split>/labels     int64   (N,)       index into the root attribute class_names
     /<split>/paths      utf-8   (N,)       image path relative to the data root, sorted
+    /<split>/views      float32 (N, K, 512) K augmented views per image (train/all, only with ``--views K``)
     /skipped/paths, /skipped/splits, /skipped/reasons   utf-8   files that could not be decoded
 
 Root attributes: ``format``, ``schema_version``, ``complete``, ``splits``,
@@ -13,7 +14,7 @@ A reader must refuse a file whose ``complete`` attribute is not true.
 
 Splits are ``train``, ``val`` and ``test`` (a data folder with split folders)
 or ``all`` (one without), always listed in that order
-(:func:`tlkit.data.splits.ordered_splits`).
+(:func:`tlkit.splits.ordered_splits`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ CHUNK_ROWS = 256  # 256 rows x 2 KiB = 512 KiB chunks: inside HDF5's sweet spot 
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
 
 
-
 def parts_dir_of(cache: str | Path) -> Path:
     """Where an embed in progress keeps its finished work: ``<cache>.parts/`` (:mod:`tlkit.cache.parts`)."""
     cache = Path(cache)
@@ -46,12 +46,14 @@ def parts_dir_of(cache: str | Path) -> Path:
 # ``precision`` and the int8 calibration digest are part of it: the same weights at bf16 or
 # int8 give other numbers (docs/precision.md), and an int8 network is fixed only with its
 # activation scales. The calibration itself is compared through its sha256.
+# ``views`` is not the centre crops' space, but what the file holds beside them: one setting per cache.
 FEATURE_SPACE_FIELDS = ("backbone", "layer", "weights_sha256", "transform", "feature_dim",
-                        "precision", "int8_calibration_sha256")
+                        "precision", "int8_calibration_sha256", "views")
 
 # Attributes added after schema version 1 was published, with the value a cache written
 # before them means: a cache without ``precision`` was embedded in float32, uncalibrated.
-PROVENANCE_DEFAULTS = {"precision": "fp32", "int8_calibration": "", "int8_calibration_sha256": ""}
+PROVENANCE_DEFAULTS = {"precision": "fp32", "int8_calibration": "", "int8_calibration_sha256": "", "views": ""}
+VIEWS_DATASET = "views"  # /<split>/views: (N, K, FEATURE_DIM) float32, with the provenance attribute ``views``
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,14 @@ class Provenance:
     # sha256. Empty for other precisions and for torchvision's published quantized weights.
     int8_calibration: str = ""
     int8_calibration_sha256: str = ""
+    # --views K --augment NAME: tlkit.data.views.ViewSpec.to_json(); "" (and absent in the file) = no views.
+    views: str = ""
 
     def to_attrs(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.views:  # a cache without views keeps the attributes every cache has recorded
+            del out["views"]
+        return out
 
     @classmethod
     def from_attrs(cls, attrs) -> "Provenance":
@@ -93,13 +100,34 @@ class Provenance:
         for name in FEATURE_SPACE_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
+                if name == "views":  # the setting in words, not its JSON
+                    mine, theirs = _views_text(mine), _views_text(theirs)
                 out.append(f"{name}: {_short(theirs)} vs {_short(mine)}")
         return out
 
     def as_dict(self) -> dict:
-        out = asdict(self)
+        out = self.to_attrs()
         out["transform"] = json.loads(self.transform)
+        if self.views:
+            out["views"] = json.loads(self.views)
         return out
+
+    @property
+    def view_count(self) -> int:
+        """K of ``--views K`` (0: no views)."""
+        return int(json.loads(self.views)["k"]) if self.views else 0
+
+    @property
+    def view_splits(self) -> tuple[str, ...]:
+        """The splits that hold views (tlkit.data.views.VIEW_SPLITS when they were written)."""
+        return tuple(json.loads(self.views)["splits"]) if self.views else ()
+
+
+def _views_text(text: str) -> str:
+    if not text:
+        return "none"
+    raw = json.loads(text)
+    return f"--views {raw['k']} --augment {raw['augment']}"
 
 
 def _short(value) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from tlkit import atomic
 from tlkit.cache.reader import H5_LOCKING
-from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE
+from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE, VIEWS_DATASET
 
 
 # The HDF5 1.10 file format: its object headers, superblock and chunk indexes carry
@@ -33,23 +33,31 @@ def atomic_h5(path: Path):
     return atomic.atomic_h5(path, locking=H5_LOCKING, libver=H5_LIBVER)
 
 
-def create_split(parent: h5py.Group, split: str, n_rows: int) -> h5py.Group:
-    """Create an empty ``/<split>`` group of ``n_rows`` rows, chunked and checksummed."""
+def create_split(parent: h5py.Group, split: str, n_rows: int, views: int = 0) -> h5py.Group:
+    """Create an empty ``/<split>`` group of ``n_rows`` rows, chunked and checksummed (``views`` K > 0: with
+    ``/<split>/views`` of K views per row, in chunks of about the features' bytes)."""
     group = parent.create_group(split)
     chunk = max(1, min(CHUNK_ROWS, n_rows))
     group.create_dataset(
         "features", shape=(n_rows, FEATURE_DIM), maxshape=(None, FEATURE_DIM), dtype=np.float32,
         chunks=(chunk, FEATURE_DIM), fletcher32=True,
     )
+    if views:
+        group.create_dataset(
+            VIEWS_DATASET, shape=(n_rows, views, FEATURE_DIM), maxshape=(None, views, FEATURE_DIM), dtype=np.float32,
+            chunks=(max(1, min(CHUNK_ROWS // views, n_rows)), views, FEATURE_DIM), fletcher32=True,
+        )
     group.create_dataset("labels", shape=(n_rows,), maxshape=(None,), dtype=np.int64, chunks=(max(1, min(n_rows, 65536)),), fletcher32=True)
     group.create_dataset("paths", shape=(n_rows,), maxshape=(None,), dtype=STR_DTYPE, chunks=(max(1, min(n_rows, 16384)),))  # HDF5 cannot checksum variable-length strings
     return group
 
 
-def write_split(parent: h5py.Group, split: str, features: np.ndarray, labels, paths) -> None:
-    """Write a whole split that fits in memory (parts, small caches, tests)."""
-    group = create_split(parent, split, len(paths))
+def write_split(parent: h5py.Group, split: str, features: np.ndarray, labels, paths, views=None) -> None:
+    """Write a whole split that fits in memory (parts, small caches, tests); ``views`` (N, K, 512) or None."""
+    group = create_split(parent, split, len(paths), 0 if views is None else np.shape(views)[1])
     if len(paths):
+        if views is not None:
+            group[VIEWS_DATASET][...] = np.asarray(views, dtype=np.float32)
         group["features"][...] = np.asarray(features, dtype=np.float32)
         group["labels"][...] = np.asarray(labels, dtype=np.int64)
         group["paths"][...] = np.asarray(list(paths), dtype=object)

@@ -23,6 +23,7 @@ from tlkit.cache.verify import VerifyReport, verify_cache
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
+from tlkit.data.views import ViewSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.mapper import FeatureMapper
@@ -88,6 +89,11 @@ def check_sample(
     except (ValueError, TypeError, KeyError) as exc:
         report.problems.append(f"the recorded transform cannot be rebuilt ({one_line(exc)}): {provenance.transform}")
         return
+    try:
+        views = ViewSpec.from_json(provenance.views)
+    except (ValueError, TypeError, KeyError) as exc:
+        report.problems.append(f"the recorded views cannot be rebuilt ({one_line(exc)}): {provenance.views}")
+        return
     for name, then, now in (("torch", provenance.torch_version, str(torch.__version__)),
                             ("torchvision", provenance.torchvision_version, str(torchvision.__version__))):
         if then != now:
@@ -120,18 +126,21 @@ def check_sample(
         report.problems.append(f"cannot rebuild the recorded network: {exc}")
         return
     worst = 0.0
-    compared = 0
+    compared = views_compared = 0
     files = [str(t[3]) for t in todo]
-    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS, device=mapper.device):
+    view_keys = [rel if split in provenance.view_splits else None for split, _, rel, _ in todo] if views else None
+    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS, device=mapper.device,
+                              views=views, view_keys=view_keys):
         for i, reason in batch.errors:
             report.problems.append(f"{todo[i][2]}: cannot be decoded now ({reason}), but it was embedded")
         if not batch.indices:
             continue
-        fresh = mapper(batch.images)
+        fresh, fresh_views = batch.views_of(mapper(batch.images))
         for row, i in enumerate(batch.indices):
             split, r, rel, _ = todo[i]
             try:
                 stored = f[split]["features"][r]
+                stored_views = f[split]["views"][r] if fresh_views[row] is not None else None
             except H5_DAMAGE:
                 continue  # already reported by the integrity scan
             diff = float(np.max(np.abs(fresh[row].astype(np.float64) - stored)))
@@ -141,10 +150,21 @@ def check_sample(
                 report.problems.append(
                     f"{rel}: stored features differ from a fresh embedding (max abs diff {diff:.3g} > tolerance {tolerance:g})"
                 )
+            if stored_views is not None:
+                per_view = np.abs(fresh_views[row].astype(np.float64) - stored_views).max(axis=1)
+                worst = max(worst, float(per_view.max()))
+                views_compared += len(per_view)
+                bad = np.flatnonzero(~(per_view <= tolerance))
+                if len(bad):
+                    report.problems.append(
+                        f"{rel}: stored view(s) {bad.tolist()} differ from fresh ones (max abs diff "
+                        f"{per_view.max():.3g} > tolerance {tolerance:g}): not the views the seeds give"
+                    )
     if compared and worst <= tolerance:
         report.passed.append(
-            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}: "
-            f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
+            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}"
+            + (f", and {views_compared} of their views" if views_compared else "")
+            + f": max abs diff {worst:.2g} <= tolerance {tolerance:g}"
         )
 
 

@@ -25,6 +25,11 @@ def _default_workers() -> int:
 @click.command()
 @click.argument("data_dir", type=click.Path(path_type=str))
 @click.argument("cache", type=click.Path(path_type=str), default="cache/feats.h5", required=False)
+@click.option("--label-key", default=None, metavar="FIELD",
+              help="Tar shards: read each label from this field of KEY.json [default: the text of KEY.cls].")
+@click.option("--split-key", default=None, metavar="FIELD",
+              help="Tar shards: read each split (train/val/test) from this field of KEY.json [default: the shard's "
+                   "folder or file name, e.g. train/00000.tar or val-00003.tar, else 'all'].")
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, downloaded once into $TORCH_HOME), "
                    "'random' (seeded initialisation), or a path to a ResNet-18 state_dict file.")
@@ -45,7 +50,7 @@ def _default_workers() -> int:
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: this machine; ray: shards on a Ray cluster (pip install 'tlkit[ray]').")
 @click.option("--ray-address", default=None, help="Ray cluster address (--backend ray); default: start or join a local one.")
-@click.option("--shards", default=None, type=click.IntRange(1), help="Number of shards (--backend ray) [default: 2 per worker].")
+@click.option("--shards", default=None, type=click.IntRange(1), help="Number of shards (--backend ray) [default: 2 per worker; tar input: one per tar file].")
 @click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0),
               help="GPUs each Ray actor reserves (--backend ray); 0 runs actors on CPUs.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
@@ -57,8 +62,17 @@ def _default_workers() -> int:
               help="Decode JPEGs at least twice the resize target at a reduced scale (1/2, 1/4, 1/8; never below it) "
                    "before resizing: much faster on large photos, slightly other pixels. Recorded in the cache's "
                    "transform, so later runs into the cache need it too (docs/embedding.md#decoding-and---fast-decode).")
-def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, max_pixels, checkpoint_every, backend,
-          ray_address, shards, gpus_per_worker, progress, precision, fast_decode):
+# The choices are tlkit.data.views.AUGMENTS, written out, as for --precision.
+@click.option("--views", "views", default=0, show_default=True, type=click.IntRange(0),
+              help="Also store K augmented views of every training image (splits train, all) beside its centre crop, "
+                   "in /<split>/views, from the image decoded once; fit-head trains on them (docs/embedding.md#augmented-views).")
+@click.option("--augment", default="tutorial", show_default=True, type=click.Choice(["tutorial", "crop", "flip"]),
+              help="The views' augmentation (with --views): tutorial = RandomResizedCrop(224, scale 0.08-1, "
+                   "ratio 3/4-4/3) + RandomHorizontalFlip(0.5), as the PyTorch transfer-learning tutorial trains; "
+                   "crop or flip alone. Each view is seeded by (image path, view index).")
+def embed(data_dir, cache, label_key, split_key, weights, seed, batch_size, workers, device, strict, max_pixels,
+          checkpoint_every, backend, ray_address, shards, gpus_per_worker, progress, precision, fast_decode, views,
+          augment):
     """Embed every image under DATA_DIR into the HDF5 feature cache CACHE.
 
     \b
@@ -66,11 +80,22 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
     val, test) or DATA_DIR/<class>/<image> (stored as split 'all').
     CACHE defaults to cache/feats.h5.
 
+    \b
+    DATA_DIR may also be webdataset / img2dataset tar shards: a pattern
+    ('shards/{00000..00099}.tar', quoted), one .tar, or a folder of .tar
+    files. Each sample is KEY.jpg (or another image type) with its label in
+    KEY.cls or in a field of KEY.json (--label-key); it is stored as SHARD/KEY.
+
     Each image goes once through ResNet-18 without its fc layer (512-d
     features), frozen, with the ImageNet eval transform (resize 256, center
     crop 224). The run is resumable and incremental: after an interruption,
     or after adding images, run the same command again and only the missing
     images are embedded. Unreadable images are skipped, listed and recorded.
+
+    \b
+    Examples:
+        tlkit embed data/ cache/feats.h5
+        tlkit embed data/ cache/views.h5 --views 10 --augment tutorial
     """
     # libgomp (torch's OpenMP on Linux) lets idle threads spin between parallel regions; while
     # decoding processes share the cores, the spinning steals them: embedding ran 2.2x slower on
@@ -86,6 +111,8 @@ def embed(data_dir, cache, weights, seed, batch_size, workers, device, strict, m
         strict=strict, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, backend=backend, rows_per_part=checkpoint_every,
         ray=RayOptions(address=ray_address, shards=shards, gpus_per_worker=gpus_per_worker),
         progress=progress, echo=lambda msg: click.echo(msg, err=True), precision=precision, fast_decode=fast_decode,
+        label_key=label_key, split_key=split_key,
+        views=views, augment=augment,
     )
     if result.up_to_date:
         click.echo(f"{cache} is up to date ({result.already_cached} images cached); nothing to embed")

@@ -436,9 +436,10 @@ def calibrate_on_images(state_dict: dict, data_root: Path, items: Iterable, spec
         by_split.setdefault(item.split, []).append(item.path)
     names = calibration_sample(by_split)
     transform, images, used = spec.build(), [], []
+    source = data_root if callable(data_root) else lambda name: Path(data_root) / name  # DataIndex.source: tar shards
     for name in names:
         try:
-            images.append(transform(spec.load(Path(data_root) / name, max_pixels)))
+            images.append(transform(spec.load(source(name), max_pixels)))
             used.append(name)
         except BadImage:  # skipped as the embedding skips it; the record lists the images used
             continue

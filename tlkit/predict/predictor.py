@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,8 +180,10 @@ def predict_images(predictor: Predictor, inputs, *, batch_size: int = 32, worker
     out = Predictions(predictor.class_names, errors=errors)
     chunks, order = [], []
     workers = min(workers, max(len(files) // batch_size, 0), os.cpu_count() or 1)
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        for batch in read_batches(files, predictor.transform, batch_size, workers, max_pixels):
+    # closing: a failing model stops the decoding workers at once, not when the interpreter exits
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, \
+            closing(read_batches(files, predictor.transform, batch_size, workers, max_pixels)) as batches:
+        for batch in batches:
             if len(batch.indices):
                 chunks.append(predictor.predict_proba(batch.images))
                 order.extend(batch.indices)
