@@ -154,7 +154,7 @@ def test_parameter_shift_gradient_under_shots_has_the_analytic_gradient_as_its_m
     sampler = shots.ShotSampler(program, 500)
     generators = sampler.generators(torch.tensor([3]))
     draws = [torch.autograd.grad((shots.ParameterShift.apply(sampler, generators, x, w) * upstream).sum(), (x, w))
-             for _ in range(150)]
+             for _ in range(60)]
     for k in range(2):
         sample = torch.stack([d[k] for d in draws])
         standard_error = sample.std(0) / math.sqrt(len(draws))
