@@ -598,12 +598,6 @@ def report_noise(cache: Path, args) -> bool:
         ("10 seeds / 1 seed, training epoch under shots+noise", noisy10 / noisy, NOISE_TARGETS["seeds"], "<="),
         ("evaluate 1,000 images x 10 seeds, seconds", evaluate10, NOISE_TARGETS["evaluate_s"], "<"),
     ]
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    print(f"\nCPU: {model}, {os.cpu_count()} cores; flags: "
-          + " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags))
     print(f"\n8. shots and noise (--shots {SHOTS} --noise {NOISE}); {len(y)} training rows, batch 4, "
           f"{len(val.labels)} evaluation rows; best of {max(1, args.repeat)} interleaved rounds")
     print(f"   seconds per epoch: analytic noise-free {analytic:.3f}, shots+noise {noisy:.3f}, "
