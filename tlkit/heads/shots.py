@@ -8,7 +8,7 @@ without noise), so sampling costs one draw per circuit, not N simulations
 
 * The multinomial is drawn by conditional binomials, halving the outcomes at
   each step (n steps for 2**n outcomes), vectorised over every circuit of the
-  batch: an exact multinomial sampler, about 30x faster here than
+  batch: an exact multinomial sampler, 10 to 30x faster here than
   ``torch.multinomial`` with replacement (which draws and counts all N shots).
 * Readout error flips each sampled bit with probability r: for each wire,
   Binomial(count, r) of each outcome's shots move to the outcome with that
