@@ -49,12 +49,19 @@ Prints, all measured side by side in this one run on this machine:
    torch._dynamo, scikit-learn (with what it pulls in: scipy.stats, pandas)
    and the rest. Needs no --cache or --data: `--only startup`.
 
-``--only cli,quantum,seeds,memory,sweep,startup`` picks sections (4 comes with 3).
+8. shots and noise (``--shots 1000 --noise depolarizing=0.01``): seconds per training epoch of one seed
+   against the analytic noise-free epoch (target <= 10x) and against the PennyLane QNode path with the
+   same shots and noise on default.mixed (timed on --qnode-batches batches, extrapolated to an epoch;
+   target >= 100x); 10 seeds against one under noise and shots (target <= 2x); and ``tlkit evaluate``'s
+   scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise (target < 2 s of compute).
+
+``--only cli,quantum,seeds,memory,sweep,startup,noise`` picks sections (4 comes with 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import resource
@@ -68,7 +75,7 @@ HEADS = ("linear", "logreg", "quantum", "bottleneck")
 SEED_HEADS = ("linear", "quantum", "bottleneck")  # the heads that train many seeds in one pass
 SEED_TARGETS = {10: 2.0, 100: 5.0}
 DEMO_TARGET = 30.0
-SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep", "startup")
+SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep", "startup", "noise")
 SWEEP_LRS = "0.0003,0.001,0.003"  # the grid of section 6: 3 lrs (x 5 folds x 5 seeds, then the refit)
 SWEEP_TARGETS = {"training": 6.0, "command": 3.0}
 
@@ -473,6 +480,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="rounds of the seed timings; the best counts (default 2)")
     parser.add_argument("--device", default="cpu", help="many-seed runs on cpu (default), cuda or auto")
     parser.add_argument("--heads", default=",".join(SEED_HEADS), help=f"heads of sections 3-5 (default {','.join(SEED_HEADS)})")
+    parser.add_argument("--noise-epochs", type=int, default=2, help="epochs of the timed noisy fits (default 2)")
+    parser.add_argument("--qnode-batches", type=int, default=3, help="QNode batches timed in section 6 (default 3)")
     parser.add_argument("--memory-child", nargs=2, metavar=("HEAD", "SEEDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -521,7 +530,87 @@ def run(args, scratch: Path) -> int:
         ok &= report_sweep(cache, args, scratch)
     if "startup" in sections:
         ok &= report_startup(scratch)
+    if "noise" in sections:
+        ok &= report_noise(cache, args)
     return 0 if ok else 1
+
+
+# --- 8. shots and noise ----------------------------------------------------------------------------
+
+NOISE, SHOTS = "depolarizing=0.01", 1000
+NOISE_TARGETS = {"vs_analytic": 10.0, "vs_qnode": 100.0, "seeds": 2.0, "evaluate_s": 2.0}
+
+
+def report_noise(cache: Path, args) -> bool:
+    import numpy as np
+    import torch
+
+    from tlkit.evaluate.scorer import Conditions, score
+    from tlkit.heads import QuantumHead
+    from tlkit.heads.noise import NoiseModel
+    from tlkit.heads.quantum import DressedQuantumNet
+    from tlkit.threads import one_thread
+
+    train, val = load(cache)
+    X, y, eval_set = train.features, train.labels, (val.features, val.labels)
+    epochs = args.noise_epochs
+
+    def per_epoch(seeds=None, **kw):
+        head = QuantumHead(epochs=epochs, seed=0, **kw)
+        fitted = head.fit(X, y, eval_set=eval_set) if seeds is None else head.fit_seeds(X, y, range(seeds), eval_set=eval_set)
+        seconds = fitted.training_seconds_ if seeds is None else sum(h.training_seconds_ for h in fitted)
+        return seconds / epochs
+
+    # interleaved rounds, best of each: a busy machine weighs on all of them alike
+    times: dict[str, list[float]] = {"analytic": [], "noisy": [], "noisy10": []}
+    for _ in range(max(1, args.repeat)):
+        times["analytic"].append(per_epoch())
+        times["noisy"].append(per_epoch(shots=SHOTS, noise=NOISE))
+        times["noisy10"].append(per_epoch(seeds=10, shots=SHOTS, noise=NOISE))
+    analytic, noisy, noisy10 = (min(times[k]) for k in ("analytic", "noisy", "noisy10"))
+
+    # The PennyLane QNode path with the same shots and noise (default.mixed, parameter shift): a few batches.
+    torch.manual_seed(0)
+    net = DressedQuantumNet(X.shape[1], 2, shots=SHOTS, noise=NOISE, simulator="qnode")
+    features, labels = torch.from_numpy(X[:4 * args.qnode_batches]), torch.from_numpy(y[:4 * args.qnode_batches])
+    with one_thread():
+        t0 = time.perf_counter()
+        for b in range(args.qnode_batches):
+            loss = torch.nn.functional.cross_entropy(net(features[4 * b:4 * b + 4]), labels[4 * b:4 * b + 4])
+            loss.backward()
+        step = (time.perf_counter() - t0) / args.qnode_batches
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net(torch.from_numpy(val.features[:8]))
+        eval_row = (time.perf_counter() - t0) / 8
+    qnode_epoch = step * math.ceil(len(y) / 4) + eval_row * len(val.labels)
+
+    # evaluate: 1,000 evaluation images x 10 seeds at 1,000 shots under noise, and one seed.
+    heads = QuantumHead(epochs=1).fit_seeds(X, y, range(10))
+    rows = np.resize(val.features, (1000, val.features.shape[1]))
+    conditions = Conditions(NoiseModel.parse(NOISE), SHOTS)
+    evaluate10 = min(score(heads, list(range(10)), rows, conditions)[1] for _ in range(max(1, args.repeat)))
+    evaluate1 = min(score(heads[:1], [0], rows, conditions)[1] for _ in range(max(1, args.repeat)))
+
+    checks = [
+        ("shots+noise epoch / analytic noise-free epoch", noisy / analytic, NOISE_TARGETS["vs_analytic"], "<="),
+        ("QNode epoch (extrapolated) / shots+noise epoch", qnode_epoch / noisy, NOISE_TARGETS["vs_qnode"], ">="),
+        ("10 seeds / 1 seed, training epoch under shots+noise", noisy10 / noisy, NOISE_TARGETS["seeds"], "<="),
+        ("evaluate 1,000 images x 10 seeds, seconds", evaluate10, NOISE_TARGETS["evaluate_s"], "<"),
+    ]
+    print(f"\n8. shots and noise (--shots {SHOTS} --noise {NOISE}); {len(y)} training rows, batch 4, "
+          f"{len(val.labels)} evaluation rows; best of {max(1, args.repeat)} interleaved rounds")
+    print(f"   seconds per epoch: analytic noise-free {analytic:.3f}, shots+noise {noisy:.3f}, "
+          f"10 seeds shots+noise {noisy10:.3f}, PennyLane QNode (default.mixed, parameter shift) {qnode_epoch:.1f} "
+          f"(extrapolated from {args.qnode_batches} batches of 4: {step:.2f} s each, and 8 evaluation rows)")
+    print(f"   evaluate at {SHOTS} shots under {NOISE}, 1,000 images: 10 seeds {evaluate10:.2f} s, 1 seed "
+          f"{evaluate1:.2f} s ({evaluate10 / evaluate1:.1f}x)")
+    ok = True
+    for label, value, target, sense in checks:
+        passed = value <= target if sense == "<=" else value >= target if sense == ">=" else value < target
+        ok &= passed
+        print(f"   {label}: {value:.2f} (target {sense} {target:g}): {'PASS' if passed else 'FAIL'}")
+    return ok
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def fit_head(
     )
     if found is not None:
         metrics["search"] = found.rows()
+    if config.details.get("conditions"):  # a quantum head's noise, shots and gradient method, beside its numbers
+        metrics["conditions"] = config.details["conditions"]
     run.finish(metrics)
     return FitResult(run.path, head, fitted[0] if seeds is None else fitted, config, metrics, plan, found)
 
