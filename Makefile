@@ -18,11 +18,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray,track,shards,export,timm]'
 	touch $(STAMP)
 
-# Real photos for the tests; CI sets TLKIT_HYMENOPTERA itself (see .ci/run).
-export TLKIT_HYMENOPTERA ?= $(abspath ../shared/datasets/hymenoptera_data)
-
+# Real photos for the tests: $TLKIT_HYMENOPTERA (CI sets it, see .ci/run), else ../shared beside the checkout,
+# else data/hymenoptera_data, downloaded once; offline, the tests that need them are skipped (one line says
+# which, and how to provide them). scripts/test_data.py decides.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@TLKIT_HYMENOPTERA="$$($(BIN)/python scripts/test_data.py)" $(BIN)/python -m pytest -q
 
 # make demo       the main job on a fresh machine: without DATA=, download the hymenoptera photos
 #                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg, quantum,

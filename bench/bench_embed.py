@@ -2,12 +2,16 @@
 
     .venv/bin/python bench/bench_embed.py [DATA_DIR] [--precision fp32,bf16,int8] [--rounds 3] [--repeat 10] [--scale-rounds 2]
     .venv/bin/python bench/bench_embed.py [DATA_DIR] --profile     # where an image's time goes, per stage
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] --backbone resnet50 --precision fp32,int8 --skip-memory --skip-tutorial
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] --shards      # tar shards vs the same images as a folder
+    .venv/bin/python bench/bench_embed.py [DATA_DIR] --views 10    # cached augmented views: cost per view, head epochs
 
 Every contender runs as a whole process (interpreter start-up, imports, writing
 the result included), interleaved in rounds so that all see the same machine load:
 
   * **the peer**: what a competent PyTorch user writes -- ImageFolder +
-    DataLoader(batch_size=32, num_workers=2) + torchvision resnet18 with fc removed,
+    DataLoader(batch_size=32, num_workers=2) + torchvision resnet18 (or ``--backbone NAME``:
+    ``torchvision.models.get_model(NAME)`` with its DEFAULT weights' transforms) with fc removed,
     under inference_mode, features saved to one .npy; it runs once as is and once
     with OMP_WAIT_POLICY=PASSIVE (which tlkit sets), and the faster of the two is
     the reference of its round;
@@ -31,6 +35,12 @@ Then prints, for 1x and Nx:
   * peak memory (RSS, main process and decoding workers) of embed at each precision
     on 1x and --repeat x the images (features stream to disk: it must not grow).
 Weights are random (the ImageNet file cannot be downloaded here); speed does not depend on them.
+
+``--views K`` measures only the augmented views (``tlkit embed --views K``), side by side in
+interleaved rounds on the training images (every one of which gets views): the time of one view
+against the time of one single-view image (target <= 0.6x, since the decode is shared), with the
+backbone's own time per crop beside it (the floor of a view's cost); and the time of a torch head's
+epoch on views against one without (target <= 1.2x), for one seed and for 10 vectorised seeds.
 """
 
 from __future__ import annotations
@@ -47,7 +57,9 @@ from statistics import median  # of an even count: the mean of the middle two
 
 import torch
 
+GFLOPS = {"resnet18": 1.82, "resnet50": 4.09}  # per 224x224 image (torchvision's published GFLOPS of each model)
 GFLOPS_PER_IMAGE = 1.82
+BACKBONE = "resnet18"  # --backbone: the peer and tlkit embed run the same network
 TARGETS = {"fp32": 1.3, "bf16": 2.0, "fp16": 2.0, "int8": 3.0}
 PEAKS: dict[str, float] = {}  # GFLOP/s per precision, measured once at the start of main()
 
@@ -56,10 +68,10 @@ import sys, numpy as np, torch, torchvision
 from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision.datasets import ImageFolder
-data, out, batch_size, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+data, out, batch_size, workers, name = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
 dataset = ConcatDataset([ImageFolder(data / s, transform=transform) for s in ("train", "val") if (data / s).is_dir()])
-model = torchvision.models.resnet18(weights=None)
+model = torchvision.models.get_model(name, weights=None)
 model.fc = torch.nn.Identity()
 model.eval()
 features = []
@@ -75,10 +87,10 @@ import sys, torch, torchvision
 from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision.datasets import ImageFolder
-data = Path(sys.argv[1])
-transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+data, name = Path(sys.argv[1]), sys.argv[2]
+transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
 dataset = ConcatDataset([ImageFolder(data / s, transform=transform) for s in ("train", "val") if (data / s).is_dir()])
-model = torchvision.models.resnet18(weights=None)
+model = torchvision.models.get_model(name, weights=None)
 model.fc = torch.nn.Identity()
 model.eval()
 with torch.no_grad():
@@ -86,6 +98,23 @@ with torch.no_grad():
         model(images)
 print(len(dataset))
 """
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def cpu_speed_flags() -> set[str]:
+    """The flags that decide which precision is fast here (what tlkit.embed.precision reads)."""
+    from tlkit.embed.precision import cpu_flags
+
+    return {f for f in cpu_flags() if f == "avx2" or f.startswith(("avx512", "amx")) or "vnni" in f or f == "bf16"}
 
 
 def whole_process(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
@@ -99,19 +128,20 @@ def whole_process(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
 
 
 def peer(data: Path, out: Path, env: dict | None = None) -> tuple[int, float]:
-    seconds, stdout = whole_process([sys.executable, "-c", PEER, str(data), str(out), "32", "2"], env)
+    seconds, stdout = whole_process([sys.executable, "-c", PEER, str(data), str(out), "32", "2", BACKBONE], env)
     return int(stdout.split()[-1]), seconds
 
 
 def tutorial(data: Path) -> tuple[int, float]:
-    seconds, stdout = whole_process([sys.executable, "-c", TUTORIAL, str(data)])
+    seconds, stdout = whole_process([sys.executable, "-c", TUTORIAL, str(data), BACKBONE])
     return int(stdout.split()[-1]), seconds
 
 
 def tlkit_embed(data: Path, out: Path, precision: str) -> tuple[int, float, float]:
     """(images, whole-process seconds, tlkit's own images/s) of the console command."""
     seconds, stdout = whole_process([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out),
-                                     "--weights", "random", "--precision", precision, "--no-progress"])
+                                     "--weights", "random", "--precision", precision, "--no-progress",
+                                     "--backbone", BACKBONE, "--allow-slow"])  # measured, so confirmed
     summary = stdout.strip().splitlines()[-1]  # "embedded N, skipped K, ..., S s, R images/s -> OUT"
     n = int(summary.split(",")[0].split()[1])
     own_rate = float(summary.split(",")[4].split()[0])
@@ -332,9 +362,155 @@ def compare(data: Path, tmp: Path, precisions: list[str], n_rounds: int, label: 
         own = median([row[p][2] for row in rounds])
         peak = PEAKS.get(p)
         fraction = (f"; {own * GFLOPS_PER_IMAGE / peak:.0%} of the {p} GEMM peak "
-                    f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak else ""
+                    f"({own * GFLOPS_PER_IMAGE:.1f} of {peak:.1f} GFLOP/s, at its own rate)") if peak and GFLOPS_PER_IMAGE else ""
         print(f"{label}: tlkit embed --precision {p}: {whole:.1f} images/s whole process ({own:.1f} by its summary line); "
               f"{ratio:.2f}x the peer (target >= {TARGETS[p]}x){fraction}", flush=True)
+
+
+# --- tar shards vs folder (--shards) -----------------------------------------------------------
+
+def cpu_description() -> str:
+    """The CPU's model and the SIMD flags that decide convolution and decode speed."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
+
+
+def write_tar_shards(data: Path, out: Path, per_shard: int = 100) -> str:
+    """``data``'s <split>/<class>/<image> files as webdataset shards (KEY.jpg + KEY.cls); returns a brace pattern."""
+    import io
+    import tarfile
+
+    names = []
+    for split_dir in sorted(p for p in data.iterdir() if p.is_dir()):
+        images = sorted(split_dir.glob("*/*"))
+        for n, start in enumerate(range(0, len(images), per_shard)):
+            name = f"{split_dir.name}-{n:05d}"
+            with tarfile.open(out / f"{name}.tar", "w") as tar:
+                for image in images[start:start + per_shard]:
+                    key = f"{image.parent.name}_{image.stem}".replace(".", "_")
+                    for member, payload in ((f"{key}{image.suffix.lower()}", image.read_bytes()),
+                                            (f"{key}.cls", image.parent.name.encode())):
+                        info = tarfile.TarInfo(member)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+            names.append(name)
+    return f"{out}/{{{','.join(names)}}}.tar"
+
+
+def compare_shards(data: Path, tmp: Path, n_rounds: int) -> None:
+    """tlkit embed on the images as a folder and as tar shards, whole processes, interleaved rounds."""
+    shard_dir = tmp / "shards"
+    shard_dir.mkdir()
+    pattern = write_tar_shards(data, shard_dir)
+    ratios = []
+    for r in range(n_rounds):
+        runs = {}
+        for source in (["folder", "shards"] if r % 2 == 0 else ["shards", "folder"]):
+            runs[source] = tlkit_embed(data if source == "folder" else Path(pattern), tmp / f"{source}-{r}.h5", "fp32")
+        folder_rate, shard_rate = (runs[s][0] / runs[s][1] for s in ("folder", "shards"))
+        ratios.append(shard_rate / folder_rate)
+        print(f"round {r + 1}: {runs['folder'][0]} images; whole process images/s: folder {folder_rate:.1f}, "
+              f"tar shards {shard_rate:.1f} ({ratios[-1]:.2f}x); by the summary line: folder {runs['folder'][2]:.1f}, "
+              f"shards {runs['shards'][2]:.1f}", flush=True)
+    print(f"tar shards / folder, median of {n_rounds} rounds: {median(ratios):.2f}x (target >= 1.0x)")
+
+
+# --- cached augmented views (--views K) ----------------------------------------------------
+
+def tlkit_views(data: Path, out: Path, k: int) -> tuple[int, float]:
+    """(images, tlkit's own seconds by its summary line) of ``tlkit embed --views k`` into a fresh cache."""
+    _, stdout = whole_process([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out), "--weights", "random",
+                               "--views", str(k), "--no-progress"])
+    summary = stdout.strip().splitlines()[-1]  # "embedded N, skipped K, already cached C, S s, R images/s -> OUT"
+    return int(summary.split(",")[0].split()[1]), float(summary.split(",")[3].split()[0])
+
+
+def network_ms_per_crop(batch: int = 32, reps: int = 3) -> float:
+    """The fp32 backbone alone, per 224 x 224 crop, at embed's CPU batch size (best of ``reps``)."""
+    from tlkit.embed.mapper import FeatureMapper
+    from tlkit.weights import Weights
+
+    mapper = FeatureMapper(Weights.parse("random").load().state_dict, torch.device("cpu"))
+    images = torch.randn(batch, 3, 224, 224)
+    mapper(images)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        mapper(images)
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best / batch
+
+
+def head_epochs(n: int, k: int, rounds: int) -> None:
+    """A torch head's epochs with and without views, interleaved: one seed, and 10 seeds vectorised."""
+    import numpy as np
+
+    from tlkit.heads import LinearHead
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 512)).astype(np.float32)
+    y = np.arange(n) % 2
+    V = (X[:, None] + rng.normal(scale=0.5, size=(n, k, 512))).astype(np.float32)
+    Xv, yv = X[: n // 2], y[: n // 2]
+    for label, fit in (("1 seed", lambda views: LinearHead(epochs=30).fit(X, y, eval_set=(Xv, yv), views=views)),
+                       ("10 seeds vectorised", lambda views: LinearHead(epochs=30).fit_seeds(
+                           X, y, range(10), eval_set=(Xv, yv), views=views))):
+        ratios, plain_s, views_s = [], [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fit(None)
+            a = time.perf_counter() - t
+            t = time.perf_counter()
+            fit(V)
+            b = time.perf_counter() - t
+            plain_s.append(a)
+            views_s.append(b)
+            ratios.append(b / a)
+        print(f"head epochs, linear, {n} images, 30 epochs, batch 4, {label}: without views {median(plain_s):.2f} s, "
+              f"with {k} views {median(views_s):.2f} s: {median(ratios):.2f}x per epoch (target <= 1.2x), "
+              f"median of {rounds} interleaved rounds", flush=True)
+
+
+def bench_views(data: Path, tmp: Path, k: int, rounds: int) -> None:
+    """Stage one with --views k against without, side by side on the training images (see the module docs)."""
+    train_only = tmp / "train-only"
+    source = data / "train" if (data / "train").is_dir() else data
+    (train_only / "train").parent.mkdir(parents=True, exist_ok=True)
+    (train_only / "train").symlink_to(source.resolve(), target_is_directory=True)
+    net = network_ms_per_crop()
+    per_image, per_view = [], []
+    for r in range(rounds):
+        n0, t0 = tlkit_views(train_only, tmp / f"plain-{r}.h5", 0)
+        n1, t1 = tlkit_views(train_only, tmp / f"views-{r}.h5", k)
+        assert n0 == n1
+        per_image.append(1000 * t0 / n0)
+        per_view.append(1000 * (t1 - t0) / (n0 * k))
+        print(f"views, round {r + 1} ({n0} training images): single view {t0:.1f} s, with --views {k} {t1:.1f} s "
+              f"(tlkit's own seconds)", flush=True)
+    image_ms, view_ms = median(per_image), median(per_view)
+    print(f"views: one single-view image {image_ms:.1f} ms, one extra view {view_ms:.1f} ms: "
+          f"{view_ms / image_ms:.2f}x per view (target <= 0.6x); the backbone alone takes {net:.1f} ms per crop "
+          f"({net / image_ms:.2f}x of a single-view image: the floor of a view's cost on this machine)", flush=True)
+    with h5py_file(tmp / "views-0.h5") as f:
+        n = len(f["train/labels"])
+    head_epochs(n, k, rounds=3)
+
+
+def h5py_file(path: Path):
+    import h5py
+
+    return h5py.File(path, "r")
 
 
 def main() -> None:
@@ -349,14 +525,31 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="leave out the comparison on the Nx images")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-tutorial", action="store_true", help="leave out today's batch-4 loop")
+    parser.add_argument("--backbone", default="resnet18",
+                        help="a torchvision model with an fc layer (resnet50, ...): the peer and tlkit embed run it")
+    parser.add_argument("--shards", action="store_true",
+                        help="only compare tar-shard input with the same images as a folder (fp32, --rounds rounds)")
+    parser.add_argument("--views", type=int, default=0,
+                        help="K: only measure --views K (per-view cost, head epochs on views) against no views")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the stages (decode, transform, network, write) per precision, in-process")
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: pass DATA_DIR or set TLKIT_HYMENOPTERA")
     data = Path(args.data)
+    global BACKBONE, GFLOPS_PER_IMAGE
+    BACKBONE, GFLOPS_PER_IMAGE = args.backbone, GFLOPS.get(args.backbone, 0.0)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; backbone {BACKBONE}")
+    print(f"CPU: {cpu_description()}")
+    if args.shards:
+        with tempfile.TemporaryDirectory() as tmp:
+            compare_shards(data, Path(tmp), args.rounds)
+        return
+    if args.views:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_views(data, Path(tmp), args.views, max(1, args.rounds - 1))
+        return
     if args.profile:
         profile_stages(data, precisions)
         return

@@ -40,12 +40,28 @@ Prints, all measured side by side in this one run on this machine:
    (`fit-head --grid lr=... --cv 5 --seeds 5` against a single-seed
    `fit-head`, start-up included; target <= 3x).
 
-``--only cli,quantum,seeds,memory,sweep`` picks sections (4 comes with 3).
+7. start-up: the whole single-seed `tlkit fit-head --head linear` command
+   against `python -c "import torch"`, on a small synthetic cache (of
+   hymenoptera's size: 244 train / 153 val rows, 2 classes), best of 3
+   rounds interleaved, wall and CPU seconds (CPU seconds move less on a busy
+   machine); target: the command at most import torch + 1.5 s. Then one run
+   under `python -X importtime` says where the command's imports go: torch,
+   torch._dynamo, scikit-learn (with what it pulls in: scipy.stats, pandas)
+   and the rest. Needs no --cache or --data: `--only startup`.
+
+8. shots and noise (``--shots 1000 --noise depolarizing=0.01``): seconds per training epoch of one seed
+   against the analytic noise-free epoch (target <= 10x) and against the PennyLane QNode path with the
+   same shots and noise on default.mixed (timed on --qnode-batches batches, extrapolated to an epoch;
+   target >= 100x); 10 seeds against one under noise and shots (target <= 2x); and ``tlkit evaluate``'s
+   scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise (target < 2 s of compute).
+
+``--only cli,quantum,seeds,memory,sweep,startup,noise`` picks sections (4 comes with 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import resource
@@ -59,7 +75,7 @@ HEADS = ("linear", "logreg", "quantum", "bottleneck")
 SEED_HEADS = ("linear", "quantum", "bottleneck")  # the heads that train many seeds in one pass
 SEED_TARGETS = {10: 2.0, 100: 5.0}
 DEMO_TARGET = 30.0
-SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep")
+SECTIONS = ("cli", "quantum", "seeds", "memory", "sweep", "startup", "noise")
 SWEEP_LRS = "0.0003,0.001,0.003"  # the grid of section 6: 3 lrs (x 5 folds x 5 seeds, then the refit)
 SWEEP_TARGETS = {"training": 6.0, "command": 3.0}
 
@@ -333,6 +349,124 @@ def report_sweep(cache: Path, args, scratch: Path) -> bool:
     return ok
 
 
+# --- 7. start-up of the whole command ------------------------------------------------------------
+
+STARTUP_TARGET = 1.5  # seconds the whole single-seed `fit-head --head linear` may take over `import torch`
+STARTUP_ROUNDS = 3
+# Where the command's import time goes: each group is a module and everything it imports first.
+IMPORT_GROUPS = (("torch._dynamo", "torch._dynamo"), ("torch", "torch"), ("scikit-learn", "sklearn"))
+SKLEARN_PARTS = ("scipy.stats", "pandas")  # what scikit-learn's own import pulls in (sklearn.utils.fixes)
+TORCH_ONLY = 'python -c "import torch"'
+
+
+def synthetic_cache(path: Path) -> Path:
+    """A feature cache of hymenoptera's size, 244 train and 153 val rows of two separable 512-d blobs."""
+    import numpy as np
+
+    from tlkit.cache.schema import FEATURE_DIM, FORMAT, SCHEMA_VERSION, Provenance
+    from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
+
+    centres = np.random.default_rng(0).normal(size=(2, FEATURE_DIM)) * 0.2
+    provenance = Provenance(backbone="resnet18", layer="avgpool", weights_id="random:seed=0", weights_sha256="0" * 64,
+                            transform="{}", feature_dim=FEATURE_DIM, tlkit_version="bench", torch_version="bench",
+                            torchvision_version="bench", created="2025-01-01T00:00:00+00:00", data_root="bench")
+    with atomic_h5(path) as f:
+        write_root_attrs(f, format=FORMAT, schema_version=SCHEMA_VERSION, complete=False, splits=["train", "val"],
+                         class_names=["ants", "bees"], **provenance.to_attrs())
+        for seed, (split, n) in enumerate((("train", 244), ("val", 153))):
+            y = np.arange(n) % 2
+            X = (np.random.default_rng(seed).normal(size=(n, FEATURE_DIM)) + centres[y]).astype(np.float32)
+            write_split(f, split, X, y, [f"{split}/{'ants' if c == 0 else 'bees'}/{i:05d}.jpg" for i, c in enumerate(y)])
+        write_skipped(f, [])
+        f.attrs["complete"] = True
+    return path
+
+
+def timed(cmd: list[str], env=None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child, its result) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
+
+
+def import_seconds(importtime_log: str) -> dict[str, float]:
+    """Seconds of each of :data:`IMPORT_GROUPS` (and of scikit-learn's parts) in a ``-X importtime`` log."""
+    nodes = []  # post-order: (depth, name, cumulative us, children)
+    for line in importtime_log.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        depth = (len(name) - len(name.lstrip())) // 2
+        children = []
+        while nodes and nodes[-1][0] > depth:
+            children.insert(0, nodes.pop())
+        nodes.append((depth, name.strip(), int(cumulative), children))
+    seconds = {label: 0.0 for label, _ in IMPORT_GROUPS} | {part: 0.0 for part in SKLEARN_PARTS} | {"total": 0.0}
+
+    def within(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    def walk(node, group=None):
+        _, name, cumulative, children = node
+        if group is None:
+            group = next((label for label, prefix in IMPORT_GROUPS if within(name, prefix)), None)
+            if group is not None:
+                seconds[group] += cumulative / 1e6
+        elif group == "scikit-learn":
+            part = next((p for p in SKLEARN_PARTS if within(name, p)), None)
+            if part is not None:
+                seconds[part] += cumulative / 1e6
+                return
+        for child in children:
+            walk(child, group)
+
+    for node in nodes:
+        seconds["total"] += node[2] / 1e6
+        walk(node)
+    return seconds
+
+
+def report_startup(scratch: Path) -> bool:
+    cache = synthetic_cache(scratch / "startup.h5")
+    torch_only = [sys.executable, "-c", "import torch"]
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "linear", "--cache", str(cache),
+                "--out", str(out), "--no-progress"]
+
+    best = {"torch": (float("inf"), float("inf")), "command": (float("inf"), float("inf"))}
+    for r in range(STARTUP_ROUNDS):  # interleaved: a busy machine weighs on both alike
+        for name, cmd in (("torch", torch_only), ("command", command(scratch / f"startup-{r}"))):
+            wall, cpu, _ = timed(cmd)
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    training = json.loads((scratch / "startup-0" / "metrics.json").read_text())["training_seconds"]
+    _, _, proc = timed([sys.executable, "-X", "importtime", *command(scratch / "startup-imports")[1:]])
+    imports = import_seconds(proc.stderr)
+
+    (t_wall, t_cpu), (c_wall, c_cpu) = best["torch"], best["command"]
+    passed = c_wall - t_wall <= STARTUP_TARGET
+    print(f"\n7. start-up: the whole single-seed `tlkit fit-head --head linear` on a synthetic cache "
+          f"(244 train / 153 val rows), best of {STARTUP_ROUNDS} rounds interleaved")
+    print(f"{'':<32}{'wall s':>8}{'CPU s':>8}")
+    print(f"{TORCH_ONLY:<32}{t_wall:>8.2f}{t_cpu:>8.2f}")
+    print(f"{'tlkit fit-head --head linear':<32}{c_wall:>8.2f}{c_cpu:>8.2f}")
+    print(f"{'difference':<32}{c_wall - t_wall:>+8.2f}{c_cpu - t_cpu:>+8.2f}  target wall <= +{STARTUP_TARGET:g} s: "
+          f"{'PASS' if passed else 'FAIL'}")
+    sklearn = imports["scikit-learn"]
+    rest = imports["total"] - sum(imports[label] for label, _ in IMPORT_GROUPS)
+    print(f"the command's imports (one more run, python -X importtime, wall): {imports['total']:.2f} s in all: "
+          f"torch {imports['torch']:.2f}, torch._dynamo {imports['torch._dynamo']:.2f}"
+          f"{'' if imports['torch._dynamo'] else ' (not imported)'}, scikit-learn {sklearn:.2f} (of which "
+          + ", ".join(f"{part} {imports[part]:.2f}" for part in SKLEARN_PARTS)
+          + f"), the rest {rest:.2f}; training (metrics.json) {training:.2f} s", flush=True)
+    return passed
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -346,6 +480,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="rounds of the seed timings; the best counts (default 2)")
     parser.add_argument("--device", default="cpu", help="many-seed runs on cpu (default), cuda or auto")
     parser.add_argument("--heads", default=",".join(SEED_HEADS), help=f"heads of sections 3-5 (default {','.join(SEED_HEADS)})")
+    parser.add_argument("--noise-epochs", type=int, default=2, help="epochs of the timed noisy fits (default 2)")
+    parser.add_argument("--qnode-batches", type=int, default=3, help="QNode batches timed in section 6 (default 3)")
     parser.add_argument("--memory-child", nargs=2, metavar=("HEAD", "SEEDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -379,8 +515,8 @@ def cpu_line() -> str:
 
 def run(args, scratch: Path) -> int:
     print(cpu_line(), flush=True)
-    cache = ensure_cache(args, scratch)
     sections = args.only.split(",")
+    cache = ensure_cache(args, scratch) if set(sections) - {"startup"} else None  # start-up makes its own
     ok = True
     if "cli" in sections:
         ok &= report_cli(cache, scratch)
@@ -392,7 +528,89 @@ def run(args, scratch: Path) -> int:
         report_memory(cache, args)
     if "sweep" in sections:
         ok &= report_sweep(cache, args, scratch)
+    if "startup" in sections:
+        ok &= report_startup(scratch)
+    if "noise" in sections:
+        ok &= report_noise(cache, args)
     return 0 if ok else 1
+
+
+# --- 8. shots and noise ----------------------------------------------------------------------------
+
+NOISE, SHOTS = "depolarizing=0.01", 1000
+NOISE_TARGETS = {"vs_analytic": 10.0, "vs_qnode": 100.0, "seeds": 2.0, "evaluate_s": 2.0}
+
+
+def report_noise(cache: Path, args) -> bool:
+    import numpy as np
+    import torch
+
+    from tlkit.evaluate.scorer import Conditions, score
+    from tlkit.heads import QuantumHead
+    from tlkit.heads.noise import NoiseModel
+    from tlkit.heads.quantum import DressedQuantumNet
+    from tlkit.threads import one_thread
+
+    train, val = load(cache)
+    X, y, eval_set = train.features, train.labels, (val.features, val.labels)
+    epochs = args.noise_epochs
+
+    def per_epoch(seeds=None, **kw):
+        head = QuantumHead(epochs=epochs, seed=0, **kw)
+        fitted = head.fit(X, y, eval_set=eval_set) if seeds is None else head.fit_seeds(X, y, range(seeds), eval_set=eval_set)
+        seconds = fitted.training_seconds_ if seeds is None else sum(h.training_seconds_ for h in fitted)
+        return seconds / epochs
+
+    # interleaved rounds, best of each: a busy machine weighs on all of them alike
+    times: dict[str, list[float]] = {"analytic": [], "noisy": [], "noisy10": []}
+    for _ in range(max(1, args.repeat)):
+        times["analytic"].append(per_epoch())
+        times["noisy"].append(per_epoch(shots=SHOTS, noise=NOISE))
+        times["noisy10"].append(per_epoch(seeds=10, shots=SHOTS, noise=NOISE))
+    analytic, noisy, noisy10 = (min(times[k]) for k in ("analytic", "noisy", "noisy10"))
+
+    # The PennyLane QNode path with the same shots and noise (default.mixed, parameter shift): a few batches.
+    torch.manual_seed(0)
+    net = DressedQuantumNet(X.shape[1], 2, shots=SHOTS, noise=NOISE, simulator="qnode")
+    features, labels = torch.from_numpy(X[:4 * args.qnode_batches]), torch.from_numpy(y[:4 * args.qnode_batches])
+    with one_thread():
+        t0 = time.perf_counter()
+        for b in range(args.qnode_batches):
+            loss = torch.nn.functional.cross_entropy(net(features[4 * b:4 * b + 4]), labels[4 * b:4 * b + 4])
+            loss.backward()
+        step = (time.perf_counter() - t0) / args.qnode_batches
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net(torch.from_numpy(val.features[:8]))
+        eval_row = (time.perf_counter() - t0) / 8
+    qnode_epoch = step * math.ceil(len(y) / 4) + eval_row * len(val.labels)
+
+    # evaluate: 1,000 evaluation images x 10 seeds at 1,000 shots under noise, and one seed.
+    heads = QuantumHead(epochs=1).fit_seeds(X, y, range(10))
+    rows = np.resize(val.features, (1000, val.features.shape[1]))
+    conditions = Conditions(NoiseModel.parse(NOISE), SHOTS)
+    evaluate10 = min(score(heads, list(range(10)), rows, conditions)[1] for _ in range(max(1, args.repeat)))
+    evaluate1 = min(score(heads[:1], [0], rows, conditions)[1] for _ in range(max(1, args.repeat)))
+
+    checks = [
+        ("shots+noise epoch / analytic noise-free epoch", noisy / analytic, NOISE_TARGETS["vs_analytic"], "<="),
+        ("QNode epoch (extrapolated) / shots+noise epoch", qnode_epoch / noisy, NOISE_TARGETS["vs_qnode"], ">="),
+        ("10 seeds / 1 seed, training epoch under shots+noise", noisy10 / noisy, NOISE_TARGETS["seeds"], "<="),
+        ("evaluate 1,000 images x 10 seeds, seconds", evaluate10, NOISE_TARGETS["evaluate_s"], "<"),
+    ]
+    print(f"\n8. shots and noise (--shots {SHOTS} --noise {NOISE}); {len(y)} training rows, batch 4, "
+          f"{len(val.labels)} evaluation rows; best of {max(1, args.repeat)} interleaved rounds")
+    print(f"   seconds per epoch: analytic noise-free {analytic:.3f}, shots+noise {noisy:.3f}, "
+          f"10 seeds shots+noise {noisy10:.3f}, PennyLane QNode (default.mixed, parameter shift) {qnode_epoch:.1f} "
+          f"(extrapolated from {args.qnode_batches} batches of 4: {step:.2f} s each, and 8 evaluation rows)")
+    print(f"   evaluate at {SHOTS} shots under {NOISE}, 1,000 images: 10 seeds {evaluate10:.2f} s, 1 seed "
+          f"{evaluate1:.2f} s ({evaluate10 / evaluate1:.1f}x)")
+    ok = True
+    for label, value, target, sense in checks:
+        passed = value <= target if sense == "<=" else value >= target if sense == ">=" else value < target
+        ok &= passed
+        print(f"   {label}: {value:.2f} (target {sense} {target:g}): {'PASS' if passed else 'FAIL'}")
+    return ok
 
 
 if __name__ == "__main__":

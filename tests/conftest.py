@@ -1,8 +1,10 @@
 """Shared fixtures: the real hymenoptera photos and a cache embedded from them.
 
 The photos come from the environment variable TLKIT_HYMENOPTERA (``.ci/run``
-and ``make test`` set it). Under CI a missing data set fails the run; on a
-developer machine without it, the tests that need it are skipped.
+and ``make test`` set it; ``make test`` finds or fetches them with
+scripts/test_data.py). Under CI a missing data set fails the run; on a
+developer machine without it, the tests that need it are skipped, saying how
+to provide it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ def hymenoptera() -> Path:
     value = os.environ.get(HYMENOPTERA_ENV, "")
     path = Path(value) if value else None
     if path is None or not (path / "train").is_dir():
-        message = f"{HYMENOPTERA_ENV} must point at hymenoptera_data (got {value!r})"
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(f"{HYMENOPTERA_ENV} must point at hymenoptera_data (got {value!r})")
+        where = f"{HYMENOPTERA_ENV}={value} holds no train/" if value else f"{HYMENOPTERA_ENV} is not set"
+        pytest.skip(f"needs the hymenoptera photos ({where}): run make test online once (it fetches them into "
+                    f"data/), or set {HYMENOPTERA_ENV} to a hymenoptera_data folder")
     return path
 
 

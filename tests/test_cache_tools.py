@@ -317,7 +317,7 @@ def test_verify_with_a_weights_file(hymenoptera_small, tmp_path):
     out = tmp_path / "feats.h5"
     embed(hymenoptera_small, out, weights=str(weights), workers=0, **QUIET)
     report = verify_with_data(out, data_dir=hymenoptera_small, sample=2, progress=False)
-    assert report.problems == ["the cache was made with the weights file 'mine.pt': pass --weights PATH to re-embed with it"]
+    assert report.problems == ["the features were embedded with the weights file mine.pt: pass --weights PATH to that file"]
     assert verify_with_data(out, data_dir=hymenoptera_small, sample=2, weights=weights, progress=False).ok
     other = tmp_path / "other.pt"
     torch.save(Weights.random(4).load().state_dict, other)

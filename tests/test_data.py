@@ -12,8 +12,8 @@ from synthetic import (
     save_bomb, save_exif_rotated, save_mode, save_not_an_image, save_truncated, save_zero_bytes,
 )
 from tlkit.data import discover, load_rgb
-from tlkit.data.splits import ALL_SPLIT
 from tlkit.errors import BadImage, DataError
+from tlkit.splits import ALL_SPLIT
 
 
 def test_split_layout_sorts_classes_and_shares_indices(tmp_path):
@@ -137,8 +137,8 @@ def test_the_workers_pixels_normalised_in_batches_equal_the_eval_transform(hymen
     every size in the set (the GIF too) and on images in other modes, tiny and tall ones."""
     import torch
 
-    from tlkit.data.transforms import TransformSpec
     from tlkit.data.reader import read_batches
+    from tlkit.data.transforms import TransformSpec
 
     files = [str(p) for p in sorted((hymenoptera / "train" / "ants").iterdir())[:40]]
     files += [str(save_mode(tmp_path / f"m{i}.{ext}", mode, size=size)) for i, (mode, ext, size) in enumerate([
@@ -166,3 +166,28 @@ def test_draft_decodes_large_jpegs_smaller_but_never_below_the_target(tmp_path):
     rotated, upright = save_exif_rotated(tmp_path / "rotated.jpg", size=(1200, 600))  # stored 600 x 1200
     assert load_rgb(rotated).size == (1200, 600)
     assert load_rgb(rotated, draft=256).size == (600, 300)  # 1/2 of the stored image, then turned upright
+
+
+def test_every_image_pass_reports_bad_files_as_entries_and_keeps_the_good_ones(tmp_path):
+    """One dataset for every pass over image files (embed's reader, --strict's check, predict, the scratch
+    baseline's decode pass): a bad file is an entry with its reason, in place, never an exception."""
+    from tlkit.data.reader import DecodedFiles, check_files, read_batches
+    from tlkit.data.transforms import TransformSpec
+
+    good = save_mode(tmp_path / "good.png", "RGB", size=(40, 30))
+    files = [str(good), str(save_zero_bytes(tmp_path / "empty.jpg")), str(save_not_an_image(tmp_path / "text.png")),
+             str(good)]
+    decoded = DecodedFiles(files, None, convert=np.asarray)
+    assert len(decoded) == 4
+    items = [decoded[i] for i in range(4)]
+    assert [(i, err) for i, _, err in items] == [
+        (0, None), (1, "empty file (0 bytes)"), (2, "not an image PIL can read"), (3, None)]
+    assert np.array_equal(items[0][1], np.asarray(load_rgb(good))) and items[1][1] is None
+    assert DecodedFiles(files, None)[0] == (0, None, None)  # no convert: a check only
+    assert check_files([(f, f"shown-{i}") for i, f in enumerate(files)], workers=0, max_pixels=None) == [
+        ("shown-1", "empty file (0 bytes)"), ("shown-2", "not an image PIL can read")]
+    spec = TransformSpec(resize=32, crop=24)
+    batches = list(read_batches(files, spec, batch_size=3, workers=0, max_pixels=None))
+    assert [b.indices for b in batches] == [[0], [3]]
+    assert [b.errors for b in batches] == [[(1, "empty file (0 bytes)"), (2, "not an image PIL can read")], []]
+    assert batches[0].images.shape == (1, 3, 24, 24)

@@ -105,7 +105,7 @@ def test_lightning_device_gives_the_same_probabilities():
 
 def test_shots_run_through_a_qnode_and_are_stochastic():
     X, y = blobs(8, 2, seed=1)
-    head = QuantumHead(epochs=1, shots=50, seed=0).fit(X, y)
+    head = QuantumHead(epochs=1, shots=50, seed=0, simulator="qnode").fit(X, y)
     assert head.module_.runner.simulator == "qnode"
     proba = head.predict_proba(X)
     assert proba.shape == (8, 2) and np.allclose(proba.sum(1), 1)

@@ -187,12 +187,17 @@ def _bad_inputs(tmp_path):
         "empty val": (["--cache", write_cache(tmp_path / "ev.h5", {"train": (X, y), "val": (X[:0], y[:0])}, ["a", "b"])], "'val'"),
         "empty all": (["--cache", write_cache(tmp_path / "ea.h5", {"all": (X[:0], y[:0])}, ["a", "b"])], "empty"),
         "unknown device": (["--cache", _two_class(tmp_path), "--head", "quantum", "--qdevice", "no.such.device"], "installed devices"),
-        "shots on torch sim": (["--cache", _two_class(tmp_path), "--head", "quantum", "--shots", "10", "--qsim", "torch"], "torch simulator"),
+        "torch sim on another device": (["--cache", _two_class(tmp_path), "--head", "quantum", "--qdevice", "lightning.qubit",
+                                         "--qsim", "torch"], "torch simulator"),
+        "noise on lightning": (["--cache", _two_class(tmp_path), "--head", "quantum", "--qdevice", "lightning.qubit",
+                                "--noise", "depolarizing=0.01"], "cannot take noise channels"),
+        "unknown channel": (["--cache", _two_class(tmp_path), "--head", "quantum", "--noise", "bitflip=0.1"], "unknown channel"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "not hdf5", "foreign", "schema", "unfinished", "embed running", "single class",
-                                  "empty val", "empty all", "unknown device", "shots on torch sim"])
+                                  "empty val", "empty all", "unknown device", "torch sim on another device",
+                                  "noise on lightning", "unknown channel"])
 def test_bad_input_is_one_line(case, tmp_path):
     args, expected = _bad_inputs(tmp_path)[case]
     if "--head" not in args:

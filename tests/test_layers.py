@@ -252,3 +252,20 @@ def test_the_table_names_each_click_command():
             assert main.get_command(ctx, entry.name) is command
             assert len(entry.summary) <= 62, "a summary is one line of `tlkit --help`"
         assert main.get_command(ctx, "no-such-command") is None
+
+
+def test_fit_head_linear_loads_only_what_it_needs(tmp_path):
+    """The linear head's whole command stays clear of what it does not use: torch._dynamo (torch.optim
+    would import it; 1.6 s), PennyLane, matplotlib, torchvision and the other commands' modules."""
+    from heads_data import blobs, write_cache
+
+    cache = write_cache(tmp_path / "feats.h5", {"train": blobs(40, 2, 0), "val": blobs(20, 2, 1)}, ["a", "b"])
+    args = ["fit-head", "--head", "linear", "--cache", str(cache), "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--no-progress"]
+    code = ("import sys\nfrom tlkit.cli import main\ntry:\n    main(%r)\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "print('loaded:', sorted(m for m in ('torch._dynamo', 'pennylane', 'matplotlib', 'torchvision', 'tlkit.embed',"
+            " 'tlkit.predict', 'tlkit.report', 'tlkit.baseline') if m in sys.modules), 'torch' in sys.modules)\n") % args
+    out = _fresh(code)
+    assert (tmp_path / "run" / "metrics.json").exists()
+    assert out.splitlines()[-1] == "loaded: [] True"

@@ -41,6 +41,9 @@ from tlkit.embed.precision import (
     compare_features,
     device_for,
     speed_warning,
+    check_speed,
+    cpu_flags,
+    FAST_ON_CPU,
 )
 from tlkit.weights import PRETRAINED, Weights, is_quantized_state_dict, load_quantized_state_dict
 from tlkit.errors import WeightsError
@@ -334,7 +337,7 @@ def test_published_int8_offline_fails_in_one_line(hymenoptera_small, tmp_path, m
     with pytest.raises(WeightsError, match="offline"):
         Weights.parse("imagenet").at_precision("int8").load()
     result = invoke("embed", hymenoptera_small, tmp_path / "f.h5", "--precision", "int8", "--no-progress")
-    line = assert_invoke_error(result, "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1", "offline?")
+    line = assert_invoke_error(result, "ResNet18_QuantizedWeights.IMAGENET1K_FBGEMM_V1", "offline?", ignore=("note: ",))
     assert "ResNet18_Weights.IMAGENET1K_V1" not in line  # the int8 run never needs the fp32 file
     assert not (tmp_path / "f.h5").exists()
 
@@ -388,6 +391,22 @@ def test_speed_warning_names_the_missing_instructions():
     assert speed_warning("int8", CPU, plain_avx2 | {"avx_vnni"}) is None
     assert speed_warning("fp32", CPU, plain_avx2) is None
     assert speed_warning("int8", CPU, set()) is None  # cannot tell: say nothing
+    # the expected cost and the faster choice are named
+    assert "5x fp32's time" in bf16 and "--precision int8" in bf16 and "still the fastest choice" in int8
+
+
+def test_a_precision_measured_several_times_slower_is_refused_unless_confirmed(hymenoptera_small, tmp_path):
+    plain_avx2 = {"sse4_2", "avx2", "fma"}
+    with pytest.raises(PrecisionError, match="pass --allow-slow"):
+        check_speed("bf16", CPU, flags=plain_avx2)
+    assert check_speed("bf16", CPU, allow_slow=True, flags=plain_avx2).startswith("note: ")
+    assert check_speed("int8", CPU, flags=plain_avx2).startswith("note: ")  # slower kernels, still faster than fp32
+    assert check_speed("bf16", CPU, flags=plain_avx2 | {"avx512_bf16"}) is None
+    if not cpu_flags() & set(FAST_ON_CPU["bf16"]) and cpu_flags():  # this CPU: refused before any work, one line
+        out = tmp_path / "bf16.h5"
+        result = invoke("embed", hymenoptera_small, out, "--weights", "random", "--precision", "bf16", "--workers", "0")
+        assert_invoke_error(result, "--precision bf16", "--allow-slow", "fp32")
+        assert not out.exists() and not out.with_name(out.name + ".parts").exists()
 
 
 # -- end to end through the command line ---------------------------------------------------------------------
@@ -421,7 +440,7 @@ def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera
     local features. int8 takes the whole subset, so that the driver's calibration sample is the local one's."""
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    options = {"weights": "random", "batch_size": 8, "workers": 0, **QUIET}
+    options = {"weights": "random", "batch_size": 8, "workers": 0, "allow_slow": True, **QUIET}  # bf16 on AVX2: confirmed
     try:
         for precision, data in (("bf16", hymenoptera_tiny), ("int8", hymenoptera_small)):
             local = load_cache(caches[precision])
@@ -445,7 +464,8 @@ def test_ray_shards_embed_with_the_drivers_precision_and_calibration(hymenoptera
 
 
 def _embed(data, out, precision, **kw):
-    return embed(data, out, weights="random", precision=precision, batch_size=8, workers=0, **QUIET, **kw)
+    # allow_slow: bf16 is refused on a CPU without bf16 instructions (this one, AVX2-only) unless confirmed
+    return embed(data, out, weights="random", precision=precision, batch_size=8, workers=0, allow_slow=True, **QUIET, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -456,8 +476,9 @@ def caches(hymenoptera_small, tmp_path_factory):
     out = {}
     for precision in ("fp32", "bf16", "int8"):
         out[precision] = root / f"{precision}.h5"
+        slow = ["--allow-slow"] if precision == "bf16" else []  # bf16 on a CPU without bf16 instructions: confirmed
         result = invoke("embed", hymenoptera_small, out[precision], "--weights", "random", "--precision", precision,
-                        "--batch-size", 8, "--workers", 0, "--no-progress")
+                        *slow, "--batch-size", 8, "--workers", 0, "--no-progress")
         assert result.exit_code == 0, result.output
     return out
 
@@ -543,9 +564,9 @@ def test_another_precision_is_refused_by_embed_and_merge(hymenoptera_small, cach
 
     out = tmp_path / "fp32.h5"
     shutil.copy(caches["fp32"], out)
-    result = invoke("embed", hymenoptera_small, out, "--weights", "random", "--precision", "bf16",
+    result = invoke("embed", hymenoptera_small, out, "--weights", "random", "--precision", "bf16", "--allow-slow",
                     "--workers", "0", "--no-progress")
-    assert_invoke_error(result, "another feature space (precision: ")
+    assert_invoke_error(result, "another feature space (precision: ", ignore=("note: ",))  # --allow-slow's note
     np.testing.assert_array_equal(load_cache(out)["train"].features, load_cache(caches["fp32"])["train"].features)
     result = invoke("merge", tmp_path / "merged.h5", caches["bf16"], caches["int8"])
     assert_invoke_error(result, "not in the feature space", "precision: bf16 vs int8")

@@ -66,7 +66,7 @@ def test_cache_from_a_weights_file_needs_that_file(hymenoptera_tiny, tmp_path_fa
     assert_invoke_error(invoke("predict", run_dir, images), "weights file my-resnet.pt", "--weights PATH", ignore=("skipped ",))
     other = tmp_path / "other.pt"
     torch.save(Weights.random(6).load().state_dict, other)
-    assert_invoke_error(invoke("predict", run_dir, images, "--weights", other), "are not the ones", "sha256", ignore=("skipped ",))
+    assert_invoke_error(invoke("predict", run_dir, images, "--weights", other), "not the weights the features were made with", "sha256", ignore=("skipped ",))
     result = invoke("predict", run_dir, images, "--weights", weights, "--format", "json")
     assert result.exit_code == 0, result.output
     _assert_reproduces(run_dir, hymenoptera_tiny, *_from_json(result.stdout, hymenoptera_tiny))

@@ -17,7 +17,7 @@ a quota, a file-size limit, an I/O error, a read-only mount) becomes one
 :class:`StorageError` naming the mount, what was being written and, where
 known, how much space it needs and how much is free:
 
-    require_free_space(path, nbytes, what)   refuse early, before a big write
+    require_free_space(path, nbytes, what)   refuse early, before a big write (checkpoints, publish, merge)
     with storage_errors(path, what): ...      translate errors raised inside
     storage_error(exc)                        the translation itself (the CLI's last resort)
 
@@ -48,6 +48,10 @@ _STORAGE_ERRNOS = {
 }
 # HDF5 reports a failed write inside its message text ("..., errno = 28, error message = ...").
 _H5_ERRNO = re.compile(r"errno = (\d+)")
+# torch.save given a path writes through its own C++ stream, and a failed write says only that it came up
+# short: "[enforce fail at inline_container.cc:672] . unexpected pos 1601664 vs 1601560", no errno.
+_TORCH_SHORT_WRITE = re.compile(r"inline_container\.cc.*unexpected pos")
+_NEARLY_FULL = 2**20  # bytes: a filesystem with less free space than this after a short write was full
 _H5_FILENAME = re.compile(r"filename = '([^']*)'")
 
 
@@ -120,6 +124,17 @@ def _errno_of(exc: BaseException | None, depth: int = 0) -> int | None:
     return None
 
 
+def _short_write_on_full_disk(exc: BaseException, path: Path) -> bool:
+    """torch's zip writer failed without an errno (it was given a path), and ``path``'s filesystem is full.
+
+    (tlkit's own checkpoints go through a Python file, whose OSError torch keeps; this covers the rest.)
+    """
+    if not (isinstance(exc, RuntimeError) and _TORCH_SHORT_WRITE.search(str(exc))):
+        return False
+    free = _free_bytes(path)
+    return free is not None and free < _NEARLY_FULL
+
+
 def storage_error(exc: BaseException, path: str | os.PathLike | None = None, what: str | None = None,
                   need: int | None = None) -> StorageError | None:
     """``exc`` as a one-line :class:`StorageError` if it is a storage failure, else None.
@@ -130,6 +145,8 @@ def storage_error(exc: BaseException, path: str | os.PathLike | None = None, wha
     if isinstance(exc, StorageError) and (exc.need is not None or what is None):
         return exc  # already says what it needs (a refusal before writing), or nothing more is known here
     code = _errno_of(exc)
+    if code is None and path is not None and _short_write_on_full_disk(exc, Path(path)):
+        code = errno.ENOSPC
     if code is None:
         return None
     if path is None:

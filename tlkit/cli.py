@@ -58,7 +58,7 @@ def main():
     \b
     Stage one embeds every image once through a frozen ResNet-18:
         tlkit embed data/ cache/feats.h5
-    Stage two trains heads on the cached 512-d features in seconds:
+    Stage two trains heads on the cached features (512-d for the default resnet18) in seconds:
         tlkit fit-head --head linear|logreg|quantum|bottleneck --seeds 5
 
     Run `tlkit COMMAND --help` for the details of each command.

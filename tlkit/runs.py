@@ -47,8 +47,8 @@ also read the folders of earlier tlkit versions (head runs that recorded
 Two runs are comparable only when their evaluation sets have the same
 fingerprint (same paths, same labels, same class names).
 
-Imported by ``tlkit fit-head --help`` (through the head registry): numpy only (scikit-learn is
-imported by :func:`build_metrics`).
+Imported by ``tlkit fit-head --help`` (through the head registry): numpy, and h5py through the cache
+schema's Provenance (scikit-learn is imported by :func:`build_metrics`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.atomic import atomic_bytes, atomic_json, atomic_text
+from tlkit.provenance import Provenance
 from tlkit.errors import TlkitError
 
 CONFIG = "config.json"
@@ -98,7 +99,9 @@ class HeadPart:
     n_features: int | None = None
     classes: list | None = None  # the estimator's classes_ (indices into class_names)
     cache: str | None = None
-    cache_provenance: dict = field(default_factory=dict)  # the cache's Provenance.as_dict()
+    # The cache's Provenance (tlkit.cache.schema), stored as its as_dict() and read back as that type;
+    # None when the run recorded none. Older runs' missing attributes mean what the schema's defaults say.
+    cache_provenance: Provenance | None = None
     split_source: str | None = None
     val_fraction: float | None = None
     split_seed: int | None = None
@@ -119,16 +122,25 @@ class HeadPart:
     def describe_model(self, kind: str) -> str:
         return f"{self.head} head"
 
+    def __post_init__(self):
+        if isinstance(self.cache_provenance, dict):
+            self.cache_provenance = Provenance.from_attrs(self.cache_provenance, lenient=True) if self.cache_provenance else None
+
     def describe_features(self, kind: str) -> str:
-        return f"frozen ResNet-18 features ({self.weights_id})"
+        if self.cache_provenance is None:
+            return "frozen features (unknown weights)"
+        p = self.cache_provenance
+        if (p.backbone, p.layer, p.views) == ("resnet18", "avgpool", ""):  # what every run said before backbones were a choice
+            return f"frozen ResNet-18 features ({self.weights_id})"
+        return f"frozen {p.describe().replace(f' at {p.precision}', '')} features"
 
     @property
     def weights_id(self) -> str:
-        return str(self.cache_provenance.get("weights_id", "unknown weights"))
+        return self.cache_provenance.weights_id if self.cache_provenance and self.cache_provenance.weights_id else "unknown weights"
 
     @property
     def transform(self):
-        return self.cache_provenance.get("transform")
+        return json.loads(self.cache_provenance.transform) if self.cache_provenance and self.cache_provenance.transform else None
 
 
 @dataclass(kw_only=True)
@@ -185,6 +197,8 @@ class RunConfig:
     def to_json(self) -> dict:
         doc = {name: getattr(self, name) for name in _COMMON}
         doc.update(asdict(self.part))
+        if isinstance(self.part, HeadPart) and self.part.cache_provenance is not None:
+            doc["cache_provenance"] = self.part.cache_provenance.as_dict()  # the transform spelled out, as always
         doc.update(versions=self.versions, created=self.created)
         doc.update(self.details)
         return doc

@@ -14,6 +14,18 @@ Decoding worker processes (torch ``DataLoader`` workers, forked) call
 parent dies, by any signal, ``kill -9`` and the OOM killer included.
 Without it they noticed only at torch's next 5-second check and, holding
 copies of the parent's file descriptors, kept burning CPU meanwhile.
+
+They ignore SIGTERM, so the parent stops them with SIGKILL, on every way out:
+
+* the code that iterates a loader does it inside :func:`loader_batches`,
+  which shuts the workers down when the block is left, however it is left
+  (an exception in the network or a writer, a full disk, an interruption);
+* every worker is started from :func:`worker_context`, whose ``terminate()``
+  sends SIGKILL. Python's exit handler terminates and then joins every
+  worker still alive; with SIGTERM ignored it waited for ever (a full disk
+  during ``tlkit embed`` hung until killed, issue 16).
+
+:func:`worker_options` gives a ``DataLoader`` both (``DataLoader(..., **worker_options(workers))``).
 """
 
 from __future__ import annotations
@@ -22,11 +34,12 @@ import _thread
 import contextlib
 import ctypes
 import functools
+import multiprocessing.context
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 # Handled like Ctrl-C. SIGINT keeps Python's own handler (KeyboardInterrupt).
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -191,3 +204,79 @@ def worker_init_fn():
     the loader.
     """
     return functools.partial(_bind_to_parent, os.getpid())
+
+
+def _sigkill_on_terminate(popen):
+    popen.terminate = popen.kill  # the worker ignores SIGTERM (_bind_to_parent): a terminate() must kill it
+    return popen
+
+
+if sys.platform == "linux":  # where workers are forked and bound to their parent (PR_SET_PDEATHSIG)
+    class _WorkerProcess(multiprocessing.context.ForkProcess):
+        @staticmethod
+        def _Popen(process_obj):
+            return _sigkill_on_terminate(multiprocessing.context.ForkProcess._Popen(process_obj))
+
+    class _WorkerContext(multiprocessing.context.ForkContext):
+        Process = _WorkerProcess
+
+
+def worker_context():
+    """The multiprocessing context of a ``DataLoader`` (``multiprocessing_context=``): forked workers whose
+    ``terminate()`` is SIGKILL.
+
+    Whoever terminates them (torch's shutdown once its join timed out, Python's exit handler, which
+    terminates every daemonic child and then joins it) then really stops them. None (torch's default)
+    off Linux, where tlkit does not fork its workers itself.
+    """
+    if sys.platform != "linux":
+        return None
+    return _WorkerContext()
+
+
+def worker_options(workers: int) -> dict:
+    """``DataLoader`` keyword arguments for ``workers`` processes that die with this one and stop when told to.
+
+    ``DataLoader(dataset, ..., **worker_options(workers))``; 0 loads in this process.
+    """
+    if workers <= 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "worker_init_fn": worker_init_fn(), "multiprocessing_context": worker_context()}
+
+
+def stop_workers(iterator) -> None:
+    """Shut down the worker processes of a ``DataLoader`` iterator now, even mid-epoch (idempotent).
+
+    torch shuts its workers down only when an epoch ends or when the last reference to its iterator
+    goes, which a traceback (and the reference cycles through its frames) can postpone to the exit
+    of the interpreter. ``_shutdown_workers`` is torch's own shutdown (what ``__del__`` calls): it
+    stops the pin-memory thread, tells the workers to finish, joins them, and kills (through
+    :func:`worker_context`) those that do not finish; any worker still alive after it is killed here.
+    """
+    workers = list(getattr(iterator, "_workers", ()))
+    shutdown = getattr(iterator, "_shutdown_workers", None) or getattr(iterator, "close", None)  # a generator: closed
+    try:
+        if shutdown is not None:
+            shutdown()
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    worker.kill()
+                    worker.join(timeout=5)
+
+
+@contextlib.contextmanager
+def loader_batches(loader: Iterable) -> Iterator[Iterator]:
+    """``with loader_batches(loader) as batches: for batch in batches: ...``: the loader's workers end with the block.
+
+    However the block is left (the last batch, ``break``, an exception, Ctrl-C, SIGTERM), the
+    workers are shut down before the ``with`` statement is: a failure is reported, and the process
+    exits, without waiting on them. ``loader`` may also be a generator over a loader (it is closed,
+    which ends its own ``loader_batches``) or any other iterable (nothing to stop).
+    """
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        stop_workers(iterator)

@@ -2,10 +2,12 @@
 
 ``--weights`` takes one of:
 
-* a name from :data:`PRETRAINED` -- ``imagenet`` is torchvision's
-  ``ResNet18_Weights.IMAGENET1K_V1``, fetched once into torch's download cache
-  (``$TORCH_HOME/hub/checkpoints``) and hash-checked against the prefix in its
-  file name;
+* a name from :data:`PRETRAINED` -- ``imagenet`` is the backbone's ``DEFAULT``
+  torchvision weights enum (for the default resnet18: ``ResNet18_Weights.IMAGENET1K_V1``),
+  fetched once into torch's download cache (``$TORCH_HOME/hub/checkpoints``) and
+  hash-checked against the prefix in its file name, with that enum's own transform;
+  for a ``timm:NAME`` backbone, timm's default pretrained tag (``timm:NAME.TAG``, fetched
+  by timm from the Hugging Face hub) with timm's own transform;
 * ``random`` or ``random:SEED`` -- torchvision's own initialisation under a
   fixed seed (a bare ``random`` takes the command's ``--seed``);
 * a path -- a ``state_dict`` file, loaded with ``weights_only=True``.
@@ -17,6 +19,8 @@
     Weights.from_id(w.id) == w              # and back, from a cache's provenance
     loaded = w.load()                       # loaded.state_dict, loaded.sha256
     w.transform                             # the TransformSpec these weights expect
+    Weights.parse("imagenet", backbone="resnet50").id   # 'torchvision:ResNet50_Weights.IMAGENET1K_V2'
+    Weights.random(3).load(backbone="resnet50")         # random and file weights take the backbone at load
 
 This is the only place that builds or reads a weights id. It lives at the top
 of the package, not under ``embed/``, because four commands resolve weights:
@@ -37,6 +41,7 @@ import re
 import socket
 import urllib.error
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -115,16 +120,27 @@ _RANDOM_ID = re.compile(rf"{RANDOM}:seed=(-?\d+)")
 class Weights:
     """One choice of backbone weights; frozen, so it can be compared, stored and passed around."""
 
-    kind: Literal["torchvision", "random", "file"]
-    name: str = ""  # torchvision: the enum ("ResNet18_Weights.IMAGENET1K_V1"); file: the file's name
+    kind: Literal["torchvision", "timm", "random", "file"]
+    name: str = ""  # torchvision: the enum ("ResNet18_Weights.IMAGENET1K_V1"); timm: "arch.tag"; file: the file's name
     seed: int = 0  # random: the seed of torchvision's initialisation
     path: Path | None = None  # file: where to read it; None when only its name is known (from an id)
 
     # -- making one --------------------------------------------------------------------------------
 
     @classmethod
-    def pretrained(cls, name: str) -> Weights:
-        return cls("torchvision", name=PRETRAINED[name].enum)
+    def pretrained(cls, name: str, backbone: str = "resnet18") -> Weights:
+        """The named weights of ``backbone``: its torchvision ``DEFAULT`` enum, or timm's default tag."""
+        if backbone == "resnet18":
+            return cls("torchvision", name=PRETRAINED[name].enum)
+        if backbone.startswith("timm:"):
+            return cls("timm", name=_timm_default_tag(backbone[len("timm:"):]))
+        import torchvision
+
+        try:
+            default = torchvision.models.get_model_weights(backbone).DEFAULT
+        except (ValueError, AttributeError, KeyError):
+            raise WeightsError(f"torchvision publishes no weights for {backbone}; use --weights random or a state_dict file") from None
+        return cls("torchvision", name=f"{type(default).__name__}.{default.name}")
 
     @classmethod
     def random(cls, seed: int = 0) -> Weights:
@@ -136,11 +152,11 @@ class Weights:
         return cls("file", name=path.name, path=path)
 
     @classmethod
-    def parse(cls, spec: str, seed: int = 0) -> Weights:
-        """A ``--weights`` value: a name from :data:`PRETRAINED`, ``random[:SEED]`` or a state_dict file."""
+    def parse(cls, spec: str, seed: int = 0, backbone: str = "resnet18") -> Weights:
+        """A ``--weights`` value: a name from :data:`PRETRAINED` (of ``backbone``), ``random[:SEED]`` or a state_dict file."""
         spec = str(spec)
         if spec in PRETRAINED:
-            return cls.pretrained(spec)
+            return cls.pretrained(spec, backbone)
         if spec == RANDOM:
             return cls.random(seed)
         match = _RANDOM_SPEC.fullmatch(spec)
@@ -164,8 +180,8 @@ class Weights:
         match = _RANDOM_ID.fullmatch(weights_id)
         if match:
             return cls.random(int(match.group(1)))
-        if kind == "torchvision" and rest:
-            return cls("torchvision", name=rest)
+        if kind in ("torchvision", "timm") and rest:
+            return cls(kind, name=rest)
         if kind == "file" and rest:
             return cls("file", name=rest)
         raise WeightsError(f"{weights_id!r} is not a weights id this tlkit reads")
@@ -195,27 +211,42 @@ class Weights:
         """The :data:`PRETRAINED` entry of torchvision weights (None for others, and for unknown ones)."""
         if self.kind != "torchvision":
             return None
-        return next((p for entry in PRETRAINED.values() for p in entry.variants() if p.enum == self.name), None)
+        listed = next((p for entry in PRETRAINED.values() for p in entry.variants() if p.enum == self.name), None)
+        return listed or _torchvision_entry(self.name)
 
     @property
     def known(self) -> bool:
         """Whether :meth:`load` can find the tensors (not for a file known only by name, nor unknown torchvision weights)."""
         if self.kind == "file":
             return self.path is not None
-        return self.kind == RANDOM or self.entry is not None
+        return self.kind in (RANDOM, "timm") or self.entry is not None
 
     @property
     def transform(self) -> TransformSpec:
-        """The evaluation transform these weights expect."""
+        """The evaluation transform these weights expect (random and file weights: the ImageNet eval transform)."""
+        if self.kind == "timm":
+            return default_transform("timm:" + self.name.split(".")[0])
         entry = self.entry
         return entry.transform if entry is not None else DEFAULT_TRANSFORM
 
+    def transform_for(self, backbone: str = "resnet18") -> TransformSpec:
+        """What ``backbone`` with these weights sees: named weights their own transform; random and file
+        weights that of the backbone's published weights, so their features compare with those."""
+        if self.kind in ("torchvision", "timm"):
+            return self.transform
+        return default_transform(backbone)
+
     # -- the tensors -------------------------------------------------------------------------------
 
-    def load(self) -> LoadedWeights:
-        """The state dict and its fingerprint, or a one-line :class:`WeightsError`."""
+    def load(self, backbone: str = "resnet18") -> LoadedWeights:
+        """The state dict and its fingerprint, or a one-line :class:`WeightsError`.
+
+        ``backbone`` is the network random weights initialise (named weights know their own).
+        """
         if self.kind == RANDOM:
-            state_dict = _random_state_dict(self.seed)
+            state_dict = _random_state_dict(self.seed, backbone)
+        elif self.kind == "timm":
+            state_dict = _load_timm(self.name)
         elif self.kind == "file":
             if self.path is None:
                 raise WeightsError(f"the weights file {self.name!r} is known only by its name; pass --weights PATH to it")
@@ -345,13 +376,101 @@ def is_quantized_state_dict(state_dict) -> bool:
     )
 
 
-def _random_state_dict(seed: int) -> dict:
+def _random_state_dict(seed: int, backbone: str = "resnet18") -> dict:
+    """The library's own initialisation of ``backbone`` under ``seed`` (``--weights random``)."""
     import torch
-    import torchvision
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return torchvision.models.resnet18(weights=None).state_dict()
+        if backbone == "resnet18":  # the call tlkit always made: the same tensors, the same sha256
+            import torchvision
+
+            return torchvision.models.resnet18(weights=None).state_dict()
+        return architecture(backbone).state_dict()
     finally:
         torch.random.set_rng_state(generator_state)
+
+
+# -- models by name, and the transforms of their published weights (torchvision's _api.py style) --------------
+
+TIMM_PREFIX = "timm:"
+
+
+def timm_module():
+    try:
+        import timm
+    except ImportError:
+        raise WeightsError("timm backbones need timm: pip install 'tlkit[timm]'") from None
+    return timm
+
+
+def architecture(name: str):
+    """A freshly initialised classification model by name: torchvision's ``get_model`` or ``timm:NAME``."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_module().create_model(name[len(TIMM_PREFIX):], pretrained=False)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None)
+
+
+@lru_cache(maxsize=8)
+def default_transform(name: str) -> TransformSpec:
+    """The eval transform of ``name``'s default published weights (torchvision's enum, timm's config)."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_transform(architecture(name))
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError, KeyError):  # a model without published weights: the ImageNet eval transform
+        return DEFAULT_TRANSFORM
+    return enum_transform(weights)
+
+
+def enum_transform(weights) -> TransformSpec:
+    """torchvision's ``ImageClassification`` of a weights enum member, as a TransformSpec."""
+    t = weights.transforms()
+    return TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
+                         mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
+                         antialias=bool(t.antialias))
+
+
+def timm_transform(model) -> TransformSpec:
+    """timm's eval transform of a model (``resolve_data_config``: resize to crop / crop_pct, centre crop)."""
+    import math
+
+    config = timm_module().data.resolve_data_config({}, model=model)
+    if config.get("crop_mode", "center") != "center":
+        raise WeightsError(f"timm's eval transform for this model crops by {config['crop_mode']!r}; tlkit runs centre crops only")
+    crop = int(config["input_size"][-1])
+    return TransformSpec(resize=int(math.floor(crop / config["crop_pct"])), crop=crop,
+                         interpolation=str(config["interpolation"]), mean=tuple(map(float, config["mean"])),
+                         std=tuple(map(float, config["std"])), antialias=True)
+
+
+def _torchvision_entry(enum: str) -> Pretrained | None:
+    """Any torchvision classification weights enum member ("ResNet50_Weights.IMAGENET1K_V2"), as an entry."""
+    import torchvision
+
+    try:
+        member = torchvision.models.get_weight(enum)
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return None
+    return Pretrained(name="imagenet", module=type(member).__module__, enum=enum, transform=enum_transform(member))
+
+
+def _timm_default_tag(arch: str) -> str:
+    cfg = timm_module().models.get_pretrained_cfg(arch)
+    tag = getattr(cfg, "tag", None) if cfg is not None else None
+    return f"{arch}.{tag}" if tag else arch
+
+
+def _load_timm(name: str) -> dict:
+    """timm's pretrained weights (fetched by timm from the Hugging Face hub into its cache)."""
+    timm = timm_module()
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except Exception as exc:  # offline: huggingface_hub / urllib raise many types
+        raise WeightsError(f"cannot fetch timm's pretrained weights {name} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                           "offline? pass --weights PATH_TO_STATE_DICT or --weights random") from None

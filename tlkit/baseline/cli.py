@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from tlkit.tracking.options import tracking_options
 from tlkit.train.config import TrainConfig
 from tlkit.train.hparams import SectionedCommand, options
 
@@ -44,8 +45,9 @@ def _default_workers() -> int:
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Treat larger images as decompression bombs [default: PIL's limit, about 89 megapixels].")
 @click.option("--progress/--no-progress", default=None, help="Show progress bars [default: on a terminal].")
+@tracking_options
 def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_split, eval_split, device, workers,
-                  memory_mb, max_pixels, progress, **training):
+                  memory_mb, max_pixels, progress, log_to, mlflow_uri, **training):
     """Train ResNet-18 end to end on the images in DATA_DIR (the seed paper's Model 1).
 
     \b
@@ -69,12 +71,15 @@ def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_
         tlkit train-scratch data/hymenoptera_data --out runs/scratch
         tlkit train-scratch data/hymenoptera_data --out runs/scratch --resume
         tlkit train-scratch data/hymenoptera_data --finetune --weights imagenet
+        tlkit train-scratch data/hymenoptera_data --log-to tensorboard
     """
     from tlkit.baseline.trainer import Interrupted
     from tlkit.baseline.trainer import train_scratch as run
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
     from tlkit.signals import exit_status
+    from tlkit.tracking import check_targets, log_run
 
+    log_to = check_targets(log_to)  # an unknown or uninstalled tracker fails before training
     cfg = TrainConfig(**training)
     show = progress if progress is not None else sys.stderr.isatty()
     try:
@@ -99,6 +104,7 @@ def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_
     click.echo(f"final (epoch {f['epoch']}): accuracy {f['accuracy']:.4f}, ROC AUC {_fmt(f['roc_auc'])}; "
                f"best (epoch {b['epoch']}): accuracy {b['accuracy']:.4f}; "
                f"{metrics['training_seconds']:.1f} s -> {run_dir}")
+    log_run(run_dir, log_to, mlflow_uri, echo=click.echo)  # from the finished files
 
 
 def _fmt(value) -> str:

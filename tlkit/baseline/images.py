@@ -15,6 +15,7 @@ workers, and a resumed run sees exactly the crops an uninterrupted one sees.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tlkit.data.decode import load_rgb
 from tlkit.data.reader import DecodedFiles, read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.errors import BadImage, DataError
-from tlkit.signals import worker_init_fn
+from tlkit.signals import loader_batches, worker_options
 
 
 @dataclass
@@ -88,13 +89,14 @@ def decode_training_set(root, paths, labels, *, workers, max_pixels, budget_byte
     """Decode every image once; keep the pixels within ``budget_bytes``; return (set, [(path, reason)])."""
     root = Path(root)
     files = [str(root / p) for p in paths]
-    loader = DataLoader(DecodedFiles(files, max_pixels, convert=np.asarray), batch_size=8, num_workers=workers, collate_fn=_as_list,
-                        worker_init_fn=worker_init_fn())
+    loader = DataLoader(DecodedFiles(files, max_pixels, convert=np.asarray), batch_size=8, collate_fn=_as_list,
+                        **worker_options(workers))
     pixels: list[np.ndarray | None] = [None] * len(files)
     bad: dict[int, str] = {}
     used = 0
-    with tqdm(total=len(files), desc="decode train", unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader:
+    with tqdm(total=len(files), desc="decode train", unit="img", disable=not progress, leave=False) as bar, \
+            loader_batches(loader) as batches:  # the workers end with this block, however it ends
+        for batch in batches:
             for i, array, err in batch:
                 if err is not None:
                     bad[i] = err
@@ -114,8 +116,9 @@ def prepare_eval_set(root, paths, labels, spec: TransformSpec, *, workers, max_p
     per_image = 3 * spec.crop * spec.crop * 4
     hold = len(files) * per_image <= budget_bytes
     chunks, kept_idx, bad = [], [], {}
-    with tqdm(total=len(files), desc="decode eval", unit="img", disable=not progress, leave=False) as bar:
-        for batch in read_batches(files, spec, batch_size=32, workers=workers, max_pixels=max_pixels):
+    with tqdm(total=len(files), desc="decode eval", unit="img", disable=not progress, leave=False) as bar, \
+            closing(read_batches(files, spec, batch_size=32, workers=workers, max_pixels=max_pixels)) as batches:
+        for batch in batches:
             kept_idx.extend(batch.indices)
             bad.update(dict(batch.errors))
             if hold and len(batch.indices):
@@ -164,19 +167,19 @@ def training_batches(images: ImageSet, augment, *, seed: int, epoch: int, batch_
         AugmentedImages(images, augment, seed, epoch, max_pixels),
         batch_size=batch_size,
         sampler=epoch_order(len(images), seed, epoch),
-        num_workers=workers,
         collate_fn=_collate_checked,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=worker_init_fn(),  # workers die with this process, whatever kills it
+        **worker_options(workers),  # workers die with this process, whatever kills it
     )
-    for inputs, labels, errors in loader:
-        if errors:
-            raise DataError(
-                f"an image became unreadable during training ({errors[0]}); finished epochs are kept: "
-                "fix or remove it, then resume with --resume"
-            )
-        yield inputs, labels
+    with loader_batches(loader) as batches:  # closing this generator (or an error in it) ends the workers
+        for inputs, labels, errors in batches:
+            if errors:
+                raise DataError(
+                    f"an image became unreadable during training ({errors[0]}); finished epochs are kept: "
+                    "fix or remove it, then resume with --resume"
+                )
+            yield inputs, labels
 
 
 def eval_batches(images: ImageSet, spec: TransformSpec, *, batch_size: int, workers: int, max_pixels: int | None):
@@ -186,9 +189,10 @@ def eval_batches(images: ImageSet, spec: TransformSpec, *, batch_size: int, work
             yield images.tensors[start:start + batch_size]
         return
     files = [images.file(i) for i in range(len(images))]
-    for batch in read_batches(files, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels):
-        if batch.errors:
-            i, reason = batch.errors[0]
-            raise DataError(f"an evaluation image became unreadable during training ({images.paths[i]}: {reason}); "
-                            "finished epochs are kept: fix or remove it, then resume with --resume")
-        yield batch.images
+    with closing(read_batches(files, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels)) as batches:
+        for batch in batches:
+            if batch.errors:
+                i, reason = batch.errors[0]
+                raise DataError(f"an evaluation image became unreadable during training ({images.paths[i]}: "
+                                f"{reason}); finished epochs are kept: fix or remove it, then resume with --resume")
+            yield batch.images

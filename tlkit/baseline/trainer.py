@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -105,9 +106,10 @@ def make_evaluator(eval_set, spec: TransformSpec, device, workers: int, max_pixe
 
     def evaluate(model: nn.Module) -> tuple[float, np.ndarray]:
         total, probas, start = 0.0, [], 0
-        with torch.inference_mode():
-            for images in eval_batches(eval_set, spec, batch_size=EVAL_BATCH.get(device.type, 32), workers=workers,
-                                       max_pixels=max_pixels):
+        batches = eval_batches(eval_set, spec, batch_size=EVAL_BATCH.get(device.type, 32), workers=workers,
+                               max_pixels=max_pixels)
+        with torch.inference_mode(), closing(batches):  # closed on any way out: its decoding workers stop
+            for images in batches:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 logits = model(images).float()
                 y = labels[start:start + len(images)].to(device)

@@ -33,10 +33,10 @@ from tlkit.cache.reader import (
     split_names,
     stored_digest,
 )
-from tlkit.cache.schema import FORMAT, SCHEMA_VERSION
+from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, VIEWS_DATASET
 from tlkit.cache.writer import atomic_h5, create_split, write_root_attrs, write_skipped
-from tlkit.data.splits import ordered_splits
 from tlkit.errors import CacheError
+from tlkit.splits import ordered_splits
 
 COPY_ROWS = 4096  # rows gathered per write: 8 MiB of features
 PATH_BLOCK = 16384  # paths read per step from each source (one chunk of the paths dataset)
@@ -169,9 +169,18 @@ def _output_bytes(files: Sequence[h5py.File]) -> int:
     for f in files:
         for split in split_names(f):
             group = f[split]
-            total += sum(group[name].id.get_storage_size() for name in ("features", "labels"))
+            total += sum(group[name].id.get_storage_size() for name in ("features", "labels", VIEWS_DATASET) if name in group)
             total += 64 * len(group["paths"])
     return total
+
+
+def _views_per_row(files: Sequence[h5py.File], holders: list[int], split: str) -> int:
+    """K of the split's ``views`` in every source (0: none); sources that disagree never combine."""
+    ks = {files[s][split][VIEWS_DATASET].shape[1] if VIEWS_DATASET in files[s][split] else 0 for s in holders}
+    if len(ks) > 1:
+        raise CacheError(f"the sources of split {split!r} hold different numbers of views per image ({sorted(ks)}); "
+                         f"caches with different --views never mix")
+    return ks.pop() if ks else 0
 
 
 def assemble(
@@ -215,7 +224,8 @@ def assemble(
             for split in splits:
                 holders = [s for s, f in enumerate(files) if split in f]
                 upper = sum(len(files[s][split]["paths"]) for s in holders)  # before de-duplication
-                group = create_split(out, split, upper)
+                views = _views_per_row(files, holders, split)
+                group = create_split(out, split, upper, views, _width(files[s][split] for s in holders))
                 streams = [_sorted_blocks(files[s][split]) for s in holders]
                 written = PathsDigest()
                 start = 0
@@ -229,6 +239,12 @@ def assemble(
                         g = files[s][split]
                         feats[mask] = _gather(g["features"], row[mask])
                         labels[mask] = remaps[s][_gather(g["labels"], row[mask])]
+                    if views:  # in its own pass: a block of views is K times a block of features
+                        block = np.empty((stop - start, views, feats.shape[1]), dtype=np.float32)
+                        for s in np.unique(src):
+                            mask = src == s
+                            block[mask] = _gather(files[s][split][VIEWS_DATASET], row[mask])
+                        group[VIEWS_DATASET][start:stop] = block
                     group["features"][start:stop] = feats
                     group["labels"][start:stop] = labels
                     group["paths"][start:stop] = paths
@@ -239,7 +255,7 @@ def assemble(
                         on_rows(stop - start)
                     start = stop
                 if start < upper:  # duplicates were dropped
-                    for name in ("features", "labels", "paths"):
+                    for name in ("features", "labels", "paths", *([VIEWS_DATASET] if views else [])):
                         group[name].resize(start, axis=0)
                 group["paths"].attrs[PATHS_DIGEST_ATTR] = written.hexdigest()  # UTF-8 text, like every string attribute
                 counts[split] = start
@@ -250,3 +266,12 @@ def assemble(
     finally:
         for f in files:
             f.close()
+
+
+def _width(groups) -> int:
+    """The feature width of the sources' split (any backbone's); equal in all of them (the provenance checked that)."""
+    groups = list(groups)
+    widths = {int(g["features"].shape[1]) for g in groups if len(g["features"])}
+    if len(widths) > 1:
+        raise CacheError(f"the sources hold features of different widths {sorted(widths)}: not one feature space")
+    return widths.pop() if widths else int(groups[0]["features"].shape[1])

@@ -17,7 +17,7 @@ import numpy as np
 from tlkit.cache.lock import lock_holder
 from tlkit.cache.parts import parts_dir_of, read_manifest, scan_parts
 from tlkit.cache.reader import class_names_of, one_line, open_h5, read_skipped, reporting_damage, split_names
-from tlkit.cache.schema import Provenance
+from tlkit.cache.schema import VIEWS_DATASET, Provenance
 from tlkit.errors import CacheError
 
 MAX_CLASS_ROWS = 30  # classes listed one per line in the text report before it abbreviates
@@ -92,6 +92,10 @@ def _describe(f: h5py.File) -> dict:
                 "compression": feats.compression,
             },
         }
+        if VIEWS_DATASET in g:
+            views = g[VIEWS_DATASET]
+            splits[split]["views"] = {"shape": list(views.shape), "chunks": list(views.chunks or ()),
+                                      "fletcher32": bool(views.fletcher32)}
     merged_from = f.attrs.get("merged_from")
     return {
         "complete": bool(f.attrs.get("complete", False)),
@@ -108,14 +112,17 @@ def _describe(f: h5py.File) -> dict:
 def _progress(parts_dir: Path) -> dict:
     """How far the embed whose finished work is in ``parts_dir`` has got."""
     out: dict = {"parts_dir": str(parts_dir), "parts": 0, "rows": 0, "rows_per_split": {}, "skipped": 0,
-                 "to_embed": None, "started": None, "weights_id": None, "precision": None, "damaged_parts": []}
+                 "to_embed": None, "started": None, "weights_id": None, "precision": None, "backbone": None,
+                 "damaged_parts": []}
     try:
         manifest = read_manifest(parts_dir)
         if manifest is not None:
             out["to_embed"] = manifest.get("to_embed")
             out["started"] = manifest.get("started")
-            out["weights_id"] = manifest.get("provenance", {}).get("weights_id")
-            out["precision"] = manifest.get("provenance", {}).get("precision", "fp32")
+            recorded = Provenance.from_attrs(manifest.get("provenance", {}), lenient=True)
+            out["weights_id"] = recorded.weights_id or None
+            out["precision"] = recorded.precision
+            out["backbone"] = recorded.describe()
     except FileNotFoundError:
         pass
     except (OSError, ValueError, AttributeError) as exc:
@@ -140,6 +147,7 @@ def format_info(info: dict, all_classes: bool = False) -> str:
             checks = "fletcher32 checksums" if first["fletcher32"] else "NO checksums"
             comp = f", {first['compression']}" if first["compression"] else ""
             lines.append(f"features    {first['dtype']} (rows, {first['shape'][1]}), chunks {tuple(first['chunks'] or ())}, {checks}{comp}")
+            lines.extend(_views_lines(info))
             lines.append("")
             lines.extend(_class_table(names, splits, all_classes))
         skipped = info["skipped"]
@@ -152,6 +160,8 @@ def format_info(info: dict, all_classes: bool = False) -> str:
             shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
             if key == "int8_calibration":  # a few KiB of scales: --json has them whole
                 shown = _calibration_summary(value)
+            if key == "views":  # the settings; --json has the whole record
+                shown = f"--views {value['k']} --augment {value['augment']}: {json.dumps(value['params'], sort_keys=True)}"
             lines.append(f"  {key:<20}{shown}")
         if info["merged_from"]:
             lines.append("")
@@ -180,6 +190,15 @@ def format_info(info: dict, all_classes: bool = False) -> str:
         else:
             lines.append("  readers see the finished cache above until the new one replaces it whole")
     return "\n".join(lines)
+
+
+def _views_lines(info: dict) -> list[str]:
+    """The views line of the text report: what ``--views`` stored, per split."""
+    record = info["provenance"].get("views")
+    if not record:
+        return []
+    held = ", ".join(f"{s} {tuple(v['views']['shape'])}" for s, v in info["splits"].items() if "views" in v)
+    return [f"views       {record['k']} {record['augment']} view(s) per training image, float32: {held or 'no training split'}"]
 
 
 def _class_table(names: list[str], splits: dict, all_classes: bool) -> list[str]:

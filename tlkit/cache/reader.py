@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, SKIPPED_GROUP, Provenance, parts_dir_of
+from tlkit.cache.schema import FORMAT, SCHEMA_VERSION, SKIPPED_GROUP, VIEWS_DATASET, Provenance, parts_dir_of
 from tlkit.errors import CacheError
 
 # HDF5 flocks every file it opens (shared for readers, exclusive for writers) for as long as it
@@ -129,6 +129,7 @@ class SplitArrays:
     features: np.ndarray  # float32 (N, 512)
     labels: np.ndarray  # int64 (N,)
     paths: np.ndarray  # str (N,)
+    views: np.ndarray | None = None  # float32 (N, K, 512): K augmented views per row (``embed --views K``), or None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -220,8 +221,11 @@ def read_paths(group: h5py.Group) -> np.ndarray:
     return group["paths"].asstr()[...] if len(group["paths"]) else np.array([], dtype=str)
 
 
-def load_cache(path: str | Path, splits: list[str] | None = None) -> FeatureCache:
-    """Read a finished cache (all splits, or the ones named) into numpy arrays."""
+def load_cache(path: str | Path, splits: list[str] | None = None, views: bool = True) -> FeatureCache:
+    """Read a finished cache (all splits, or the ones named) into numpy arrays.
+
+    ``views``: also read the augmented views of the splits that have them (``SplitArrays.views``).
+    """
     path = Path(path)
     with open_h5(path) as f:
         try:
@@ -232,12 +236,14 @@ def load_cache(path: str | Path, splits: list[str] | None = None) -> FeatureCach
             for split in wanted:
                 g = f[split]
                 arrays[split] = SplitArrays(
-                    features=g["features"][...], labels=g["labels"][...], paths=read_paths(g)
+                    features=g["features"][...], labels=g["labels"][...], paths=read_paths(g),
+                    views=g[VIEWS_DATASET][...] if views and VIEWS_DATASET in g else None,
                 )
                 check_paths_digest(g, arrays[split].paths.tolist(), path)
-                n = {len(arrays[split].features), len(arrays[split].labels), len(arrays[split].paths)}
+                n = {len(arrays[split].features), len(arrays[split].labels), len(arrays[split].paths),
+                     *([] if arrays[split].views is None else [len(arrays[split].views)])}
                 if len(n) != 1:
-                    raise CacheError(f"{path}: split {split!r} has features, labels and paths of different lengths")
+                    raise CacheError(f"{path}: split {split!r} has features, labels, paths (and views) of different lengths")
             return FeatureCache(
                 path=path,
                 class_names=class_names_of(f),

@@ -36,7 +36,7 @@ from tlkit.cache.reader import (
     split_names,
     stored_digest,
 )
-from tlkit.cache.schema import FEATURE_DIM, SKIPPED_GROUP, Provenance
+from tlkit.cache.schema import FEATURE_DIM, SKIPPED_GROUP, VIEWS_DATASET, Provenance
 from tlkit.errors import TlkitError
 
 SCAN_CHUNKS = 16  # chunks read per step of the integrity scan (4096 rows with the default chunking)
@@ -125,8 +125,8 @@ def _check_root(f: h5py.File, report: VerifyReport) -> Provenance | None:
         report.problems.append(f"provenance attribute {exc} is missing")
     except H5_DAMAGE as exc:
         report.problems.append(f"provenance attributes are unreadable: {one_line(exc)}")
-    if provenance is not None and provenance.feature_dim != FEATURE_DIM:
-        report.problems.append(f"provenance says feature_dim {provenance.feature_dim}, expected {FEATURE_DIM}")
+    if provenance is not None and provenance.feature_dim < 1:
+        report.problems.append(f"provenance says feature_dim {provenance.feature_dim}, expected a positive width")
     names = class_names_of(f)
     if not names:
         report.problems.append("the class_names attribute is empty")
@@ -210,10 +210,42 @@ def _check_split(
         report.problems.append(f"{split}: {len(out_of_range)} label(s) outside 0..{n_classes - 1}: rows {_rows_text(np.array(out_of_range), paths)}")
     if paths is not None and len(paths):
         _check_paths(split, paths, report)
+    _check_views(group, split, len(feats), provenance, report)
     if len(report.problems) == before:
+        views = f"; {group[VIEWS_DATASET].shape[1]} views per row valid" if VIEWS_DATASET in group else ""
         report.passed.append(f"{split}: {len(feats)} rows; checksums valid; row counts agree; no NaN/inf; "
-                             f"labels in 0..{n_classes - 1}; paths unique and sorted")
+                             f"labels in 0..{n_classes - 1}; paths unique and sorted{views}")
     return paths
+
+
+def _check_views(group: h5py.Group, split: str, n_rows: int, provenance: Provenance | None, report: VerifyReport) -> None:
+    """``/<split>/views``: there exactly where the provenance says (train, all), (rows, K, dim) float32, checksummed, finite."""
+    k = provenance.view_count if provenance else 0
+    view_splits = provenance.view_splits if provenance else ()
+    if VIEWS_DATASET not in group:
+        if k and split in view_splits:
+            report.problems.append(f"{split}/views is missing, but the provenance records --views {k}")
+        return
+    views = group[VIEWS_DATASET]
+    dim = provenance.feature_dim if provenance else FEATURE_DIM
+    if not k or split not in view_splits:
+        report.problems.append(f"{split}/views is there, but the provenance records no views for split {split!r}")
+        return
+    if views.shape != (n_rows, k, dim) or views.dtype != np.float32:
+        report.problems.append(f"{split}/views is {views.dtype} {views.shape}, expected float32 ({n_rows}, {k}, {dim})")
+        return
+    if not views.fletcher32:
+        report.problems.append(f"{split}/views carries no fletcher32 checksums, so its integrity cannot be verified")
+    damaged: list[tuple[int, int, str]] = []
+    nonfinite: list[int] = []
+    step = (views.chunks[0] if views.chunks else 256) * SCAN_CHUNKS
+    for start in range(0, n_rows, step):
+        for offset, block in _read(views, start, start + step, damaged):
+            nonfinite.extend((np.flatnonzero(~np.isfinite(block).all(axis=(1, 2))) + offset).tolist())
+    for lo, hi, why in _coalesce(damaged):
+        report.problems.append(f"{split}/views rows {lo}-{hi - 1} fail their checksum or cannot be read ({why})")
+    if nonfinite:
+        report.problems.append(f"{split}/views: {len(nonfinite)} row(s) hold NaN or inf: rows {_rows_text(np.array(nonfinite), None)}")
 
 
 def _read(ds: h5py.Dataset, start: int, stop: int, damaged: list[tuple[int, int, str]]) -> list[tuple[int, np.ndarray]]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from tlkit import atomic
 from tlkit.cache.reader import H5_LOCKING
-from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE
+from tlkit.cache.schema import CHUNK_ROWS, FEATURE_DIM, SKIPPED_GROUP, STR_DTYPE, VIEWS_DATASET
 
 
 # The HDF5 1.10 file format: its object headers, superblock and chunk indexes carry
@@ -33,24 +33,35 @@ def atomic_h5(path: Path):
     return atomic.atomic_h5(path, locking=H5_LOCKING, libver=H5_LIBVER)
 
 
-def create_split(parent: h5py.Group, split: str, n_rows: int) -> h5py.Group:
-    """Create an empty ``/<split>`` group of ``n_rows`` rows, chunked and checksummed."""
+def create_split(parent: h5py.Group, split: str, n_rows: int, views: int = 0, dim: int = FEATURE_DIM) -> h5py.Group:
+    """Create an empty ``/<split>`` group of ``n_rows`` rows of ``dim`` features, chunked and checksummed (``views``
+    K > 0: with ``/<split>/views`` of K views per row, in chunks of about the features' bytes)."""
     group = parent.create_group(split)
-    chunk = max(1, min(CHUNK_ROWS, n_rows))
+    # CHUNK_ROWS rows of 512 floats, or as many rows of a wider or narrower backbone in about the same 512 KiB
+    chunk = max(1, min(CHUNK_ROWS * FEATURE_DIM // max(dim, 1) or 1, n_rows))
     group.create_dataset(
-        "features", shape=(n_rows, FEATURE_DIM), maxshape=(None, FEATURE_DIM), dtype=np.float32,
-        chunks=(chunk, FEATURE_DIM), fletcher32=True,
+        "features", shape=(n_rows, dim), maxshape=(None, dim), dtype=np.float32,
+        chunks=(chunk, dim), fletcher32=True,
     )
+    if views:
+        group.create_dataset(
+            VIEWS_DATASET, shape=(n_rows, views, dim), maxshape=(None, views, dim), dtype=np.float32,
+            chunks=(max(1, min(chunk // views, n_rows)), views, dim), fletcher32=True,
+        )
     group.create_dataset("labels", shape=(n_rows,), maxshape=(None,), dtype=np.int64, chunks=(max(1, min(n_rows, 65536)),), fletcher32=True)
     group.create_dataset("paths", shape=(n_rows,), maxshape=(None,), dtype=STR_DTYPE, chunks=(max(1, min(n_rows, 16384)),))  # HDF5 cannot checksum variable-length strings
     return group
 
 
-def write_split(parent: h5py.Group, split: str, features: np.ndarray, labels, paths) -> None:
-    """Write a whole split that fits in memory (parts, small caches, tests)."""
-    group = create_split(parent, split, len(paths))
+def write_split(parent: h5py.Group, split: str, features: np.ndarray, labels, paths, views=None) -> None:
+    """Write a whole split that fits in memory (parts, small caches, tests); ``views`` (N, K, dim) or None."""
+    features = np.asarray(features, dtype=np.float32)
+    dim = features.shape[1] if features.ndim == 2 and len(paths) else FEATURE_DIM
+    group = create_split(parent, split, len(paths), 0 if views is None else np.shape(views)[1], dim)
     if len(paths):
-        group["features"][...] = np.asarray(features, dtype=np.float32)
+        if views is not None:
+            group[VIEWS_DATASET][...] = np.asarray(views, dtype=np.float32)
+        group["features"][...] = features
         group["labels"][...] = np.asarray(labels, dtype=np.int64)
         group["paths"][...] = np.asarray(list(paths), dtype=object)
 

@@ -36,6 +36,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("train-scratch", "tlkit.baseline.cli", "train_scratch", "Train ResNet-18 end to end on the images (the baseline)."),
     Command("report", "tlkit.report.cli", "report", "Compare finished runs: a table with intervals, figures."),
     Command("predict", "tlkit.predict.cli", "predict", "Label new images with the model of a finished run."),
+    Command("export", "tlkit.export.cli", "export", "Export a cache as embedding-reader, parquet or npy files."),
+    Command("evaluate", "tlkit.evaluate.cli", "evaluate", "Score a finished quantum run under noise, shots or a device."),
 )
 
 

@@ -44,6 +44,9 @@ def load_rgb(path, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | Non
     ``Image.draft``): a 4000x3000 photo decodes as 500x375, many times faster, in other
     pixels than a full decode followed by the same resize. Other formats are decoded whole.
     """
+    opener = getattr(path, "open_member", None)
+    if opener is not None:  # a member of a tar shard (tlkit.data.shards.TarMember): its bytes, or BadImage
+        path = opener()
     not_a_file = _not_a_regular_file(path)
     if not_a_file:
         raise BadImage(not_a_file)
@@ -101,6 +104,8 @@ def _not_a_regular_file(path) -> str | None:
 
 
 def _size_or_none(path) -> int | None:
+    if hasattr(path, "getbuffer"):  # bytes in memory (a tar member)
+        return path.getbuffer().nbytes
     try:
         return os.path.getsize(path)
     except OSError:

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlkit.data.splits import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
 from tlkit.errors import DataError
+from tlkit.splits import ALL_SPLIT, SPLIT_NAMES, SPLIT_ORDER, ordered_splits
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -40,6 +40,7 @@ class DataIndex:
     class_names: list[str]
     items: list[ImageItem]
     ignored: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, split, reason) found broken by discovery
 
     @property
     def splits(self) -> list[str]:
@@ -50,6 +51,10 @@ class DataIndex:
 
     def __post_init__(self) -> None:
         self._label_of = {name: i for i, name in enumerate(self.class_names)}
+
+    def source(self, path: str):
+        """What the reader opens for the image stored as ``path``: here its file (tar shards: tlkit.data.shards)."""
+        return str(self.root / path)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class, for summaries."""

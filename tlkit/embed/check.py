@@ -23,12 +23,12 @@ from tlkit.cache.verify import VerifyReport, verify_cache
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
+from tlkit.data.views import ViewSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
 from tlkit.embed.mapper import FeatureMapper
-from tlkit.embed.precision import Precision, recorded_precision
-from tlkit.errors import TlkitError, WeightsError
-from tlkit.weights import Weights
+from tlkit.embed.recorded import recorded_backbone, recorded_precision, recorded_weights
+from tlkit.errors import TlkitError
 
 # The default tolerance is the recorded precision's (Precision.verify_tolerance, reasons in
 # tlkit/embed/precision.py): 1e-4 for fp32 and int8, 1e-2 for bf16/fp16. For fp32: re-embedding
@@ -72,21 +72,29 @@ def check_sample(
     try:
         precision, calibration = recorded_precision(provenance)
         precision.check_device(select_device(precisions.device_for(precision, device)))
+        backbone = recorded_backbone(provenance)
     except TlkitError as exc:
-        report.problems.append(f"cannot rebuild the recorded precision: {exc}")
+        report.problems.append(f"cannot rebuild the recorded network: {exc}")
         return
     if tolerance is None:
         tolerance = precision.verify_tolerance
     if not data_dir.is_dir():
         report.problems.append(f"data folder {data_dir} does not exist")
         return
-    loaded = _recorded_weights(provenance, weights, report, precision)
-    if loaded is None:
+    try:
+        loaded = recorded_weights(provenance, weights)
+    except TlkitError as exc:
+        report.problems.append(str(exc))
         return
     try:
         spec = TransformSpec.from_json(provenance.transform)
     except (ValueError, TypeError, KeyError) as exc:
         report.problems.append(f"the recorded transform cannot be rebuilt ({one_line(exc)}): {provenance.transform}")
+        return
+    try:
+        views = ViewSpec.from_json(provenance.views)
+    except (ValueError, TypeError, KeyError) as exc:
+        report.problems.append(f"the recorded views cannot be rebuilt ({one_line(exc)}): {provenance.views}")
         return
     for name, then, now in (("torch", provenance.torch_version, str(torch.__version__)),
                             ("torchvision", provenance.torchvision_version, str(torchvision.__version__))):
@@ -115,23 +123,27 @@ def check_sample(
         return
 
     try:
-        mapper = FeatureMapper(loaded.state_dict, select_device(precisions.device_for(precision, device)), precision, calibration)
+        mapper = FeatureMapper(loaded.state_dict, select_device(precisions.device_for(precision, device)), precision, calibration,
+                               backbone)
     except TlkitError as exc:
         report.problems.append(f"cannot rebuild the recorded network: {exc}")
         return
     worst = 0.0
-    compared = 0
+    compared = views_compared = 0
     files = [str(t[3]) for t in todo]
-    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS, device=mapper.device):
+    view_keys = [rel if split in provenance.view_splits else None for split, _, rel, _ in todo] if views else None
+    for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS, device=mapper.device,
+                              views=views, view_keys=view_keys):
         for i, reason in batch.errors:
             report.problems.append(f"{todo[i][2]}: cannot be decoded now ({reason}), but it was embedded")
         if not batch.indices:
             continue
-        fresh = mapper(batch.images)
+        fresh, fresh_views = batch.views_of(mapper(batch.images))
         for row, i in enumerate(batch.indices):
             split, r, rel, _ = todo[i]
             try:
                 stored = f[split]["features"][r]
+                stored_views = f[split]["views"][r] if fresh_views[row] is not None else None
             except H5_DAMAGE:
                 continue  # already reported by the integrity scan
             diff = float(np.max(np.abs(fresh[row].astype(np.float64) - stored)))
@@ -141,38 +153,19 @@ def check_sample(
                 report.problems.append(
                     f"{rel}: stored features differ from a fresh embedding (max abs diff {diff:.3g} > tolerance {tolerance:g})"
                 )
+            if stored_views is not None:
+                per_view = np.abs(fresh_views[row].astype(np.float64) - stored_views).max(axis=1)
+                worst = max(worst, float(per_view.max()))
+                views_compared += len(per_view)
+                bad = np.flatnonzero(~(per_view <= tolerance))
+                if len(bad):
+                    report.problems.append(
+                        f"{rel}: stored view(s) {bad.tolist()} differ from fresh ones (max abs diff "
+                        f"{per_view.max():.3g} > tolerance {tolerance:g}): not the views the seeds give"
+                    )
     if compared and worst <= tolerance:
         report.passed.append(
-            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}: "
-            f"max abs diff {worst:.2g} <= tolerance {tolerance:g}"
+            f"re-embedded {compared} sampled image(s) from {data_dir} with {loaded.id} at {precision}"
+            + (f", and {views_compared} of their views" if views_compared else "")
+            + f": max abs diff {worst:.2g} <= tolerance {tolerance:g}"
         )
-
-
-def _recorded_weights(provenance: Provenance, weights, report: VerifyReport, precision: Precision):
-    """The weights the cache records, loaded and checked against its sha256 (None on a problem)."""
-    wid = provenance.weights_id
-    try:
-        if weights is not None:
-            chosen = Weights.parse(str(weights)).at_precision(precision.name)
-        else:
-            try:
-                chosen = Weights.from_id(wid)
-            except WeightsError:
-                chosen = None
-            if chosen is not None and chosen.kind == "file":  # an id names the file, not where it is
-                report.problems.append(f"the cache was made with the weights file {chosen.name!r}: pass --weights PATH to re-embed with it")
-                return None
-            if chosen is None or not chosen.known:
-                report.problems.append(f"unknown weights {wid!r}: pass --weights PATH to re-embed")
-                return None
-        loaded = chosen.load()
-    except TlkitError as exc:
-        report.problems.append(f"cannot load the weights: {exc}")
-        return None
-    if loaded.sha256 != provenance.weights_sha256:
-        report.problems.append(
-            f"weights {loaded.id} have sha256 {loaded.sha256[:16]}..., the cache records {provenance.weights_sha256[:16]}... "
-            f"({wid}): not the weights the features were made with"
-        )
-        return None
-    return loaded

@@ -18,9 +18,10 @@ from tlkit.embed.writer import PartWriter
 
 
 def run_local(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], None]) -> ShardStats:
-    mapper = FeatureMapper(job.state_dict, select_device(job.device), job.precision, job.calibration)
+    mapper = FeatureMapper(job.state_dict, select_device(job.device), job.precision, job.calibration, job.backbone)
     writer = PartWriter(job.parts_dir, job.class_names, rows_per_part=job.rows_per_part)
-    return run_shard(items, mapper, writer, job.spec, job.batch_size, job.workers, job.max_pixels, on_progress)
+    return run_shard(items, mapper, writer, job.spec, job.batch_size, job.workers, job.max_pixels, on_progress,
+                     views=job.views)
 
 
 def get_distributor(backend: str) -> Callable[[EmbedJob, list[WorkItem], Callable[[int], None]], ShardStats]:

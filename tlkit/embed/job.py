@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.data.transforms import TransformSpec
+from tlkit.data.views import ViewSpec
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,5 @@ class EmbedJob:
     ray: RayOptions = RayOptions()
     precision: str = "fp32"  # tlkit.embed.precision.PRECISIONS
     calibration: object = None  # tlkit.embed.precision.Int8Calibration: int8 with calibrated weights, one for every shard
+    backbone: object = None  # tlkit.embed.backbones.Backbone (network and layer); None: resnet18's default
+    views: ViewSpec | None = None  # --views K --augment NAME: K views of every training image, beside its centre crop

@@ -1,4 +1,4 @@
-"""Mapper: image tensors in, 512-d float32 features out (the frozen backbone)."""
+"""Mapper: image tensors in, float32 features out (the frozen backbone at its layer: 512-d for resnet18)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ class FeatureMapper:
     """Holds the frozen backbone on its device and maps batches to numpy features."""
 
     def __init__(self, state_dict: dict, device: torch.device, precision: str | Precision = "fp32",
-                 calibration: Int8Calibration | None = None):
+                 calibration: Int8Calibration | None = None, backbone=None):
         self.device = device
         self.precision = Precision.parse(precision)
         # fp32: BatchNorm folded, channels_last, as always; the others: see tlkit/embed/precision.py.
-        self.model = self.precision.build(state_dict, device, calibration)
+        # backbone: a tlkit.embed.backbones.Backbone (None: resnet18's penultimate features).
+        self.model = self.precision.build(state_dict, device, calibration, backbone)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> np.ndarray:

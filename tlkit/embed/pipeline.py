@@ -40,14 +40,15 @@ from tlkit.cache.parts import (
     start_parts,
 )
 from tlkit.cache.reader import H5_LOCKING, check_content_digest, class_names_of, open_h5, read_paths, read_skipped, split_names
-from tlkit.cache.schema import FEATURE_DIM, FORMAT, Provenance
+from tlkit.cache.schema import FORMAT, Provenance
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
-from tlkit.data.discovery import discover
 from tlkit.data.reader import check_files
+from tlkit.data.shards import discover_source
 from tlkit.data.transforms import TransformSpec
+from tlkit.data.views import ViewSpec
 from tlkit.device import select_device
 from tlkit.embed import precision as precisions
-from tlkit.embed.backbone import BACKBONE, LAYER
+from tlkit.embed.backbones import Backbone
 from tlkit.embed.distributor import get_distributor
 from tlkit.embed.job import EmbedJob, RayOptions
 from tlkit.embed.runner import WorkItem
@@ -96,21 +97,27 @@ def check_output_path(out: Path) -> None:
 
 
 def make_provenance(weights_id: str, weights_sha256: str, spec: TransformSpec, data_root: Path, created: str,
-                    precision: dict[str, str] | None = None) -> Provenance:
-    """``precision``: :meth:`Precision.provenance_attrs` (default: fp32)."""
+                    precision: dict[str, str] | None = None, views: ViewSpec | None = None,
+                    backbone: Backbone | None = None) -> Provenance:
+    """``precision``: :meth:`Precision.provenance_attrs` (default: fp32); ``views``: K views per training image;
+    ``backbone``: default resnet18's penultimate features."""
+    backbone = backbone or Backbone()
+    features = backbone.features()
     return Provenance(
-        backbone=BACKBONE,
-        layer=LAYER,
+        backbone=backbone.name,
+        layer=features.layer,
+        pooling=features.pooling,
         weights_id=weights_id,
         weights_sha256=weights_sha256,
         transform=spec.to_json(),
-        feature_dim=FEATURE_DIM,
+        feature_dim=features.dim,
         tlkit_version=tlkit.__version__,
         torch_version=str(torch.__version__),
         torchvision_version=str(torchvision.__version__),
         created=created,
         data_root=str(data_root.resolve()),
         **(precision or {}),
+        views=views.to_json() if views is not None else "",
     )
 
 
@@ -119,8 +126,18 @@ def _refuse_mix(where: str, theirs: Provenance, ours: Provenance) -> None:
     if diff:
         raise CacheError(
             f"{where} holds features of another feature space ({'; '.join(diff)}); feature spaces never mix: "
-            f"embed into a new file, or rerun with the weights, transform and precision it was made with"
+            f"embed into a new file, or rerun with the backbone, layer, weights, transform, precision and views it was made with"
         )
+
+
+def _view_spec(k: int, augment: str, spec: TransformSpec) -> ViewSpec | None:
+    """The views of ``--views K --augment NAME`` (crops of the transform's size), or None for K = 0."""
+    if not k:
+        return None
+    try:
+        return ViewSpec(k=int(k), augment=augment, size=spec.crop)
+    except ValueError as exc:
+        raise DataError(f"--views {k} --augment {augment}: {exc}") from None
 
 
 def _adopt_calibration(ours: Provenance, theirs: Provenance) -> Provenance:
@@ -139,7 +156,7 @@ def _adopt_calibration(ours: Provenance, theirs: Provenance) -> Provenance:
 def _manifest_provenance(parts_dir: Path) -> Provenance | None:
     try:
         manifest = read_manifest(parts_dir)
-        return None if manifest is None else Provenance(**manifest["provenance"])
+        return None if manifest is None else Provenance.from_attrs(manifest["provenance"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CacheError(f"{parts_dir / PARTS_MANIFEST} is damaged ({exc}); delete {parts_dir} to start over") from None
 
@@ -170,32 +187,57 @@ def embed(
     echo=print,
     precision: str = "fp32",
     fast_decode: bool = False,
+    label_key: str | None = None,
+    split_key: str | None = None,
+    views: int = 0,
+    augment: str = "tutorial",
+    backbone: str | Backbone = "resnet18",
+    layer: str | None = None,
+    allow_slow: bool = False,
 ) -> EmbedResult:
     """Embed every image under ``data_root`` that ``out`` does not hold yet; see module docs.
 
+    ``data_root`` may also be tar shards (a brace pattern or a folder of .tar files; tlkit/data/shards.py):
+    labels from KEY.cls or the JSON field ``label_key``, the split from the shard's name or ``split_key``.
+
     ``fast_decode``: large JPEGs decoded at a reduced DCT scale (:attr:`TransformSpec.jpeg_draft`).
+    ``views`` K > 0: also K views of every training image by augmentation ``augment``
+    (:class:`tlkit.data.views.ViewSpec`), stored in ``/<split>/views``.
+    ``backbone``/``layer``: tlkit.embed.backbones (default: resnet18's penultimate features).
+    ``allow_slow``: run a precision measured several times slower than fp32 on this CPU (else refused).
     """
     start = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     check_output_path(out)
-    index = discover(data_root)
+    index = discover_source(data_root, label_key, split_key)
+    for name in index.ignored:
+        echo(f"note: ignored {name}")
     precision, device = precisions.Precision.parse(precision), precisions.device_for(precision, device)
     torch_device = select_device(device)
     precision.check_device(torch_device)  # a bad --device or --precision fails now, before the weights load
+    # Never silently slower: the precision's cost on this CPU, said (or refused) before any work.
+    speed_note = precisions.check_speed(precision, torch_device, allow_slow)
+    if speed_note:
+        echo(speed_note)
     distribute = get_distributor(backend)
-    chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed)
+    backbone = backbone if isinstance(backbone, Backbone) else Backbone.parse(backbone, layer)
+    backbone.features()  # an unknown layer fails now, with the closest names
+    chosen = weights if isinstance(weights, Weights) else Weights.parse(weights, seed, backbone=backbone.name)
     chosen = chosen.at_precision(precision.name)  # named weights at int8: their published quantized variant
-    loaded = chosen.load()
+    loaded = chosen.load(backbone=backbone.name)
     # int8 from fp32 tensors (random, file) is calibrated: once per cache, then read back from it
     calibrated = precision.name == "int8" and not precisions.is_quantized_state_dict(loaded.state_dict)
-    spec = replace(chosen.transform, jpeg_draft=True) if fast_decode else chosen.transform
+    spec = chosen.transform_for(backbone.name)
+    spec = replace(spec, jpeg_draft=True) if fast_decode else spec
+    view_spec = _view_spec(views, augment, spec)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = EmbedResult(out=out)
 
     with CacheLock(out):
         remove_stale_tmp(out)
         parts_dir = parts_dir_of(out)
-        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, now, precision.provenance_attrs())
+        ours = make_provenance(loaded.id, loaded.sha256, spec, data_root, now, precision.provenance_attrs(), view_spec,
+                               backbone)
 
         cached_paths: set[str] = set()
         cached_classes: list[str] = []
@@ -220,7 +262,7 @@ def embed(
         label_of = {name: i for i, name in enumerate(class_names)}
 
         pending = [
-            WorkItem(file=str(data_root / it.path), path=it.path, split=it.split, label=label_of[it.class_name])
+            WorkItem(file=index.source(it.path), path=it.path, split=it.split, label=label_of[it.class_name])
             for it in index.items
             if it.path not in cached_paths and it.path not in parts.done
         ]
@@ -234,6 +276,7 @@ def embed(
 
         if strict and pending:
             bad = check_files([(it.file, it.path) for it in pending], workers, max_pixels)
+            bad += [(path, why) for path, _, why in index.unreadable]
             if bad:
                 lines = "; ".join(f"{p}: {why}" for p, why in bad[:5])
                 more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
@@ -242,7 +285,8 @@ def embed(
         if calibrated and not ours.int8_calibration:
             # The first run into this cache: calibrate now, before the manifest records it, so an
             # interrupted run resumes with these numbers, and the published cache keeps them.
-            calibration = precisions.calibrate_on_images(loaded.state_dict, data_root, index.items, spec, max_pixels)
+            calibration = precisions.calibrate_on_images(loaded.state_dict, index.source, index.items, spec, max_pixels,
+                                                         backbone)
             ours = replace(ours, **precision.provenance_attrs(calibration))
         calibration = precisions.Int8Calibration.from_json(ours.int8_calibration) if ours.int8_calibration else None
 
@@ -253,16 +297,16 @@ def embed(
         if pending:
             echo(
                 f"embedding {len(pending)} images ({result.already_cached} already cached) with "
-                f"{loaded.id} on {torch_device}, backend {backend}"
+                + ("" if backbone.is_legacy else f"{backbone.name} {ours.layer} ({ours.feature_dim}-d, {ours.pooling} pooling), ")
+                + f"{loaded.id} on {torch_device}, backend {backend}"
                 + (f", precision {precision}" if precision.name != "fp32" else "")
+                + (f", {view_spec.describe()}" if view_spec else "")
             )
-            for note in filter(None, [precisions.speed_warning(precision, torch_device)]):
-                echo(note)
             job = EmbedJob(
                 state_dict=loaded.state_dict, spec=spec, parts_dir=parts_dir, class_names=class_names,
                 batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
                 rows_per_part=rows_per_part, ray=ray or RayOptions(),
-                precision=precision.name, calibration=calibration,
+                precision=precision.name, calibration=calibration, views=view_spec, backbone=backbone,
             )
             with tqdm(total=len(pending), unit="img", desc="embed", disable=None if progress is None else not progress) as bar:
                 try:
@@ -277,7 +321,7 @@ def embed(
 
         sources = ([out] if out.exists() else []) + parts.files
         attrs = ours.to_attrs() | {"updated": now}
-        result.skipped = sorted(set(parts.skipped))
+        result.skipped = sorted(set(parts.skipped) | set(index.unreadable))  # unreadable: a truncated tar's tail
         assemble(out, sources, class_names, attrs, skipped=result.skipped, purpose=f"publish {out}")
         discard_parts(out)
     result.seconds = time.perf_counter() - start

@@ -75,7 +75,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.embed.backbone import FEATURE_DIM, build_backbone, fuse_batchnorm
+from tlkit.embed.backbone import FEATURE_DIM, build_backbone
+from tlkit.embed.backbones import Backbone, Pooled
 from tlkit.errors import TlkitError, WeightsError
 from tlkit.weights import is_quantized_state_dict
 
@@ -130,20 +131,27 @@ class Precision:
                     f"(it has {', '.join(torch.backends.quantized.supported_engines) or 'none'}); use bf16"
                 )
 
-    def build(self, state_dict: dict, device: torch.device, calibration: "Int8Calibration | None" = None) -> nn.Module:
-        """The network the mapper runs at this precision (call it under :meth:`autocast`)."""
+    def build(self, state_dict: dict, device: torch.device, calibration: "Int8Calibration | None" = None,
+              backbone: Backbone | None = None) -> nn.Module:
+        """The network the mapper runs at this precision (call it under :meth:`autocast`).
+
+        ``backbone``: the network and layer (tlkit.embed.backbones); default resnet18's penultimate features.
+        """
         self.check_device(device)
+        backbone = backbone or Backbone()
         if self.name != "int8":
             # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolutions; folding
             # BatchNorm into the convolutions saves a pass over every activation. Autocast casts the
             # fp32 weights per call, so bf16/fp16 share this network with fp32.
-            model = fuse_batchnorm(build_backbone(state_dict))
-            return model.to(device=device, memory_format=torch.channels_last)
+            return backbone.network(state_dict).to(device=device, memory_format=torch.channels_last)
         if is_quantized_state_dict(state_dict):
+            if not backbone.is_legacy:
+                raise PrecisionError(f"published quantized weights exist here for resnet18's default layer only, not {backbone.name} "
+                                     f"{backbone.features().layer}; use --weights random or a state_dict file at int8")
             return build_published_int8(state_dict)
         if calibration is None:
             raise PrecisionError("--precision int8 with these weights needs a calibration (calibrate_int8) and none was given")
-        return build_int8(state_dict, calibration)
+        return build_int8(state_dict, calibration, backbone)
 
     def autocast(self, device: torch.device):
         """The context the forward pass runs in: autocast for bf16/fp16, nothing otherwise."""
@@ -217,8 +225,22 @@ FAST_ON_CPU = {  # flags of which at least one makes the precision fast on a CPU
 }
 
 
+# Time per image relative to fp32 on a CPU without those instructions, measured with `tlkit embed`
+# (ResNet-18, random weights, whole process) on an AVX2-only 2-core AMD EPYC (Zen 3; no AVX-512,
+# bf16 or VNNI), torch 2.14.1 (docs/performance.md#avx2-only-cpus): bf16 ran 4.8 images/s against
+# fp32's 23.8 on 398 photos (emulated bfloat16: about 5x the time); int8 on AVX2 kernels 52.4
+# against 37.6 on 3,980 (0.72x the time: still the fastest choice there). On a CPU with AVX-512
+# BF16 and VNNI (38.6, 62.4 and 94.8 images/s at 3,980 photos): bf16 0.62x, int8 0.41x fp32's time.
+COST_WITHOUT = {"bf16": 5.0, "int8": 0.72}
+COST_WITH = {"bf16": 0.62, "int8": 0.41}
+REFUSE_SLOWER_THAN = 2.0  # a choice measured this many times fp32's time runs only with --allow-slow
+
+
 def speed_warning(precision: "str | Precision", device: torch.device, flags: Iterable[str] | None = None) -> str | None:
-    """One line when ``device`` lacks what makes ``precision`` fast, else None (also when it cannot tell)."""
+    """One line when ``device`` lacks what makes ``precision`` fast: the expected cost and the faster choice.
+
+    None when nothing is missing, and when it cannot tell (no /proc/cpuinfo).
+    """
     name = Precision.parse(precision).name
     device = torch.device(device)
     if device.type == "cuda":
@@ -231,8 +253,26 @@ def speed_warning(precision: "str | Precision", device: torch.device, flags: Ite
     if not flags or flags & set(FAST_ON_CPU[name]):
         return None
     wanted = " or ".join(FAST_ON_CPU[name][:2])
-    slower = "it runs, but may be no faster than fp32" if name == "bf16" else "it runs, but at a fraction of its speed"
-    return f"note: this CPU lacks {wanted}, the instructions that make --precision {name} fast; {slower}"
+    cost, fast = COST_WITHOUT[name], COST_WITH[name]
+    if cost >= 1:
+        return (f"this CPU lacks {wanted}, the instructions that make --precision {name} fast: it is emulated, "
+                f"measured about {cost:.0f}x fp32's time per image on an AVX2-only CPU ({fast:.2f}x with them); "
+                f"--precision int8 (fastest here) or fp32 is faster")
+    return (f"note: this CPU lacks {wanted}: --precision {name} runs on slower kernels, measured {cost:.2f}x fp32's "
+            f"time per image on an AVX2-only CPU ({fast:.2f}x with them); still the fastest choice here")
+
+
+def check_speed(precision: "str | Precision", device: torch.device, allow_slow: bool = False,
+                flags: Iterable[str] | None = None) -> str | None:
+    """Before any work: the note to print, or a one-line :class:`PrecisionError` for a choice measured
+    :data:`REFUSE_SLOWER_THAN` times slower than fp32 on this CPU, unless ``allow_slow`` (``--allow-slow``)."""
+    line = speed_warning(precision, device, flags)
+    name = Precision.parse(precision).name
+    if line is None or torch.device(device).type == "cuda" or COST_WITHOUT.get(name, 0) < REFUSE_SLOWER_THAN:
+        return line
+    if not allow_slow:
+        raise PrecisionError(line + "; pass --allow-slow to run it anyway")
+    return "note: " + line + " (--allow-slow)"
 
 
 # -- int8: calibration, stored, and the network rebuilt from it -----------------------------------------------
@@ -323,11 +363,15 @@ class _FloatPool(nn.Module):
 POOLS = ("float", "int8")  # "int8": the quantized pool of caches written before the float pool
 
 
-def _prepare(state_dict: dict, pool: str):
+def _prepare(state_dict: dict, pool: str, backbone: Backbone | None = None):
     """ResNet-18 with observers inserted (FX graph mode; Conv+BN+ReLU fused by prepare_fx).
 
     ``pool="float"`` leaves the average pool out of the traced network (:class:`_FloatPool` adds it back).
+    Another backbone or layer: the network up to the chosen node (the float pool of
+    :class:`~tlkit.embed.backbones.Pooled` follows it); a graph FX cannot quantize is one line.
     """
+    if backbone is not None and not backbone.is_legacy:
+        return _prepare_other(state_dict, backbone)
     import torch.fx
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -361,12 +405,35 @@ def _activation_observers(prepared) -> list[tuple[str, nn.Module, list[str]]]:
     return list(found.values())
 
 
-def calibrate_int8(state_dict: dict, batches: Iterable[torch.Tensor], sample: str) -> Int8Calibration:
+def _prepare_other(state_dict: dict, backbone: Backbone):
+    import torch.fx
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    body = backbone.body(backbone.model(state_dict))
+    emit, torch.fx.config.do_not_emit_stack_traces = torch.fx.config.do_not_emit_stack_traces, True
+    try:
+        with _quant_engine(), torch.no_grad():
+            return prepare_fx(body, get_default_qconfig_mapping(QUANT_ENGINE), (torch.zeros(1, 3, 224, 224),))
+    except Exception as exc:  # FX cannot trace every model (timm's control flow, some attention blocks)
+        raise PrecisionError(f"--precision int8 cannot quantize {backbone.name} at layer {backbone.features().layer} "
+                             f"({_first_line(exc)}); use fp32 or bf16") from None
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = emit
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def calibrate_int8(state_dict: dict, batches: Iterable[torch.Tensor], sample: str,
+                   backbone: Backbone | None = None) -> Int8Calibration:
     """Run the fp32 network over ``batches`` (transformed images) and keep the activation qparams.
 
     ``sample`` describes the images (e.g. :func:`calibration_sample`'s names) for the record.
     """
-    prepared = _prepare(state_dict, "float")
+    prepared = _prepare(state_dict, "float", backbone)
     seen = 0
     with _quant_engine(), torch.no_grad():  # not inference_mode: the observers update their buffers in place
         for images in batches:
@@ -385,14 +452,14 @@ def calibrate_int8(state_dict: dict, batches: Iterable[torch.Tensor], sample: st
     return Int8Calibration(f"{seen} images: {sample}", tuple(names), tuple(scales), tuple(zero_points), quant_min, quant_max)
 
 
-def build_int8(state_dict: dict, calibration: Int8Calibration) -> nn.Module:
+def build_int8(state_dict: dict, calibration: Int8Calibration, backbone: Backbone | None = None) -> nn.Module:
     """The quantized network, rebuilt from the fp32 weights and a stored calibration (see module docs)."""
     from torch.ao.quantization.observer import FixedQParamsObserver
     from torch.ao.quantization.quantize_fx import convert_fx
 
     if calibration.engine != QUANT_ENGINE:
         raise PrecisionError(f"the int8 calibration is for the {calibration.engine} backend, this tlkit uses {QUANT_ENGINE}")
-    prepared = _prepare(state_dict, calibration.pool)
+    prepared = _prepare(state_dict, calibration.pool, backbone)
     observers = _activation_observers(prepared)
     if tuple(name for name, _, _ in observers) != calibration.observers:
         raise PrecisionError(
@@ -410,6 +477,15 @@ def build_int8(state_dict: dict, calibration: Int8Calibration) -> nn.Module:
             setattr(prepared, alias, fixed)
     with _quant_engine(), torch.no_grad():
         converted = convert_fx(prepared)
+    if backbone is not None and not backbone.is_legacy:
+        network = Pooled(converted, backbone.features().pooling)  # the pool (if any) in float32, as _FloatPool
+        try:
+            with _quant_engine(), torch.no_grad():
+                network(torch.zeros(1, 3, 224, 224))  # an op without a quantized kernel fails here, not mid-embed
+        except Exception as exc:
+            raise PrecisionError(f"--precision int8 cannot run {backbone.name} at layer {backbone.features().layer} "
+                                 f"({_first_line(exc)}); use fp32 or bf16") from None
+        return network
     return _FloatPool(converted) if calibration.pool == "float" else converted
 
 
@@ -424,7 +500,8 @@ def calibration_sample(paths_by_split: dict[str, list[str]], n: int = CALIBRATIO
     return sorted(pool, key=lambda p: hashlib.sha256(p.encode()).hexdigest())[:n]
 
 
-def calibrate_on_images(state_dict: dict, data_root: Path, items: Iterable, spec, max_pixels: int | None) -> Int8Calibration:
+def calibrate_on_images(state_dict: dict, data_root: Path, items: Iterable, spec, max_pixels: int | None,
+                        backbone: Backbone | None = None) -> Int8Calibration:
     """Calibrate on :func:`calibration_sample` of ``items`` (objects with ``.path`` and ``.split``).
 
     Decoded here, in this process, with the cache's transform: 32 images, once per cache.
@@ -436,33 +513,20 @@ def calibrate_on_images(state_dict: dict, data_root: Path, items: Iterable, spec
         by_split.setdefault(item.split, []).append(item.path)
     names = calibration_sample(by_split)
     transform, images, used = spec.build(), [], []
+    source = data_root if callable(data_root) else lambda name: Path(data_root) / name  # DataIndex.source: tar shards
     for name in names:
         try:
-            images.append(transform(spec.load(Path(data_root) / name, max_pixels)))
+            images.append(transform(spec.load(source(name), max_pixels)))
             used.append(name)
         except BadImage:  # skipped as the embedding skips it; the record lists the images used
             continue
     batches = [torch.stack(images)] if images else []
-    return calibrate_int8(state_dict, batches, json.dumps(used))
+    return calibrate_int8(state_dict, batches, json.dumps(used), backbone)
 
 
 def device_for(precision: "str | Precision", device: str) -> str:
     """``--device auto`` for int8 means the CPU (its kernels are CPU kernels); otherwise ``device`` as given."""
     return "cpu" if Precision.parse(precision).name == "int8" and device == "auto" else device
-
-
-def recorded_precision(provenance) -> tuple[Precision, Int8Calibration | None]:
-    """The precision a cache records (a Provenance or its as_dict()), and its int8 calibration if any.
-
-    A cache written before precisions existed records none: it was embedded in fp32.
-    """
-    get = provenance.get if isinstance(provenance, dict) else lambda name, default=None: getattr(provenance, name, default)
-    precision = Precision.parse(str(get("precision", "fp32") or "fp32"))
-    text = get("int8_calibration", "") or ""
-    calibration = Int8Calibration.from_json(text) if text else None
-    if calibration is not None and calibration.sha256 != get("int8_calibration_sha256", ""):
-        raise PrecisionError("the stored int8 calibration does not match its recorded sha256: the cache was altered")
-    return precision, calibration
 
 
 # -- int8 with torchvision's published quantized ImageNet weights ---------------------------------------------

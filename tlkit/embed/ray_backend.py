@@ -61,8 +61,16 @@ ACTOR_NAME = "tlkit-embed"  # actors are named f"{ACTOR_NAME}-{run id}-{slot}" (
 
 
 def split_shards(items: list[WorkItem], n_shards: int) -> list[list[WorkItem]]:
-    """Contiguous, near-equal slices of the items sorted by path: the same input gives the same shards."""
+    """Contiguous, near-equal slices of the items sorted by path: the same input gives the same shards.
+
+    Members of tar shards go one tar file per Ray shard (each actor reads whole files; ``--shards`` does not apply).
+    """
     ordered = sorted(items, key=lambda it: it.path)
+    if ordered and hasattr(ordered[0].file, "shard"):
+        by_tar: dict[str, list[WorkItem]] = {}
+        for it in ordered:
+            by_tar.setdefault(it.file.shard, []).append(it)
+        return list(by_tar.values())
     n = max(1, min(n_shards, len(ordered)))
     bounds = [round(i * len(ordered) / n) for i in range(n + 1)]
     return [ordered[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -127,7 +135,8 @@ class ShardEmbedder:
         # Ray reserves CPUs per actor; use exactly those for the convolutions.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
-        self.mapper = FeatureMapper(ray.get(state[0]), select_device(self.job.device), self.job.precision, self.job.calibration)
+        self.mapper = FeatureMapper(ray.get(state[0]), select_device(self.job.device), self.job.precision, self.job.calibration,
+                                    self.job.backbone)
         try:
             self.board = ray.get_actor(self.board_name)
         except ValueError:  # the board is gone for good: the bar stalls, the embedding goes on
@@ -149,7 +158,7 @@ class ShardEmbedder:
         writer = PartWriter(self.job.parts_dir, self.job.class_names, prefix=prefix, rows_per_part=self.job.rows_per_part)
         stats = run_shard(
             todo, self.mapper, writer, self.job.spec, self.job.batch_size, self.job.workers,
-            self.job.max_pixels, on_progress=self._advance,
+            self.job.max_pixels, on_progress=self._advance, views=self.job.views,
         )
         names = {it.path for it in items}
         return ShardReport(
@@ -180,7 +189,7 @@ class ShardEmbedder:
                 f"Ray node {host} cannot see {self.job.parts_dir / PARTS_MANIFEST}: the cache's folder must be on a "
                 f"filesystem that every node mounts at the same path"
             )
-        if items and not any(os.path.exists(it.file) for it in items[:64]):
+        if items and not any(os.path.exists(getattr(it.file, "shard", it.file)) for it in items[:64]):
             raise DataError(
                 f"Ray node {host} cannot see the images (e.g. {items[0].file}): the data folder must be on a "
                 f"filesystem that every node mounts at the same path"
@@ -332,7 +341,7 @@ def run_ray(job: EmbedJob, items: list[WorkItem], on_progress: Callable[[int], N
         cpus = max(1, job.workers)
         slots = _worker_slots(cpus, gpus)
         # Actors start in Ray's own working folder, maybe on another node: give them absolute paths.
-        absolute = [replace(it, file=os.path.abspath(it.file)) for it in items]
+        absolute = [it if hasattr(it.file, "shard") else replace(it, file=os.path.abspath(it.file)) for it in items]
         shards = split_shards(absolute, job.ray.shards or 2 * slots)
         remote_job = replace(job, state_dict={}, parts_dir=Path(job.parts_dir).resolve())
         # Shipped once: every actor (and every restart) fetches it from the object store.

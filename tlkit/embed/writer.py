@@ -16,7 +16,7 @@ import numpy as np
 from tlkit.cache.parts import LOCAL_PREFIX, next_seq, part_name
 from tlkit.cache.schema import PART_FORMAT, SCHEMA_VERSION
 from tlkit.cache.writer import atomic_h5, write_root_attrs, write_skipped, write_split
-from tlkit.data.splits import ordered_splits
+from tlkit.splits import ordered_splits
 
 
 class PartWriter:
@@ -39,11 +39,14 @@ class PartWriter:
         self._labels: list[int] = []
         self._paths: list[str] = []
         self._splits: list[str] = []
+        self._views: list[np.ndarray | None] = []  # per row: its (K, dim) views, or None
         self._skipped: list[tuple[str, str, str]] = []
         self._last_flush = time.monotonic()
         self._seq = next_seq(self.parts_dir, prefix)
 
-    def add(self, features: np.ndarray, labels, paths, splits) -> None:
+    def add(self, features: np.ndarray, labels, paths, splits, views=None) -> None:
+        """``views``: per row, its (K, dim) views or None (None for all: no views)."""
+        self._views.extend(views if views is not None else [None] * len(paths))
         self._features.append(np.asarray(features, dtype=np.float32))
         self._labels.extend(int(v) for v in labels)
         self._paths.extend(paths)
@@ -57,7 +60,7 @@ class PartWriter:
     def flush(self) -> None:
         if not self._paths and not self._skipped:
             return
-        features = np.concatenate(self._features) if self._features else np.empty((0, 512), np.float32)
+        features = np.concatenate(self._features) if self._features else np.empty((0, 0), np.float32)
         labels = np.asarray(self._labels, dtype=np.int64)
         paths = np.asarray(self._paths, dtype=object)
         splits = np.asarray(self._splits, dtype=object)
@@ -70,11 +73,20 @@ class PartWriter:
             )
             for split in present:
                 rows = splits == split
-                write_split(f, split, features[rows], labels[rows], paths[rows].tolist())
+                write_split(f, split, features[rows], labels[rows], paths[rows].tolist(),
+                            views=_stack_views([v for v, keep in zip(self._views, rows) if keep]))
             write_skipped(f, self._skipped)
         self._seq += 1
         self._features, self._labels, self._paths, self._splits, self._skipped = [], [], [], [], []
+        self._views = []
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
         self.flush()
+
+
+def _stack_views(views: list) -> np.ndarray | None:
+    """One split's rows of views as (N, K, dim); None when its rows have none (a split has views for all or none)."""
+    if not views or all(v is None for v in views):
+        return None
+    return np.stack([np.asarray(v, dtype=np.float32) for v in views])

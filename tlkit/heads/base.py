@@ -43,11 +43,18 @@ class TorchHead(Head):
     def run_details(self) -> dict:
         return {"train": self.train_config().to_dict()}
 
-    def fit(self, X, y, eval_set=None):
-        """Train on (X, y). ``eval_set=(X_val, y_val)`` is evaluated after every epoch (history, best epoch)."""
+    def fit(self, X, y, eval_set=None, views=None):
+        """Train on (X, y). ``eval_set=(X_val, y_val)`` is evaluated after every epoch (history, best epoch).
+
+        ``views`` (n_samples, K, n_features): augmented views of each row (``tlkit embed --views K``); each
+        epoch then trains on one seeded draw of them per row instead of X (:mod:`tlkit.train.views`).
+        """
+        from tlkit.train.views import check_views
+
         self.check_params()
         cfg = self.train_config()
         X, y_index = self._training_data(X, y, np.float32)
+        views = check_views(X, views)
         X_eval, y_eval = self._eval_arrays(eval_set, np.float32)
 
         from tlkit.train.slots import Slot, train_slots
@@ -56,13 +63,13 @@ class TorchHead(Head):
         result = train_slots(  # the one-slot case of the shared loop
             [Slot(cfg.seed, cfg, self._build_module)], X, y_index, n_classes=len(self.classes_),
             eval_set=(X_eval, y_eval) if len(y_eval) else None,
-            on_epoch=None if listener is None else (lambda epoch, records: listener(records[0])),
+            on_epoch=None if listener is None else (lambda epoch, records: listener(records[0])), views=views,
         )
         run = result.runs[0]
         return self._fitted(run.module, run.history, run.seconds, run.best_state, run.best_epoch,
                             run.final_proba, run.best_proba, evaluated=len(y_eval) > 0)
 
-    def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
+    def fit_seeds(self, X, y, seeds, eval_set=None, views=None) -> list:
         """One fitted copy per seed, all seeds trained together as one set of stacked parameters.
 
         Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set)`` (within float
@@ -75,11 +82,13 @@ class TorchHead(Head):
 
         from tlkit.train.config import check_seeds
         from tlkit.train.seeds import NotVectorisable, train_seeds
+        from tlkit.train.views import check_views
 
         seeds = check_seeds(seeds)
         self.check_params()
         template = clone(self)  # validates the data and encodes the labels once, as fit would
         X_train, y_index = template._training_data(X, y, np.float32)
+        views = check_views(X_train, views)
         X_eval, y_eval = template._eval_arrays(eval_set, np.float32)
         cfg = template.train_config()
         listener = epoch_listener(cfg.epochs)
@@ -88,9 +97,10 @@ class TorchHead(Head):
                 template._build_module, X_train, y_index, seeds, cfg, n_classes=len(template.classes_),
                 eval_set=(X_eval, y_eval) if len(y_eval) else None,
                 on_epoch=None if listener is None else (lambda epoch, records: listener(_mean_record(records))),
+                views=views,
             )
         except NotVectorisable:
-            return super().fit_seeds(X, y, seeds, eval_set=eval_set)
+            return super().fit_seeds(X, y, seeds, eval_set=eval_set, views=views)
         heads = []
         for run in result.runs:
             head = clone(self).set_params(seed=run.seed)

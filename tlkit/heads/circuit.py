@@ -6,6 +6,9 @@
     wire 3: ─H─RY(x3)─╰X─────RY(w03)─ ... ─┤ <Z>
                       └── repeated for each row of weights ──┘
 
+``entangling="none"`` is the same circuit without its CNOTs (Bowles et al.'s
+separable ablation, arXiv:2403.07059): :data:`CIRCUITS` names both.
+
 ``inputs`` may carry a leading batch dimension (PennyLane parameter
 broadcasting: one execution for the whole batch).
 """
@@ -32,12 +35,21 @@ def entangling_layer(n_qubits):
         qml.CNOT(wires=[wire, wire + 1])
 
 
-def dressed_circuit(inputs, weights):
+def dressed_circuit(inputs, weights, entangling="chain"):
     """inputs: (..., n_qubits) angles; weights: (depth, n_qubits). Returns <Z> of each qubit."""
     n_qubits = weights.shape[1]
     hadamard_layer(n_qubits)
     ry_layer(inputs, n_qubits)
     for layer_weights in weights:
-        entangling_layer(n_qubits)
+        if entangling == "chain":
+            entangling_layer(n_qubits)
         ry_layer(layer_weights, n_qubits)
     return [qml.expval(qml.PauliZ(wire)) for wire in range(n_qubits)]
+
+
+def separable_circuit(inputs, weights):
+    """The dressed circuit without its CNOTs: every qubit on its own."""
+    return dressed_circuit(inputs, weights, entangling="none")
+
+
+CIRCUITS = {"chain": dressed_circuit, "none": separable_circuit}  # the quantum head's --entangling

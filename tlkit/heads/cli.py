@@ -17,6 +17,7 @@ from tlkit.errors import HeadError
 from tlkit.heads.grid import parse_grid
 from tlkit.heads.registry import HEADS
 from tlkit.train.config import SEEDS_HELP, parse_seeds
+from tlkit.tracking.options import tracking_options
 from tlkit.train.hparams import HParamOption, SectionedCommand, option, stacked
 
 
@@ -77,9 +78,15 @@ _DECORATORS, APPLIES = _head_options()
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share held out for evaluation when the cache has no 'val' split (stratified).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of that hold-out.")
+@click.option("--views", "views", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="Train on the cache's augmented views (embed --views K) when it has them: torch heads draw one "
+                   "view per image per epoch (seeded), the others train on every view as a row; evaluation always "
+                   "uses the centre crops. on: require them; off: ignore them.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
+@tracking_options
 @click.pass_context
-def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fraction, split_seed, progress, **values):
+def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fraction, split_seed, views, progress,
+             log_to, mlflow_uri, **values):
     """Train a classifier head on the cached features and write a run folder.
 
     \b
@@ -118,9 +125,14 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
         tlkit fit-head --head quantum --qdevice lightning.qubit --shots 1000
         tlkit fit-head --head logreg --cache other/feats.h5
         tlkit fit-head --head quantum --grid lr=0.001,0.01,0.1 --grid depth=1,6 --cv 5 --seeds 5
+        tlkit fit-head --head quantum --seeds 5 --log-to tensorboard --log-to mlflow
+        tlkit fit-head --head linear --cache cache/views.h5 --views off
     """
     from tlkit.heads.fit import fit_head as run_fit_head
     from tlkit.heads.fit import summary_table
+    from tlkit.tracking import check_targets, log_run
+
+    log_to = check_targets(log_to)  # an unknown or uninstalled tracker fails before training
 
     seeds = None
     if seeds_spec is not None:
@@ -144,7 +156,7 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
 
     result = run_fit_head(head, cache_path, out, params=params, seeds=seeds, grid=grid, cv=cv,
                           val_fraction=val_fraction, split_seed=split_seed, progress=progress,
-                          echo=lambda msg: click.echo(msg, err=True))
+                          echo=lambda msg: click.echo(msg, err=True), views=views)
     if result.search is not None:
         click.echo(result.search.table())
     click.echo(summary_table(result.metrics))
@@ -154,6 +166,7 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
     said = warning(result.metrics.get("health"), [name for name in APPLIES if head in APPLIES[name]])
     if said:
         click.echo(said, err=True)
+    log_run(result.run_dir, log_to, mlflow_uri, echo=click.echo)  # from the finished files
 
 
 def _flag(ctx, name: str) -> str:

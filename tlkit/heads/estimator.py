@@ -147,11 +147,12 @@ class Head(ClassifierMixin, BaseEstimator):
         """What config.json records about this fit beyond the hyperparameters (settings derived, values chosen)."""
         return {}
 
-    def fit_seeds(self, X, y, seeds, eval_set=None) -> list:
+    def fit_seeds(self, X, y, seeds, eval_set=None, **fit_params) -> list:
         """One fitted copy of this head per seed (in the order given); this head itself is left unfitted.
 
-        Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set)``. Here that is
-        what runs, one seed after another; heads that can do better override this method.
+        Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set, **fit_params)``
+        (``fit_params``: ``views=`` for a head whose fit takes them). Here that is what runs, one seed
+        after another; heads that can do better override this method.
         """
         from sklearn.base import clone
 
@@ -161,7 +162,7 @@ class Head(ClassifierMixin, BaseEstimator):
         self.check_params()
         heads = [clone(self).set_params(seed=seed) for seed in seeds]
         with _reporting_fits_in_a_row(len(heads)):
-            return [head.fit(X, y, eval_set=eval_set) for head in heads]
+            return [head.fit(X, y, eval_set=eval_set, **fit_params) for head in heads]
 
     def evaluate_once(self, eval_set) -> Evaluation | None:
         """The evaluation of a head without epochs: its only fit is both the final and the best one."""

@@ -9,6 +9,7 @@ what differs between heads is in their declarations and classes.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.errors import HeadError
 from tlkit.heads.estimator import reporting_epochs
 from tlkit.heads.registry import get_spec, save_head
 from tlkit.heads.splits import SplitPlan, plan_splits
@@ -51,16 +53,21 @@ def fit_head(
     split_seed: int = 0,
     progress: bool | None = None,
     echo: Callable[[str], None] = lambda msg: None,
+    views: str = "auto",
 ) -> FitResult:
     """Train head ``head`` (a name in :data:`tlkit.heads.registry.HEADS`) with hyperparameters ``params``.
 
     ``seeds``: train one copy per seed (``fit_seeds``) and write a run of many seeds (:mod:`tlkit.runs`);
     ``FitResult.estimator`` is then the list of fitted heads. ``grid`` ({name: [values]}): first choose the
     configuration by ``cv``-fold cross-validation on the training rows only (:mod:`tlkit.heads.sweep`), then
-    fit it as above; the run folder also holds search.csv.
+    fit it as above; the run folder also holds search.csv. ``views``: ``auto`` trains on the cache's
+    augmented views when it has them, ``on`` requires them, ``off`` ignores them (see :func:`training_data`);
+    a ``grid`` search is cross-validated on the centre crops.
     """
     from tlkit.cache import load_cache
 
+    if views not in VIEWS_CHOICES:
+        raise HeadError(f"views must be one of {', '.join(VIEWS_CHOICES)}, got {views!r}")
     spec = get_spec(head)
     estimator = spec.build(params)
     estimator.check_params()  # bad flags (an unknown device...) fail before anything is read
@@ -70,9 +77,13 @@ def fit_head(
 
         grid = check_grid(spec, grid)
     run = RunWriter.plan(out, head)  # so does a finished --out: refused before any time is spent training
-    cache = load_cache(cache_path)
+    cache = load_cache(cache_path, views=views != "off")
     plan = plan_splits(cache, val_fraction=val_fraction, split_seed=split_seed)
+    train, fit_params, views_used = training_data(estimator, plan, cache, views)
     echo(plan.describe())
+    if views_used:
+        echo(f"training on views: {views_used['k']} {views_used['augment']} view(s) per image, {views_used['how']}; "
+             "evaluated on the centre crops")
 
     found = None
     if grid:  # chosen on the training rows alone: the evaluation split is not read until the choice is made
@@ -84,9 +95,9 @@ def fit_head(
 
     y_eval = plan.eval.labels
     with EpochBar(head, progress) as bar, reporting_epochs(bar):
-        train, eval_set = (plan.train.features, plan.train.labels), (plan.eval.features, y_eval)
-        fitted = [estimator.fit(*train, eval_set=eval_set)] if seeds is None else estimator.fit_seeds(
-            *train, seeds, eval_set=eval_set)
+        eval_set = (plan.eval.features, y_eval)
+        fitted = [estimator.fit(*train, eval_set=eval_set, **fit_params)] if seeds is None else estimator.fit_seeds(
+            *train, seeds, eval_set=eval_set, **fit_params)
     evaluations = [h.evaluation_ for h in fitted]
     one_seed = len(fitted) == 1
 
@@ -96,7 +107,7 @@ def fit_head(
 
     run.create()
     weights = save_head(fitted, run)
-    config = run_config(head, fitted, cache, plan, weights)
+    config = run_config(head, fitted, cache, plan, weights, views_used)
     if found is not None:
         config.part.search = found.record()
         run.write_search(found.rows())
@@ -114,11 +125,42 @@ def fit_head(
     )
     if found is not None:
         metrics["search"] = found.rows()
+    if config.details.get("conditions"):  # a quantum head's noise, shots and gradient method, beside its numbers
+        metrics["conditions"] = config.details["conditions"]
     run.finish(metrics)
     return FitResult(run.path, head, fitted[0] if seeds is None else fitted, config, metrics, plan, found)
 
 
-def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[str]) -> RunConfig:
+VIEWS_CHOICES = ("auto", "on", "off")
+
+
+def training_data(estimator, plan: SplitPlan, cache, views: str) -> tuple[tuple, dict, dict | None]:
+    """(X, y), the extra fit arguments, and what config.json records about the views used (None: none).
+
+    A head whose ``fit`` takes ``views`` (the torch heads: one seeded draw per image and epoch; logreg:
+    every view a row, folds grouped by image) gets them as they are; any other head gets every view as a
+    training row of its own (:func:`tlkit.train.views.view_rows`).
+    """
+    from tlkit.train.views import view_rows
+
+    train_views = plan.train.views
+    if views == "on" and train_views is None:
+        raise HeadError(f"--views on, but {cache.path} holds no augmented views of its training images; "
+                        "embed with --views K --augment NAME, or use --views auto/off")
+    if views == "off" or train_views is None:
+        return (plan.train.features, plan.train.labels), {}, None
+    record = cache.provenance.as_dict()["views"]
+    used = {"k": int(record["k"]), "augment": record["augment"], "params": record["params"]}
+    if "views" in inspect.signature(estimator.fit).parameters:
+        per_epoch = hasattr(estimator, "train_config")  # the heads trained in epochs by the shared loop
+        used["how"] = "one seeded draw per image and epoch" if per_epoch else "every view a training row"
+        return (plan.train.features, plan.train.labels), {"views": train_views}, used
+    X_rows, y_rows, _ = view_rows(train_views, plan.train.labels)
+    used["how"] = "every view a training row"
+    return (X_rows, y_rows), {}, used
+
+
+def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[str], views_used: dict | None = None) -> RunConfig:
     estimator = fitted[0]  # a run of many seeds: the first seed's, as model.pt
     return RunConfig(
         kind="head",
@@ -133,7 +175,7 @@ def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[st
             n_features=int(estimator.n_features_in_),
             classes=np.asarray(estimator.classes_).tolist(),
             cache=str(Path(cache.path).resolve()),
-            cache_provenance=cache.provenance.as_dict(),
+            cache_provenance=cache.provenance,
             split_source=plan.source,
             val_fraction=plan.val_fraction,
             split_seed=plan.split_seed,
@@ -142,7 +184,7 @@ def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[st
         ),
         versions=package_versions("numpy", "torch", "scikit-learn", "pennylane"),
         created=now(),
-        details=_details(fitted),
+        details=_details(fitted) | ({"training_views": views_used} if views_used else {}),
     )
 
 

@@ -5,6 +5,10 @@ C is chosen by stratified k-fold cross-validation on the training data only
 in linear-probe practice (DINOv2 / ssl-transfer sweep 1e-6..1e5), then the
 model is refit on all training data at that C. Its hyperparameters (Cs, cv,
 max_iter, seed) are declared in :mod:`tlkit.heads.registry`.
+
+With augmented views (``fit(..., views=...)``, a cache made with ``embed --views K``) every view is a
+training row of its own; the folds keep all views of one image together (``StratifiedGroupKFold``),
+so C is never chosen on views of images the fold trained on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -30,20 +34,29 @@ class LogRegHead(Head, head="logreg"):
     evaluation are the same. ``eval_set`` is only scored, never used to choose C.
     """
 
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, eval_set=None, views=None):
+        """Fit on (X, y); ``views`` (n_samples, K, n_features): train on every view as a row instead of X."""
+        from tlkit.train.views import check_views, view_rows
+
         t0 = time.perf_counter()
         self.check_params()
+        groups = None
+        if views is not None:
+            X, _ = self._training_data(X, y, np.float64)  # checks X and y as without views
+            X, y, groups = view_rows(check_views(X, views), y)
         X, y_index = self._training_data(X, y, np.float64)
-        counts = np.bincount(y_index)
+        counts = np.bincount(y_index if groups is None else y_index[::np.shape(views)[1]])  # images, not rows
         folds = min(int(self.cv), int(counts.min()))
         if folds < 2:
             rare = self.classes_[counts.argmin()]
             raise HeadError(f"class {rare!r} has {counts.min()} training example(s); choosing C by cross-validation needs at least 2 per class")
         self.scaler_ = StandardScaler().fit(X)
+        splitter = (StratifiedKFold(folds, shuffle=True, random_state=self.seed) if groups is None else
+                    list(StratifiedGroupKFold(folds, shuffle=True, random_state=self.seed).split(X, y_index, groups)))
         with one_thread():
             search = LogisticRegressionCV(
                 Cs=list(self.Cs) if np.ndim(self.Cs) else int(self.Cs),
-                cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
+                cv=splitter,
                 scoring="neg_log_loss", solver="lbfgs", max_iter=int(self.max_iter), **_quiet_options(),
             ).fit(self.scaler_.transform(X), self.classes_[y_index])
         self.C_ = float(np.ravel(search.C_)[0])

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.errors import HeadError
+from tlkit.heads.noise import NOISE_HELP
 from tlkit.heads.store import ARRAYS, TORCH_STATE, WeightsFormat
 from tlkit.runs import read_config
 from tlkit.train.config import TrainConfig
@@ -74,7 +75,7 @@ DEFAULT_CS = tuple(np.logspace(-6, 5, 45).tolist())
 
 LINEAR = HeadSpec(
     name="linear", cls="tlkit.heads.linear:LinearHead", title="Linear head",
-    summary="nn.Linear(512, classes) by SGD",
+    summary="nn.Linear(feature_dim, classes) by SGD",
     params=TRAINING, weights=TORCH_STATE,
 )
 
@@ -100,14 +101,17 @@ QUANTUM = HeadSpec(
     params=(
         N_QUBITS,
         HParam("depth", 6, "Entangling + RY layers of the circuit.", min=1),
+        HParam("entangling", "chain", "The CNOTs of each layer: chain (the circuit of Mari et al.) or none (the "
+               "same circuit without them: the separable ablation of Bowles et al.).", choices=("chain", "none")),
+        HParam("noise", None, NOISE_HELP + " (docs/noise.md).", type=str, optional=True, default_text="no noise"),
         HParam("qdevice", "default.qubit",
                "Any installed PennyLane device: default.qubit, lightning.qubit, or a hardware plugin's."),
-        HParam("shots", None, "Measurement shots.", type=int, min=1, optional=True,
-               default_text="analytic expectation values"),
+        HParam("shots", None, "Measurement shots: each <Z> estimated from N sampled bit strings, trained by "
+               "the parameter-shift rule.", type=int, min=1, optional=True, default_text="analytic expectation values"),
         HParam("simulator", "auto",
-               "How the circuit runs. auto: for analytic default.qubit, the same PennyLane circuit replayed as "
-               "batched torch ops (fast, exact); otherwise a PennyLane QNode with parameter broadcasting. "
-               "qnode: always the QNode.",
+               "How the circuit runs. auto: on default.qubit or default.mixed, the same PennyLane circuit replayed "
+               "as batched torch ops (state vectors; density matrices under --noise; sampled under --shots); "
+               "other devices: a PennyLane QNode. qnode: always the QNode (default.mixed under --noise).",
                choices=SIMULATORS, cli_choices=("auto", "torch", "qnode"), aliases=("--qsim",)),
         HParam("q_delta", 0.01, "Circuit weights start as q_delta * N(0, 1).", min=0),
         *TRAINING,

@@ -83,4 +83,5 @@ def check_trainable(plan: SplitPlan, cache: FeatureCache) -> None:
 
 
 def _take(rows: SplitArrays, index: np.ndarray) -> SplitArrays:
-    return SplitArrays(features=rows.features[index], labels=rows.labels[index], paths=rows.paths[index])
+    return SplitArrays(features=rows.features[index], labels=rows.labels[index], paths=rows.paths[index],
+                       views=None if rows.views is None else rows.views[index])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tlkit.data.discovery import find_images
 from tlkit.data.reader import read_batches
 from tlkit.data.transforms import TransformSpec
 from tlkit.device import select_device
-from tlkit.errors import TlkitError, WeightsError
+from tlkit.errors import TlkitError
 from tlkit.metrics import predict_from_proba
 from tlkit.runs import MODEL, HeadPart, RunConfig, read_config
 
@@ -62,37 +63,9 @@ def _spec(value) -> TransformSpec:
         raise TlkitError(f"the run records a transform tlkit cannot rebuild ({exc})") from None
 
 
-def backbone_weights(provenance: dict, weights_path=None):
-    """The exact backbone weights a cache was embedded with, or a one-line error saying how to supply them."""
-    from tlkit.weights import Weights
-
-    weights_id = str(provenance.get("weights_id", ""))
-    expected = provenance.get("weights_sha256")
-    if weights_path is not None:
-        chosen = Weights.parse(str(weights_path)).at_precision(str(provenance.get("precision", "fp32")))
-    else:
-        try:
-            chosen = Weights.from_id(weights_id)
-        except WeightsError:
-            raise WeightsError(f"the run records unknown backbone weights {weights_id!r}; pass --weights PATH") from None
-        if chosen.kind == "file":  # an id names the file, not where it is
-            raise WeightsError(f"the run's features were embedded with the weights file {chosen.name}; "
-                               "pass --weights PATH to that file")
-        if not chosen.known:
-            raise WeightsError(f"the run's backbone weights {weights_id} are not known to this tlkit; "
-                               "pass --weights PATH to a state_dict file of them")
-    loaded = chosen.load()
-    if expected and loaded.sha256 != expected:
-        raise WeightsError(
-            f"the weights {loaded.id} (sha256 {loaded.sha256[:12]}) are not the ones the run's cache was embedded "
-            f"with ({weights_id}, sha256 {expected[:12]}); predictions would be meaningless"
-        )
-    return loaded
-
-
 def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> Predictor:
-    from tlkit.embed.precision import recorded_precision
     from tlkit.embed.mapper import FeatureMapper
+    from tlkit.embed.recorded import recorded_backbone, recorded_precision, recorded_weights
 
     try:
         from tlkit.heads import load_head
@@ -106,7 +79,8 @@ def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> P
     precision, calibration = recorded_precision(provenance)
     if precision.name == "int8":
         device = torch.device("cpu")  # int8 kernels are CPU kernels; the head runs on numpy
-    mapper = FeatureMapper(backbone_weights(provenance, weights_path).state_dict, device, precision, calibration)
+    mapper = FeatureMapper(recorded_weights(provenance, weights_path).state_dict, device, precision, calibration,
+                           recorded_backbone(provenance))
     columns = np.asarray(getattr(head, "classes_", np.arange(len(class_names))), dtype=np.int64)
 
     def predict_proba(images: torch.Tensor) -> np.ndarray:
@@ -116,9 +90,8 @@ def _head_predictor(run_dir: Path, config: RunConfig, device, weights_path) -> P
         proba[:, columns] = partial  # a class the head never saw gets probability 0
         return proba
 
-    at = f" at {precision}" if precision.name != "fp32" else ""
-    return Predictor(run_dir, class_names, _spec(config.part.transform), device, predict_proba,
-                     f"{config.describe_model()} on {config.part.weights_id} features{at}")
+    return Predictor(run_dir, class_names, _spec(provenance.transform), device, predict_proba,
+                     f"{config.describe_model()} on {provenance.describe()} features")
 
 
 def _network_predictor(run_dir: Path, config: RunConfig, device) -> Predictor:
@@ -179,8 +152,10 @@ def predict_images(predictor: Predictor, inputs, *, batch_size: int = 32, worker
     out = Predictions(predictor.class_names, errors=errors)
     chunks, order = [], []
     workers = min(workers, max(len(files) // batch_size, 0), os.cpu_count() or 1)
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        for batch in read_batches(files, predictor.transform, batch_size, workers, max_pixels):
+    # closing: a failing model stops the decoding workers at once, not when the interpreter exits
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar, \
+            closing(read_batches(files, predictor.transform, batch_size, workers, max_pixels)) as batches:
+        for batch in batches:
             if len(batch.indices):
                 chunks.append(predictor.predict_proba(batch.images))
                 order.extend(batch.indices)

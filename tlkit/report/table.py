@@ -30,6 +30,19 @@ COMPARISON_NOTE = (
 )
 
 
+def describe_conditions(conditions: dict | None) -> str:
+    """A run's ``conditions`` (config.json, metrics.json) in a few words, for ``tlkit report``; "-" for none."""
+    if not conditions:
+        return "-"
+    parts = [f"noise {conditions['noise']}" if conditions.get("noise") else "noise-free",
+             f"{conditions['shots']} shots" if conditions.get("shots") else "analytic"]
+    if conditions.get("qdevice") and conditions["qdevice"] != "default.qubit":
+        parts.append(conditions["qdevice"])
+    if conditions.get("trained_under"):
+        parts.append(f"trained {conditions['trained_under']}")
+    return ", ".join(parts)
+
+
 def unique_names(runs: list[Run]) -> list[str]:
     seen: dict[str, int] = defaultdict(int)
     names = []
@@ -61,8 +74,7 @@ def _precision_of(run: Run) -> str | None:
     provenance = getattr(run.config.part, "cache_provenance", None)
     if provenance is None:
         return None
-    name = str(provenance.get("precision") or "fp32")  # caches from before precisions: fp32
-    digest = str(provenance.get("int8_calibration_sha256") or "")
+    name, digest = provenance.precision, provenance.int8_calibration_sha256  # typed: old runs read as fp32
     return f"{name} (calibration {digest[:10]})" if digest else name
 
 
@@ -255,6 +267,7 @@ def build_table(runs: list[Run], baseline=None, compare=()) -> dict:
             "kind": run.config.kind,
             "model": run.config.describe_model(),
             "features": run.config.describe_features() + (f" at {_precision_of(run)}" if _precision_of(run) not in (None, "fp32") else ""),
+            "conditions": describe_conditions(m.get("conditions") or run.config.details.get("conditions")),
             "epochs": len(run.history),
             "final": _block(m["final"]),
             "best": _block(m["best"]),
@@ -321,14 +334,14 @@ def render_markdown(table: dict, figures: dict[str, str] | None = None) -> str:
         "",
         "## Metrics",
         "",
-        "| run | model | features | accuracy (final) | ROC AUC (final) | avg precision (final) | final epoch "
-        "| accuracy (best) | ROC AUC (best) | avg precision (best) | best epoch | training s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | model | features | conditions | accuracy (final) | ROC AUC (final) | avg precision (final) "
+        "| final epoch | accuracy (best) | ROC AUC (best) | avg precision (best) | best epoch | training s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table["runs"]:
         f, b = r["final"], r["best"]
         lines.append(
-            f"| {_name(r)} | {r['model']} | {r['features']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
+            f"| {_name(r)} | {r['model']} | {r['features']} | {r['conditions']} | {_num(f['accuracy'])} | {_num(f['roc_auc'])} "
             f"| {_num(f['average_precision'])} | {_epoch(f['epoch'])} | {_num(b['accuracy'])} | {_num(b['roc_auc'])} "
             f"| {_num(b['average_precision'])} | {_epoch(b['epoch'])} | {_num(r['training_seconds'], 1)} |"
         )

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlkit.signals import loader_batches
 from tlkit.train.config import TrainConfig
 
 
@@ -122,16 +123,17 @@ def train_classifier(
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
         lr = optimizer.param_groups[0]["lr"]
-        for inputs, labels in train_batches(epoch):
-            inputs, labels = inputs.to(device), labels.to(device)
-            optimizer.zero_grad()
-            logits = model(inputs)
-            loss = loss_fn(logits, labels)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+        with loader_batches(train_batches(epoch)) as batches:  # a failure or Ctrl-C mid-epoch stops its workers
+            for inputs, labels in batches:
+                inputs, labels = inputs.to(device), labels.to(device)
+                optimizer.zero_grad()
+                logits = model(inputs)
+                loss = loss_fn(logits, labels)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(labels)
+                correct += (logits.argmax(1) == labels).sum().item()
+                seen += len(labels)
         scheduler.step()
         model.eval()
         val_loss, proba = evaluate(model)

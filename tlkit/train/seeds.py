@@ -70,6 +70,7 @@ def train_seeds(
     device: torch.device | str = "cpu",
     method: str = "auto",
     on_epoch: Callable[[int, list[EpochRecord]], None] | None = None,
+    views: np.ndarray | None = None,
 ) -> SeedsResult:
     """Train one module per seed, all in one vectorised pass; ``cfg.seed`` is ignored.
 
@@ -79,9 +80,11 @@ def train_seeds(
     after every epoch. ``on_epoch(epoch, records)`` gets the 1-based epoch
     and each seed's :class:`EpochRecord`. The global torch RNG is left as it
     was. The loop is :func:`tlkit.train.slots.train_slots`, one slot per seed.
+    ``views`` (n, K, features): each seed trains on its own seeded draw of one
+    view per row and epoch (:mod:`tlkit.train.views`), as its single run would.
     """
     seeds = check_seeds(seeds)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return train_slots([Slot(seed, cfg, build_module) for seed in seeds], X, y, n_classes=n_classes,
-                       eval_set=eval_set, device=device, method=method, on_epoch=on_epoch)
+                       eval_set=eval_set, device=device, method=method, on_epoch=on_epoch, views=views)

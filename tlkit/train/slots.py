@@ -43,6 +43,7 @@ from tlkit.metrics import predict_from_proba
 from tlkit.train.config import TrainConfig
 from tlkit.train.loop import BestEpoch, EpochRecord
 from tlkit.train.optim import SlotOptimizer, step_lr
+from tlkit.train.views import TrainingRows
 
 PER_SLOT = ("lr", "momentum", "weight_decay", "step_size", "gamma", "epochs", "seed")
 SHARED = ("batch_size", "optimizer")
@@ -102,8 +103,12 @@ def train_slots(
     method: str = "auto",
     keep_best: bool = True,
     on_epoch: Callable[[int, list[EpochRecord]], None] | None = None,
+    views: np.ndarray | None = None,
 ) -> SeedsResult:
     """Train every slot in one pass; the global torch RNG is left as it was.
+
+    ``views`` (n, K, features): augmented views of the rows of ``X``; each slot then trains, in each
+    epoch, on one view per row drawn by its own seed (:class:`tlkit.train.views.TrainingRows`).
 
     ``X`` (n, features) float32, ``y`` (n,) class indices; ``eval_set=(X_eval,
     y_eval)`` is evaluated after every epoch, each slot on its ``eval_rows``.
@@ -141,7 +146,9 @@ def train_slots(
         modules = [first, *(build(slot) for slot in slots[1:])]
         stacked = stack(modules, ("single" if len(slots) == 1 else axis) if method == "auto" else method, device)
         loop = _SlotLoop(stacked, slots, device, keep_best)
-        runs = loop.train(torch.from_numpy(X).to(device), torch.from_numpy(y).to(device),
+        features = TrainingRows(torch.from_numpy(X).to(device), None if views is None else
+                                torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)).to(device))
+        runs = loop.train(features, torch.from_numpy(y).to(device),
                           torch.from_numpy(X_eval).to(device), y_eval, on_epoch)
     for module, run in zip(modules, runs):
         module.load_state_dict(run.final_state)
@@ -161,10 +168,6 @@ class _SlotLoop:
         self.gamma = np.array([c.gamma for c in cfgs], dtype=np.float64)
         self.base_lr = np.array([c.lr for c in cfgs], dtype=np.float64)
 
-    def epoch_features(self, features: torch.Tensor, epoch: int) -> torch.Tensor:
-        """The training features of 0-based ``epoch``: the one place a per-epoch view of them would come from."""
-        return features
-
     def train(self, features, labels, eval_features, y_eval: np.ndarray, on_epoch) -> list[SeedRun]:
         slots, stacked, n_slots, B = self.slots, self.stacked, len(self.slots), self.batch_size
         optimizer = SlotOptimizer(stacked.parameters(), self.optimizer_kind, self.base_lr,
@@ -182,7 +185,7 @@ class _SlotLoop:
             optimizer.set_lr(lr)
             training = epoch < self.epochs
             stacked.train()
-            x_epoch = self.epoch_features(features, epoch)
+            take = features.epoch([s.seed for s in slots], epoch)  # (S, b) rows -> features: centre crops or views
             length = int(sizes[training].max())
             uniform = bool(training.all() and (sizes == length).all())
             order = np.zeros((n_slots, length), dtype=np.int64)
@@ -197,7 +200,7 @@ class _SlotLoop:
             for start in range(0, length, B):
                 batch_rows = order_t[:, start:start + B]
                 targets = labels[batch_rows.flatten()].view(batch_rows.shape)
-                inputs = x_epoch[batch_rows.flatten()].view(*batch_rows.shape, -1)  # (S, b, features)
+                inputs = take(batch_rows).view(*batch_rows.shape, -1)  # (S, b, features)
                 optimizer.zero_grad()
                 logits = stacked.forward(inputs)  # (S, b, C)
                 per_row = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")

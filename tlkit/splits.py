@@ -2,8 +2,9 @@
 
 A data root holds split folders (``train``, ``val``, ``test``) or none (its one
 split is then ``all``). Discovery, the cache's attributes and files, merges and
-every listing name the splits in this order. Here, in the data layer, because the
-folder layout defines them; the cache stores what discovery found.
+every listing name the splits in this order. Here, below both the data layer
+(the folder layout defines them) and the cache (which stores what discovery
+found), so that neither imports the other: reading a cache needs no image code.
 """
 
 from __future__ import annotations

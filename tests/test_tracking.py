@@ -1,0 +1,188 @@
+"""--log-to tensorboard|mlflow: what the trackers hold, read back with their own readers, equals the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import assert_invoke_error, invoke
+from heads_data import blobs, write_cache
+from run_helpers import scratch_run
+
+pytest.importorskip("tensorboard")
+pytest.importorskip("mlflow")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    X, y = blobs(24, 2, seed=0)
+    Xv, yv = blobs(12, 2, seed=1)
+    return write_cache(tmp_path_factory.mktemp("track") / "c.h5", {"train": (X, y), "val": (Xv, yv)}, ["ants", "bees"])
+
+
+@pytest.fixture(scope="module")
+def logged_run(cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("track-run") / "run"
+    result = invoke("fit-head", "--head", "quantum", "--cache", cache, "--out", out, "--seeds", "2", "--epochs", "3",
+                    "--no-progress", "--log-to", "tensorboard", "--log-to", "mlflow")
+    assert result.exit_code == 0, result.output
+    assert "logged to TensorBoard" in result.output and "logged to MLflow" in result.output
+    return out
+
+
+def _events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(acc, tag):
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _expected(run: Path):
+    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    return history, metrics
+
+
+def test_tensorboard_events_equal_history_and_metrics(logged_run):
+    history, metrics = _expected(logged_run)
+    acc = _events(logged_run / "tb")
+    f32 = lambda v: float(np.float32(v))  # noqa: E731 (TensorBoard stores scalars as float32)
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert _scalars(acc, key) == [(r["epoch"], f32(r[key])) for r in history]  # the across-seed mean
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):  # what history.json holds per seed
+        for i, seed in enumerate(history[0]["per_seed"]["seed"]):
+            assert _scalars(acc, f"seed_{seed}/{key}") == [(r["epoch"], f32(r["per_seed"][key][i])) for r in history]
+    final_epoch = metrics["final"]["epoch"]
+    assert _scalars(acc, "final/accuracy") == [(final_epoch, f32(metrics["final"]["accuracy"]))]
+    assert _scalars(acc, "seed_1/final/roc_auc") == [(final_epoch, f32(metrics["seeds"][1]["final"]["roc_auc"]))]
+    for key in ("mean", "ci_low", "ci_high"):
+        assert _scalars(acc, f"interval/accuracy/{key}") == [(final_epoch, f32(metrics["summary"]["accuracy"][key]))]
+    boot = metrics["summary"]["images"]["accuracy"]
+    assert _scalars(acc, "interval/images/accuracy/ci_low") == [(final_epoch, f32(boot["ci_low"]))]
+    assert _scalars(acc, "training_seconds") == [(final_epoch, f32(metrics["training_seconds"]))]
+    assert set(acc.Tags()["images"]) == {"figures/evaluation"}
+    (image,) = acc.Images("figures/evaluation")
+    assert image.width == 960 and image.height == 304  # 12 x 3.8 inches at 80 dpi
+    # the hyperparameters, in the HParams plugin's session-start summary
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["head"].string_value == "quantum" and hparams["head_params.lr"].number_value == 0.001
+
+
+def test_mlflow_run_equals_history_and_metrics(logged_run):
+    from mlflow import MlflowClient
+
+    history, metrics = _expected(logged_run)
+    client = MlflowClient(tracking_uri=f"sqlite:///{(logged_run / 'mlruns.db').resolve()}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "tlkit"]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == logged_run.name
+    for key in ("train_loss", "val_acc", "lr"):
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        assert got == [(r["epoch"], float(r[key])) for r in history]  # exact: MLflow keeps float64
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"seed_0/{key}"))
+        if key != "lr":
+            assert got == [(r["epoch"], float(r["per_seed"][key][0])) for r in history]
+    assert run.data.metrics["final/accuracy"] == metrics["final"]["accuracy"]
+    assert run.data.metrics["interval/roc_auc/ci_high"] == metrics["summary"]["roc_auc"]["ci_high"]
+    assert run.data.metrics["best/loss"] == metrics["best"]["loss"]
+    assert run.data.params["head"] == "quantum" and run.data.params["head_params.epochs"] == "3"
+    assert run.data.params["seeds"] == "[0, 1]"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "config.json", "history.json", "figures"} <= artifacts
+    stored = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(logged_run.parent)))
+    assert json.loads(stored.read_text()) == metrics
+
+
+def test_sweep_logs_one_child_run_per_configuration(cache, tmp_path):
+    from mlflow import MlflowClient
+
+    from tlkit.tracking import Tracker
+
+    runs = {}
+    for lr in (0.01, 0.1):
+        out = tmp_path / f"lr-{lr}"
+        assert invoke("fit-head", "--head", "linear", "--cache", cache, "--out", out, "--epochs", "2", "--lr", lr,
+                      "--no-progress").exit_code == 0
+        runs[lr] = out
+    with Tracker(["tensorboard", "mlflow"], tmp_path, sweep="lr-grid", sweep_params={"lr": "[0.01, 0.1]"}) as tracker:
+        for lr, out in runs.items():
+            tracker.child_run(out, {"lr": lr})
+    for lr, out in runs.items():
+        acc = _events(tmp_path / "tb" / out.name)
+        history, metrics = _expected(out)
+        assert _scalars(acc, "val_loss") == [(r["epoch"], float(np.float32(r["val_loss"]))) for r in history]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "tlkit"]
+    every = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in every if r.info.run_name == "lr-grid"]
+    children = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.data.params == {"lr": "[0.01, 0.1]"}
+    assert sorted(float(c.data.params["sweep.lr"]) for c in children) == [0.01, 0.1]
+    for child in children:
+        metrics = _expected(tmp_path / child.info.run_name)[1]
+        assert child.data.metrics["final/accuracy"] == metrics["final"]["accuracy"]
+
+
+def test_train_scratch_logs_to_tensorboard(hymenoptera_small, tmp_path_factory):
+    run = scratch_run(tmp_path_factory, hymenoptera_small, epochs=1, extra=("--log-to", "tensorboard"))
+    history, metrics = _expected(run)
+    acc = _events(run / "tb")
+    assert _scalars(acc, "val_acc") == [(1, float(np.float32(history[0]["val_acc"])))]
+    assert _scalars(acc, "final/roc_auc") == [(1, float(np.float32(metrics["final"]["roc_auc"])))]
+
+
+def test_bad_trackers_are_one_line_before_training(cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert_invoke_error(invoke("fit-head", "--head", "linear", "--cache", cache, "--out", out, "--log-to", "wandb"),
+                        "unknown --log-to 'wandb'")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    assert_invoke_error(invoke("fit-head", "--head", "linear", "--cache", cache, "--out", out, "--log-to", "mlflow"),
+                        "pip install 'tlkit[track]'")
+    assert_invoke_error(invoke("train-scratch", tmp_path, "--log-to", "mlflow"), "tlkit[track]")
+    assert not out.exists()  # refused before anything was trained or written
+
+
+def test_a_grid_run_logs_one_child_per_configuration(cache, tmp_path):
+    """fit-head --grid writes one run whose metrics.json lists every configuration (the sweeps layout)."""
+    from mlflow import MlflowClient
+
+    from tlkit.tracking import log_run
+
+    out = tmp_path / "grid"
+    assert invoke("fit-head", "--head", "linear", "--cache", cache, "--out", out, "--epochs", "2",
+                  "--no-progress").exit_code == 0
+    rows = [{"lr": lr, "fold0": 0.5 + i / 10, "fold1": 0.6, "mean": 0.55 + i / 20, "std": 0.05, "rank": 2 - i,
+             "seconds": 0.1 * (i + 1)} for i, lr in enumerate((0.001, 0.01))]
+    for name, key, value in (("metrics.json", "search", rows),
+                             ("config.json", "search", {"grid": {"lr": [0.001, 0.01]}, "chosen": {"lr": 0.01}})):
+        doc = json.loads((out / name).read_text())
+        doc[key] = value
+        (out / name).write_text(json.dumps(doc))
+    log_run(out, ["tensorboard", "mlflow"])
+    for i, row in enumerate(rows):
+        acc = _events(out / "tb" / "search" / f"{i:02d}-lr={row['lr']}")
+        assert _scalars(acc, "cv/mean") == [(0, float(np.float32(row["mean"])))]
+        assert _scalars(acc, "cv/fold0") == [(0, float(np.float32(row["fold0"])))]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "tlkit"]
+    every = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in every if r.info.run_name == "grid"]
+    children = sorted((r for r in every if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.run_name)
+    assert [c.data.params for c in children] == [{"lr": "0.001"}, {"lr": "0.01"}]
+    assert [c.data.metrics["cv/mean"] for c in children] == [row["mean"] for row in rows]
+    assert [c.data.metrics["cv/rank"] for c in children] == [2.0, 1.0]

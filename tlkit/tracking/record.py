@@ -1,0 +1,182 @@
+"""What a finished run folder says, as the values a tracker logs: read from its files, never from memory.
+
+The trackers log after the run is finished, from ``config.json``, ``history.json`` and
+``metrics.json`` (:func:`tlkit.runs.load_run`), so what TensorBoard or MLflow shows is
+exactly what the run folder holds: ``metrics.json`` stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlkit.runs import CONFIG, HISTORY, METRICS, Run, load_run
+
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+BLOCK_KEYS = ("accuracy", "roc_auc", "average_precision", "loss", "epoch")
+MAX_PARAM_CHARS = 500  # longer values (an int8 calibration, long lists) stay in config.json only
+SKIP_PARAMS = {"per_seed", "skipped", "weights"}
+
+
+@dataclass
+class RunRecord:
+    """One finished run, as tracker values."""
+
+    run: Run
+    params: dict[str, str | int | float | bool]  # flattened config.json
+    epoch_scalars: list[tuple[str, int, float]] = field(default_factory=list)  # (tag, epoch, value)
+    final_scalars: dict[str, float] = field(default_factory=dict)  # tag -> value, logged at final_step
+    final_step: int = 0
+    files: list[Path] = field(default_factory=list)  # run files logged as artifacts
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+
+def flatten(doc: dict, prefix: str = "") -> dict:
+    """Nested config keys as ``a.b.c``; lists as JSON; None as "None"; over-long values dropped."""
+    out = {}
+    for key, value in doc.items():
+        if key in SKIP_PARAMS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+            continue
+        if isinstance(value, (list, tuple)):
+            value = json.dumps(value)
+        elif value is None:
+            value = "None"
+        if isinstance(value, str) and len(value) > MAX_PARAM_CHARS:
+            continue
+        out[name] = value
+    return out
+
+
+def _block(prefix: str, block: dict | None, out: dict) -> None:
+    for key in BLOCK_KEYS:
+        value = (block or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = float(value)
+
+
+def read_record(run_dir) -> RunRecord:
+    """The tracker values of the finished run in ``run_dir`` (a one-line error for anything else)."""
+    run = load_run(run_dir)
+    rec = RunRecord(run=run, params=flatten(run.config.to_json()))
+    for row in run.history:
+        epoch = int(row["epoch"])
+        for key in HISTORY_KEYS:
+            if row.get(key) is not None:
+                rec.epoch_scalars.append((key, epoch, float(row[key])))
+        per_seed = row.get("per_seed") or {}
+        for i, seed in enumerate(per_seed.get("seed", [])):
+            for key in HISTORY_KEYS:
+                if key in per_seed and per_seed[key][i] is not None:
+                    rec.epoch_scalars.append((f"seed_{seed}/{key}", epoch, float(per_seed[key][i])))
+    m = run.metrics
+    _block("final", m.get("final"), rec.final_scalars)
+    _block("best", m.get("best"), rec.final_scalars)
+    for entry in m.get("seeds") or []:
+        _block(f"seed_{entry['seed']}/final", entry.get("final"), rec.final_scalars)
+        _block(f"seed_{entry['seed']}/best", entry.get("best"), rec.final_scalars)
+    rec.final_scalars["training_seconds"] = float(m["training_seconds"])
+    for metric, interval in (m.get("summary") or {}).items():
+        if metric == "images":
+            for name, boot in interval.items():
+                for key in ("estimate", "ci_low", "ci_high"):
+                    if boot.get(key) is not None:
+                        rec.final_scalars[f"interval/images/{name}/{key}"] = float(boot[key])
+            continue
+        for key in ("mean", "std", "ci_low", "ci_high"):
+            if interval.get(key) is not None:
+                rec.final_scalars[f"interval/{metric}/{key}"] = float(interval[key])
+    final_epoch = (m.get("final") or {}).get("epoch")
+    rec.final_step = int(final_epoch) if final_epoch is not None else 0
+    rec.files = [run.path / name for name in (CONFIG, HISTORY, METRICS) if (run.path / name).exists()]
+    return rec
+
+
+@dataclass
+class SearchChild:
+    """One configuration of a sweep (``fit-head --grid``): its settings and cross-validation scores."""
+
+    name: str  # e.g. "03-lr=0.01,depth=6"
+    params: dict
+    scalars: dict[str, float]
+
+
+def search_children(rec: RunRecord) -> list[SearchChild]:
+    """The configurations of a sweep run, from metrics.json's ``search`` rows (none for other runs).
+
+    Each row holds the grid parameters' values (config.json's ``search.grid`` names them), ``fold<k>``
+    scores, ``mean``, ``std``, ``rank`` and ``seconds``.
+    """
+    rows = rec.run.metrics.get("search")
+    grid = (rec.run.config.to_json().get("search") or {}).get("grid") or {}
+    if not isinstance(rows, list):
+        return []
+    children = []
+    for i, row in enumerate(rows):
+        params = {k: row[k] for k in grid if k in row}
+        scalars = {f"cv/{k}": float(v) for k, v in row.items()
+                   if k not in grid and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        label = ",".join(f"{k}={v}" for k, v in params.items())
+        children.append(SearchChild(name=f"{i:02d}-{label}", params=params, scalars=scalars))
+    return children
+
+
+def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
+    """``evaluation.png``: ROC and precision-recall curves and the confusion matrix at the final epoch.
+
+    The loss curves are not drawn: both trackers plot the logged scalars themselves. One small figure
+    at screen resolution, without the report's tight-bounding-box pass (``tlkit report`` draws the
+    full-size ones): rendering is most of what logging costs, and it runs after training.
+    """
+    import numpy as np
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    run = rec.run
+    labels = np.asarray(run.predictions["labels"])
+    proba = np.asarray(run.proba_seeds("final")[0])
+    if proba.shape[1] == 2:  # the positive class, as `tlkit report` draws it; more classes: micro-average
+        targets, scores, what = labels, proba[:, 1], ""
+    else:
+        targets, scores, what = np.eye(proba.shape[1], dtype=np.int64)[labels].ravel(), proba.ravel(), " (micro-average)"
+    fig, (ax_roc, ax_pr, ax_cm) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
+    if len(np.unique(targets)) == 2:
+        fpr, tpr, _ = roc_curve(targets, scores)
+        ax_roc.plot(fpr, tpr, label=f"AUC {auc(fpr, tpr):.3f}")
+        precision, recall, _ = precision_recall_curve(targets, scores)
+        ax_pr.step(recall, precision, where="post", label=f"AP {average_precision_score(targets, scores):.3f}")
+    ax_roc.plot([0, 1], [0, 1], ":", color="grey")
+    ax_roc.set(title=f"ROC{what}", xlabel="false positive rate", ylabel="true positive rate")
+    ax_pr.set(title=f"precision-recall{what}", xlabel="recall", ylabel="precision")
+    for ax in (ax_roc, ax_pr):
+        ax.legend(loc="lower right")
+    block = run.metrics["final"]
+    matrix = np.asarray(block["confusion_matrix"], dtype=float)
+    ax_cm.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax_cm.text(j, i, f"{value:g}", ha="center", va="center")
+    names = run.config.class_names
+    ax_cm.set(title=f"confusion, final: accuracy {block['accuracy']:.3f}", xlabel="predicted", ylabel="true",
+              xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names)
+    fig.suptitle(f"{rec.name} (first seed's curves)" if run.seeds and len(run.seeds) > 1 else rec.name)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.82, wspace=0.3)
+    path = folder / "evaluation.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
+def figures_folder() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="tlkit-figures-")

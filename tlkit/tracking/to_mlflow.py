@@ -1,0 +1,133 @@
+"""MLflow: one run per run folder, a sweep as a parent run with one child per configuration.
+
+The store is ``sqlite:///LOG_DIR/mlruns.db`` (MLflow's own default kind since 3.7: no server)
+unless ``--mlflow-uri`` names another; artifacts (config.json, history.json, metrics.json and
+the figures) go to ``LOG_DIR/mlartifacts/`` for a new experiment. Everything goes through
+``MlflowClient`` in batches, so no global MLflow state is touched.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tlkit.extras import require
+from tlkit.tracking.record import RunRecord
+
+DB = "mlruns.db"
+ARTIFACTS = "mlartifacts"
+EXPERIMENT = "tlkit"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def default_uri(log_dir: Path) -> str:
+    return f"sqlite:///{Path(log_dir).resolve() / DB}"
+
+
+def _template_db(version: str) -> Path:
+    """An empty MLflow sqlite store at this MLflow's schema, made once per MLflow version.
+
+    Why: MLflow creates a new sqlite store by running every schema migration (alembic), which took
+    seconds, many times a small head's training time; a copy of a migrated empty file is instant,
+    and MLflow then only checks that its schema revision is the current one.
+    """
+    import os
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlkit"
+    template = cache / f"mlflow-{version}-empty.db"
+    if not template.exists():
+        from mlflow import MlflowClient
+
+        from tlkit.atomic import atomic_path
+
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(template) as tmp:
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # creates and migrates the tables
+    return template
+
+
+def _new_store(uri: str) -> None:
+    """Start a new sqlite store from the migrated template (see :func:`_template_db`); other stores as they are."""
+    import shutil
+
+    import mlflow
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists() or not path.parent.is_dir():
+        return
+    try:
+        shutil.copyfile(_template_db(mlflow.__version__), path)
+    except OSError:  # no writable cache folder: MLflow migrates the new file itself
+        return
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+class MlflowLog:
+    def __init__(self, log_dir: Path, uri: str | None = None, experiment: str = EXPERIMENT):
+        require("mlflow", "track", "--log-to mlflow")
+        import logging
+
+        from mlflow import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." is not news to a user
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        self.uri = uri or default_uri(log_dir)
+        _new_store(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=(Path(log_dir).resolve() / ARTIFACTS).as_uri())
+
+    def start_parent(self, name: str, params: dict) -> str:
+        """A parent run for a sweep; its children are logged with :meth:`log` (``parent=`` its id)."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"tlkit.kind": "sweep"})
+        self._batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def log(self, rec: RunRecord, extra_params: dict | None = None, parent: str | None = None, figures=()) -> str:
+        tags = {"tlkit.run_dir": str(rec.run.path.resolve()), "tlkit.kind": rec.run.config.kind}
+        if parent:
+            tags[PARENT_TAG] = parent
+        run_id = self.client.create_run(self.experiment_id, run_name=rec.name, tags=tags).info.run_id
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(tag, value, now, step) for tag, step, value in rec.epoch_scalars]
+        metrics += [Metric(tag, value, now, rec.final_step) for tag, value in rec.final_scalars.items()]
+        self._batch(run_id, params={**rec.params, **(extra_params or {})}, metrics=metrics)
+        for path in rec.files:
+            self.client.log_artifact(run_id, str(path))
+        for path in figures:
+            self.client.log_artifact(run_id, str(path), "figures")
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def log_child(self, name: str, params: dict, scalars: dict[str, float], parent: str) -> str:
+        """One configuration of a sweep as a child run of ``parent``: its settings and scores."""
+        from mlflow.entities import Metric
+
+        tags = {PARENT_TAG: parent, "tlkit.kind": "sweep-configuration"}
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        self._batch(run_id, params=params, metrics=[Metric(k, v, now, 0) for k, v in scalars.items()])
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def _batch(self, run_id: str, params: dict | None = None, metrics: list | None = None) -> None:
+        from mlflow.entities import Param
+
+        # MLflow's limits per log_batch call: 100 params, 1000 metrics
+        for chunk in _chunks([Param(k, str(v)) for k, v in (params or {}).items()], 100):
+            self.client.log_batch(run_id, params=chunk)
+        for chunk in _chunks(metrics or [], 1000):
+            self.client.log_batch(run_id, metrics=chunk)
