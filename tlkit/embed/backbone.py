@@ -15,21 +15,31 @@ FEATURE_DIM = 512
 def build_backbone(state_dict: dict) -> nn.Module:
     """ResNet-18 with ``fc`` replaced by identity, weights loaded, frozen, in eval mode."""
     model = torchvision.models.resnet18(weights=None)
-    # The fc layer is dropped anyway, so a state_dict with another head (or none) is fine.
-    body = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    load_body(model, state_dict, "ResNet-18")
     model.fc = nn.Identity()
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def load_body(model: nn.Module, state_dict: dict, name: str) -> None:
+    """Load ``state_dict`` into ``model``, every key but its classifier's (the last ``nn.Linear``).
+
+    The classifier is dropped anyway, so a state_dict with another head (or none) is fine.
+    """
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head = linears[-1] + "." if linears else "\0"
+    body = {k: v for k, v in state_dict.items() if not k.startswith(head)}  # another class count must not clash
     missing, unexpected = model.load_state_dict(body, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})")
-        raise WeightsError("weights are not a ResNet-18 state_dict: " + ", ".join(parts))
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
+        raise WeightsError(f"weights are not a {name} state_dict: " + ", ".join(parts))
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:

@@ -32,6 +32,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from tlkit.embed.backbone import load_body
 from tlkit.errors import TlkitError
 from tlkit.weights import TIMM_PREFIX, architecture, default_transform, timm_module
 
@@ -106,7 +107,7 @@ class Backbone:
         """The whole classification model in eval mode, frozen; ``state_dict`` loaded (None: as initialised)."""
         model = architecture(self.name)
         if state_dict is not None:
-            _load(model, state_dict, self.name)
+            load_body(model, state_dict, self.name)
         model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
@@ -214,28 +215,6 @@ def _fused(module: nn.Module) -> nn.Module:
         return fuse(module.eval())
     except Exception:  # a graph fx cannot re-trace: unfused is the same function, only slower
         return module
-
-
-def _load(model: nn.Module, state_dict: dict, name: str) -> None:
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    # a state dict with another classifier (or none) is fine: the head is never used
-    head = _head_prefixes(model)
-    missing = [k for k in missing if not k.startswith(head)]
-    unexpected = [k for k in unexpected if not k.startswith(head)]
-    if missing or unexpected:
-        from tlkit.errors import WeightsError
-
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})")
-        raise WeightsError(f"weights are not a {name} state_dict: " + ", ".join(parts))
-
-
-def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return (linears[-1] + ".",) if linears else ("\0",)
 
 
 def _probe_input(device="meta") -> torch.Tensor:
