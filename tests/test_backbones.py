@@ -114,6 +114,21 @@ def test_resnet18_default_is_the_network_tlkit_always_ran(photos, tmp_path):
         assert torch.equal(Backbone().network(state)(images), fuse_batchnorm(build_backbone(state))(images))
 
 
+def test_a_state_dict_trained_for_another_class_count_loads_into_any_backbone():
+    """Its classifier (the last nn.Linear) is dropped before loading: a size clash there is no error; the body is loaded."""
+    import torchvision
+
+    from tlkit.errors import WeightsError
+
+    for name in ("resnet18", "mobilenet_v3_small"):
+        trained = torchvision.models.get_model(name, num_classes=2).state_dict()
+        model = Backbone.parse(name).model(trained)
+        body = {k: v for k, v in model.state_dict().items() if not k.startswith(("fc.", "classifier.3."))}
+        assert all(torch.equal(v, trained[k]) for k, v in body.items())
+    with pytest.raises(WeightsError, match="missing"):
+        Backbone.parse("resnet18").model({"fc.weight": torch.zeros(2, 512)})
+
+
 # -- old caches ---------------------------------------------------------------------------------------------
 
 
