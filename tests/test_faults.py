@@ -72,6 +72,17 @@ class Running:
         for reader in self._readers:
             reader.start()
 
+    def kill_main_after_parts(self, out: Path, parts: int = 2, delay: float = 0.0) -> list[psutil.Process]:
+        """Once ``out`` has ``parts`` part files and workers run, SIGKILL the main process alone, as the OOM
+        killer does (after ``delay`` s); returns its decoding workers, for :func:`assert_gone`."""
+        self.wait_until(lambda: len(part_files(out)) >= parts and self.children(), "part files")
+        time.sleep(delay)
+        workers = self.children()
+        assert workers, "the decoding workers should be running"
+        os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait()
+        return workers
+
     @staticmethod
     def _read(stream, into: list[str]) -> None:
         for line in stream:
@@ -197,12 +208,7 @@ def test_kill_9_of_embed_then_an_immediate_rerun_resumes(hymenoptera_small, refe
     first = Running(*args)
     rerun = None
     try:
-        first.wait_until(lambda: len(part_files(out)) >= parts_before_kill and first.children(), "part files")
-        time.sleep(delay)
-        workers = first.children()
-        assert workers, "the decoding workers should be running"
-        os.kill(first.pid, signal.SIGKILL)  # the main process alone, as the OOM killer does
-        first.proc.wait()
+        workers = first.kill_main_after_parts(out, parts_before_kill, delay)
         rerun = Running(*args)  # at once: no sleep, the lock must be free already
         assert_gone(workers)  # they died with their parent, and burn no CPU
     finally:

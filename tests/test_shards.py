@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 
 from cli_helpers import assert_invoke_error, invoke
 from shards_data import sample_key, write_shards
-from test_faults import Running, assert_gone, part_files, temporary_files
+from test_faults import Running, assert_gone, temporary_files
 from tlkit.cache import load_cache
 from tlkit.embed import embed
 
@@ -111,10 +108,7 @@ def test_kill_9_and_resume_on_shards_equals_an_uninterrupted_run(shards, tmp_pat
     args = ("embed", pattern, out, *ARGS, "--workers", "1", "--batch-size", "2", "--checkpoint-every", "4")
     first = Running(*args)
     try:
-        first.wait_until(lambda: len(part_files(out)) >= 2 and first.children(), "part files")
-        workers = first.children()
-        os.kill(first.pid, signal.SIGKILL)  # the main process alone
-        first.proc.wait()
+        workers = first.kill_main_after_parts(out)
         rerun = Running(*args)
         assert_gone(workers)
         rc, _, err = rerun.finish()

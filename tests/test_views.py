@@ -7,10 +7,7 @@ K = 2 views; the head tests use synthetic features.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import time
 
 import h5py
 import numpy as np
@@ -137,10 +134,7 @@ def test_kill_9_with_resume_gives_identical_views(hymenoptera_small, views_cache
             "--workers", "1", *EMBED)
     first = Running(*args)
     try:
-        first.wait_until(lambda: len(part_files(out)) >= 2 and first.children(), "part files")
-        workers = first.children()
-        os.kill(first.pid, signal.SIGKILL)  # the main process alone
-        first.proc.wait()
+        workers = first.kill_main_after_parts(out)
         assert_gone(workers)
     finally:
         first.finish()
