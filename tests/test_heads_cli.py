@@ -279,3 +279,17 @@ def test_installed_command_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: cache {tmp_path / 'missing.h5'} does not exist; create it with "
                                                 f"`tlkit embed DATA_DIR {tmp_path / 'missing.h5'}`"]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [(("--shots", 0), "'--shots': 0 is not in the range x>=1"),
+                                            (("--cv", 1), "'--cv': 1 is not in the range x>=2"),
+                                            (("--bogus",), "No such option '--bogus'"),
+                                            (("--head", "qantum"), "'--head'")])
+def test_usage_errors_are_one_line_too(args, fragment, tmp_path):
+    """click's usage errors (a value out of its declared range, an unknown option) come as one line, exit 2."""
+    result = run_cli("--cache", _two_class(tmp_path), "--out", tmp_path / "run", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and fragment in result.stderr
+    assert result.stderr.rstrip().endswith(" fit-head --help`)")  # where to read the valid values
+    assert "Usage:" not in result.output and not (tmp_path / "run").exists()

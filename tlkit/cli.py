@@ -21,6 +21,8 @@ class TlkitGroup(LazyGroup):
 
     Its subcommands are the table of :mod:`tlkit.commands`, each imported when it is used.
 
+    A usage error (an unknown option, a value out of its range) is one line too, with click's exit status 2.
+
     SIGTERM and SIGHUP (schedulers, a closed terminal) are handled like Ctrl-C in
     every command (:mod:`tlkit.signals`); the exit status is 128 + the signal.
     """
@@ -32,6 +34,11 @@ class TlkitGroup(LazyGroup):
         try:
             with termination_as_interrupt():
                 return super().invoke(ctx)
+        except click.UsageError as exc:
+            # click's own form is four lines (usage, hint, blank, error); bad input gets one here, as everywhere
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+            sys.exit(exc.exit_code)
         except TlkitError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
