@@ -16,6 +16,7 @@ from cli_helpers import assert_invoke_error, invoke
 from heads_data import blobs, write_cache
 from test_faults import Running
 from tlkit.heads import BottleneckHead, HeadError, LinearHead, MLPHead, QuantumHead, SVCHead, load_head, search
+from tlkit.heads.registry import HEADS, get_spec
 from tlkit.runs import load_run
 
 
@@ -183,7 +184,50 @@ def test_svc_scores_rows_by_its_decision_function(data):
     assert list(head.predict(X)) == list(np.where(decision > 0, head.classes_[1], head.classes_[0]))
 
 
-@pytest.mark.parametrize("head, flags", [("svc", ("--C", "2")), ("mlp", ("--max-epochs", "15"))])
+@pytest.mark.parametrize("name", ["svc", "mlp", "linear"])
+def test_a_head_that_says_its_seed_changes_nothing_fits_the_same_model_with_any_seed(name, data):
+    """``seed_changes_fit`` False lets --seeds and a sweep fit a head once for all seeds: that must be true of
+    svc (libsvm draws nothing), and must not be claimed by a head whose seed moves its result."""
+    X, y = data
+    head = get_spec(name).build({"epochs": 2} if name == "linear" else {})
+    a, b = clone(head).set_params(seed=0).fit(X, y), clone(head).set_params(seed=9).fit(X, y)
+    assert np.array_equal(a.predict_proba(X), b.predict_proba(X)) == (not head.seed_changes_fit)
+    assert [n for n in HEADS if not get_spec(n).load_class().seed_changes_fit] == ["svc"]
+
+
+def test_a_seed_free_head_is_fitted_once_for_all_seeds_and_equals_separate_fits(data, monkeypatch):
+    X, y = data
+    fit, fitted_seeds = SVCHead.fit, []
+
+    def counted(self, *args, **kwargs):
+        fitted_seeds.append(self.seed)
+        return fit(self, *args, **kwargs)
+
+    expected = separate_fold_scores(SVCHead(), X, y, [{"C": 0.1}, {"C": 10.0}], 3, [0, 4])
+    monkeypatch.setattr(SVCHead, "fit", counted)
+    heads = SVCHead(C=2.0).fit_seeds(X, y, [3, 1, 8], eval_set=(X, y))
+    assert fitted_seeds == [3] and [h.seed for h in heads] == [3, 1, 8]
+    for head in heads:
+        alone = fit(SVCHead(C=2.0, seed=head.seed), X, y, eval_set=(X, y))
+        np.testing.assert_array_equal(head.predict_proba(X), alone.predict_proba(X))
+        np.testing.assert_array_equal(head.evaluation_.final_proba, alone.evaluation_.final_proba)
+    assert heads[0].pipeline_ is not heads[1].pipeline_  # copies, not one object under three names
+    fitted_seeds.clear()
+    result = search(SVCHead(), X, y, {"C": [0.1, 10.0]}, cv=3, seeds=[0, 4])
+    assert fitted_seeds == [0] * (2 * 3)  # once per configuration and fold, not once per seed
+    np.testing.assert_array_equal(result.scores, expected)
+
+
+def test_mlp_stops_at_its_solvers_iteration_cap_unless_given_one():
+    X, y = blobs(200, 2, seed=1, noise=6.0)
+    details = lambda **params: MLPHead(**params).fit(X, y).run_details()["mlp"]  # noqa: E731
+    default = details()  # L-BFGS, at most 50 iterations (it may settle sooner)
+    assert default["max_iter"] == 50 and 1 <= default["n_iter"] <= 50
+    assert details(solver="adam")["max_iter"] == 200 and details(solver="adam", max_epochs=7)["n_iter"] == 7
+    assert details(max_epochs=3) == {"n_iter": 3, "max_iter": 3}
+
+
+@pytest.mark.parametrize("head, flags", [("svc", ("--C", "2")), ("mlp", ("--solver", "adam", "--max-epochs", "15"))])
 def test_svc_and_mlp_killed_write_nothing_and_the_rerun_equals_a_clean_run(head, flags, tmp_path):
     X, y = blobs(700, 2, seed=1, noise=6.0)  # a fit of about a second
     X_val, y_val = blobs(50, 2, seed=2, noise=6.0)

@@ -102,6 +102,20 @@ def _reporting_fits_in_a_row(n_fits: int):
         yield
 
 
+def _copies_for_seeds(fitted, seeds: list[int]) -> list:
+    """A seed-free head's one fit as every seed's fitted head: a copy per seed with that seed set, each with
+    its share of the training seconds (as the torch heads' shared pass reports them)."""
+    import copy
+
+    share = fitted.training_seconds_ / len(seeds)
+    heads = []
+    for seed in seeds:
+        head = copy.deepcopy(fitted).set_params(seed=seed)
+        head.training_seconds_ = share
+        heads.append(head)
+    return heads
+
+
 def _declared_init(params) -> Callable:
     """``__init__(self, *, <each declared hyperparameter>=<its default>)``, storing each one verbatim."""
     signature = inspect.Signature(
@@ -126,6 +140,11 @@ class Head(ClassifierMixin, BaseEstimator):
     """Base class of every head (see the module docstring)."""
 
     spec: ClassVar = None  # its HeadSpec in tlkit.heads.registry
+    # Whether ``seed`` can change what ``fit`` learns. A head whose fit is the same whatever its seed (svc:
+    # libsvm without probability estimates draws nothing) sets it False: fit_seeds and cross_validate then
+    # fit each configuration and fold once and give that fit to every seed instead of repeating it.
+    # tests/test_sweeps.py checks the claim against separate fits with other seeds.
+    seed_changes_fit: ClassVar[bool] = True
 
     def __init_subclass__(cls, head: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -152,7 +171,8 @@ class Head(ClassifierMixin, BaseEstimator):
 
         Each copy equals ``clone(self).set_params(seed=s).fit(X, y, eval_set=eval_set, **fit_params)``
         (``fit_params``: ``views=`` for a head whose fit takes them). Here that is what runs, one seed
-        after another; heads that can do better override this method.
+        after another (once for a head whose seed changes nothing, ``seed_changes_fit`` False); heads that
+        can do better override this method.
         """
         from sklearn.base import clone
 
@@ -161,6 +181,8 @@ class Head(ClassifierMixin, BaseEstimator):
         seeds = check_seeds(seeds)
         self.check_params()
         heads = [clone(self).set_params(seed=seed) for seed in seeds]
+        if not self.seed_changes_fit:  # one fit is every seed's: copies of it, each with its own seed
+            return _copies_for_seeds(heads[0].fit(X, y, eval_set=eval_set, **fit_params), seeds)
         with _reporting_fits_in_a_row(len(heads)):
             return [head.fit(X, y, eval_set=eval_set, **fit_params) for head in heads]
 
@@ -187,14 +209,17 @@ class Head(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         scores = np.zeros((len(configs), len(folds), len(seeds)))
         seconds = np.zeros(len(configs))
-        with _reporting_fits_in_a_row(scores.size):
+        fitted_seeds = seeds if self.seed_changes_fit else seeds[:1]  # a seed-free head: one fit for all seeds
+        with _reporting_fits_in_a_row(len(configs) * len(folds) * len(fitted_seeds)):
             for c, params in enumerate(configs):
                 t0 = time.perf_counter()
                 for k, (train, test) in enumerate(folds):
-                    for j, seed in enumerate(seeds):
+                    for j, seed in enumerate(fitted_seeds):
                         head = clone(self).set_params(**params, seed=seed).fit(X[train], y[train])
                         scores[c, k, j] = float((head.predict(X[test]) == y[test]).mean())
                 seconds[c] = time.perf_counter() - t0
+        if not self.seed_changes_fit:
+            scores[:, :, 1:] = scores[:, :, :1]
         return scores, seconds
 
     def predict(self, X) -> np.ndarray:

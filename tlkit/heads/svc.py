@@ -26,6 +26,10 @@ _FITTED = ("support_", "support_vectors_", "_n_support", "dual_coef_", "_dual_co
 class SVCHead(PipelineHead, head="svc"):
     """StandardScaler + RBF SVC; ``decision_function`` gives the raw decision values."""
 
+    # libsvm draws nothing without Platt scaling (SVC's random_state only seeds probability=True, unused
+    # here): every seed fits the same model, so --seeds and a sweep fit it once (Head.seed_changes_fit).
+    seed_changes_fit = False
+
     def _classifier(self):
         return SVC(kernel="rbf", C=float(self.C), gamma="scale" if self.gamma is None else float(self.gamma),
                    random_state=int(self.seed))
