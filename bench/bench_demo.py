@@ -22,7 +22,7 @@ embedded with ``--weights random`` serves. Prints the CPU and its vector flags; 
 the total ratio misses the target.
 
 ``--mlp-defaults`` then runs the demo's mlp protocol (its alpha grid, folds and seeds) in this process with
-the mlp's defaults before this budget was set (Adam, 200 epochs) and today's (L-BFGS, at most 50
+the mlp's defaults before this budget was set (Adam, 200 epochs) and today's (L-BFGS, at most 30
 iterations): the accuracy on the evaluation split and the seconds of each, so the cheaper default is seen
 to keep the result.
 """
@@ -96,7 +96,7 @@ def ensure_cache(args, scratch: Path) -> Path:
 
 
 def report_mlp_defaults(cache: Path, seeds: int, cv: int, alphas: list[float]) -> None:
-    """The mlp's old defaults (Adam, 200 epochs) against today's (L-BFGS, at most 50 iterations), as the demo
+    """The mlp's old defaults (Adam, 200 epochs) against today's (L-BFGS, at most 30 iterations), as the demo
     uses them: the alpha grid cross-validated on the train split, then refitted for every seed; the
     evaluation accuracy (mean over the seeds) and the seconds of the search and the refit."""
     import numpy as np
@@ -110,7 +110,7 @@ def report_mlp_defaults(cache: Path, seeds: int, cv: int, alphas: list[float]) -
           f"{len(y_val)} evaluation rows")
     print(f"{'':<32}{'search s':>9}{'refit s':>9}  chosen       eval accuracy (mean ± sd over seeds)")
     for label, params in (("before: adam, 200 epochs", {"solver": "adam", "max_epochs": 200}),
-                          ("now: lbfgs, at most 50 iterations", {})):
+                          ("now: lbfgs, at most 30 iterations", {})):
         t0 = time.perf_counter()
         found = search(MLPHead(**params), X, y, {"alpha": alphas}, cv=cv, seeds=range(seeds))
         t1 = time.perf_counter()

@@ -4,7 +4,7 @@ Bowles et al.'s other classical baseline. Its width (``hidden``), L2
 penalty (``alpha``), optimizer (``solver``) and learning rate are
 hyperparameters (``--grid hidden=10,100,1000``); ``seed`` seeds its
 initialisation (and Adam's batch order). The default solver is L-BFGS
-with at most 50 iterations, scikit-learn's advice for training sets of a
+with at most 30 iterations, scikit-learn's advice for training sets of a
 few thousand rows or fewer: on hymenoptera's 245 and on digits it scores
 as Adam's 200 epochs do, or better, at a fraction of their cost
 (docs/heads.md, "What make demo costs"); ``solver="adam"`` trains by

@@ -145,14 +145,14 @@ SVC = HeadSpec(
     weights=ARRAYS,
 )
 _LR = next(p for p in TRAINING if p.name == "lr")
-MLP_MAX_EPOCHS = {"lbfgs": 50, "adam": 200}  # the mlp's max_epochs when none is given, by solver
+MLP_MAX_EPOCHS = {"lbfgs": 30, "adam": 200}  # the mlp's max_epochs when none is given, by solver
 MLP = HeadSpec(
     name="mlp", cls="tlkit.heads.mlp:MLPHead", title="Multi-layer perceptron",
     summary="scikit-learn MLPClassifier (one ReLU hidden layer, L-BFGS or Adam) on standardized features (a baseline)",
     params=(
         HParam("hidden", 100, "Width of the hidden layer.", min=1),
         HParam("alpha", 1e-4, "L2 penalty of the MLP.", min=0),
-        # lbfgs within 50 iterations: scikit-learn's advice for small training sets (a few thousand rows); on
+        # lbfgs within 30 iterations: scikit-learn's advice for small training sets (a few thousand rows); on
         # hymenoptera and on digits it scores as Adam's 200 epochs do, or better, in a fraction of the time
         # (docs/heads.md, "What make demo costs"). Adam keeps scikit-learn's 200 epochs.
         HParam("solver", "lbfgs", "MLP weight optimizer: lbfgs (full-batch quasi-Newton, for small training "
