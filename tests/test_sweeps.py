@@ -7,6 +7,7 @@ import csv
 import json
 import signal
 
+import h5py
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -15,6 +16,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from cli_helpers import assert_invoke_error, invoke
 from heads_data import blobs, write_cache
 from test_faults import Running
+from tlkit.data.views import ViewSpec
 from tlkit.heads import BottleneckHead, HeadError, LinearHead, MLPHead, QuantumHead, SVCHead, load_head, search
 from tlkit.heads.logreg import LogRegHead
 from tlkit.runs import load_run
@@ -318,3 +320,44 @@ def test_a_fold_never_trains_on_a_view_of_an_image_it_holds_out(views_data, monk
     for fold, rows in read.items():
         assert len(rows) >= 3 * len(folds[fold][0])
         check(fold, rows)
+
+
+@pytest.fixture(scope="module")
+def views_caches(cache, tmp_path_factory):
+    """``cache``'s features with K noisy views of each training image (as ``embed --views K`` stores them), and
+    the same with every evaluation label flipped."""
+    _, (X, y, X_val, y_val) = cache
+    V = X[:, None] + np.random.default_rng(5).normal(scale=2.5, size=(len(X), K_VIEWS, X.shape[1])).astype(np.float32)
+    root = tmp_path_factory.mktemp("sweep_views")
+
+    def with_views(name, val_labels):
+        path = write_cache(root / name, {"train": (X, y), "val": (X_val, val_labels)}, ["ants", "bees"])
+        with h5py.File(path, "r+") as f:
+            f["train"].create_dataset("views", data=V, chunks=(8, K_VIEWS, X.shape[1]), fletcher32=True)
+            f.attrs["views"] = ViewSpec(k=K_VIEWS, augment="tutorial").to_json()
+        return path
+
+    return with_views("views.h5", y_val), with_views("relabelled.h5", 1 - y_val)
+
+
+def test_a_sweep_on_views_is_chosen_on_the_training_views_alone_and_views_off_is_the_sweep_of_before(
+        cache, views_caches, tmp_path):
+    plain, _ = cache
+    views, relabelled = views_caches
+    runs = {"views": sweep(views, tmp_path / "views"), "relabelled": sweep(relabelled, tmp_path / "relabelled"),
+            "off": sweep(views, tmp_path / "off", "--views", "off"), "plain": sweep(plain, tmp_path / "plain")}
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    rows = {name: [drop(r) for r in csv.DictReader(open(tmp_path / name / "search.csv"))] for name in runs}
+    records = {name: load_run(tmp_path / name).config.part.search for name in runs}
+    # The evaluation labels move neither the choice nor a fold score, with views as without.
+    assert rows["views"] == rows["relabelled"] and records["views"]["chosen"] == records["relabelled"]["chosen"]
+    assert load_run(tmp_path / "views").metrics["final"] != load_run(tmp_path / "relabelled").metrics["final"]
+    # The folds trained on the views, and the run folder says so; the refit did too.
+    assert rows["views"] != rows["off"]
+    assert records["views"]["views"] == {"k": K_VIEWS, "augment": "tutorial", "how": "one seeded draw per image and "
+                                         "epoch", "split_by": "image", "held_out_scored_on": "centre crops"}
+    assert load_run(tmp_path / "views").config.details["training_views"]["k"] == K_VIEWS
+    assert "so do the search's folds" in runs["views"].output
+    assert f"folds trained on {K_VIEWS} tutorial view(s) per image" in runs["views"].output
+    # --views off: exactly the sweep of a cache without views.
+    assert rows["off"] == rows["plain"] and records["off"] == records["plain"] and "views" not in records["off"]
