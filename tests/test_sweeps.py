@@ -228,7 +228,7 @@ def views_data():
 def separate_fold_scores_on_views(head, X, y, V, configs, cv, seeds, fold_seed=0):
     """Each configuration x fold x seed fitted alone on the fold's views, as the final fit trains (views to a
     head whose fit takes them; else every view a row), scored on the held-out centre crops."""
-    takes_views = isinstance(head, (LinearHead, LogRegHead))
+    takes_views = isinstance(head, (LinearHead, BottleneckHead, LogRegHead))
     scores = np.zeros((len(configs), cv, len(seeds)))
     for k, (train, test) in enumerate(StratifiedKFold(cv, shuffle=True, random_state=fold_seed).split(X, y)):
         for c, params in enumerate(configs):
@@ -247,7 +247,8 @@ def separate_fold_scores_on_views(head, X, y, V, configs, cv, seeds, fold_seed=0
     (LinearHead(batch_size=4), {"lr": [0.003, 0.05], "epochs": [2, 3]}, [0, 5]),
     (LogRegHead(Cs=3, cv=3), {"max_iter": [3, 100]}, [0]),
     (SVCHead(), {"C": [0.1, 10.0]}, [0]),
-], ids=["linear", "logreg", "svc"])
+    (BottleneckHead(epochs=2, batch_size=4, optimizer="adam"), {"lr": [0.01, 0.1], "n_qubits": [2, 3]}, [0]),
+], ids=["linear", "logreg", "svc", "bottleneck"])
 def test_fold_scores_on_views_equal_separate_fits_on_the_folds_views(head, grid, seeds, views_data):
     X, y, V = views_data
     on_views = search(head, X, y, grid, cv=3, seeds=seeds, views=V, augment="tutorial")
@@ -256,7 +257,7 @@ def test_fold_scores_on_views_equal_separate_fits_on_the_folds_views(head, grid,
     centre = search(head, X, y, grid, cv=3, seeds=seeds)
     assert not np.array_equal(on_views.scores, centre.scores)  # the views change what the folds learn
     np.testing.assert_array_equal(centre.scores, separate_fold_scores(head, X, y, centre.configs, 3, seeds))
-    how = "one seeded draw per image and epoch" if isinstance(head, LinearHead) else "every view a training row"
+    how = "every view a training row" if isinstance(head, (LogRegHead, SVCHead)) else "one seeded draw per image and epoch"
     assert on_views.record()["views"] == {"k": K_VIEWS, "augment": "tutorial", "how": how, "split_by": "image",
                                           "held_out_scored_on": "centre crops"}
     assert "views" not in centre.record() and f"folds trained on {K_VIEWS} tutorial view(s)" in on_views.table()
