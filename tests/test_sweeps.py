@@ -242,13 +242,14 @@ def separate_fold_scores_on_views(head, X, y, V, configs, cv, seeds, fold_seed=0
     return scores
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # logreg at max_iter 3
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # logreg at max_iter 3, mlp
 @pytest.mark.parametrize("head, grid, seeds", [
     (LinearHead(batch_size=4), {"lr": [0.003, 0.05], "epochs": [2, 3]}, [0, 5]),
     (LogRegHead(Cs=3, cv=3), {"max_iter": [3, 100]}, [0]),
     (SVCHead(), {"C": [0.1, 10.0]}, [0]),
+    (MLPHead(hidden=16, max_epochs=20), {"alpha": [0.0001, 10.0]}, [0]),
     (BottleneckHead(epochs=2, batch_size=4, optimizer="adam"), {"lr": [0.01, 0.1], "n_qubits": [2, 3]}, [0]),
-], ids=["linear", "logreg", "svc", "bottleneck"])
+], ids=["linear", "logreg", "svc", "mlp", "bottleneck"])
 def test_fold_scores_on_views_equal_separate_fits_on_the_folds_views(head, grid, seeds, views_data):
     X, y, V = views_data
     on_views = search(head, X, y, grid, cv=3, seeds=seeds, views=V, augment="tutorial")
@@ -257,7 +258,8 @@ def test_fold_scores_on_views_equal_separate_fits_on_the_folds_views(head, grid,
     centre = search(head, X, y, grid, cv=3, seeds=seeds)
     assert not np.array_equal(on_views.scores, centre.scores)  # the views change what the folds learn
     np.testing.assert_array_equal(centre.scores, separate_fold_scores(head, X, y, centre.configs, 3, seeds))
-    how = "every view a training row" if isinstance(head, (LogRegHead, SVCHead)) else "one seeded draw per image and epoch"
+    per_epoch = not isinstance(head, (LogRegHead, SVCHead, MLPHead))
+    how = "one seeded draw per image and epoch" if per_epoch else "every view a training row"
     assert on_views.record()["views"] == {"k": K_VIEWS, "augment": "tutorial", "how": how, "split_by": "image",
                                           "held_out_scored_on": "centre crops"}
     assert "views" not in centre.record() and f"folds trained on {K_VIEWS} tutorial view(s)" in on_views.table()
@@ -284,7 +286,12 @@ def test_a_fold_never_trains_on_a_view_of_an_image_it_holds_out(views_data, monk
     # scikit-learn heads: the rows their fit gets, one fit per fold
     seen = []
     svc_fit = SVCHead.fit
-    monkeypatch.setattr(SVCHead, "fit", lambda self, X_, y_, **kw: (seen.append(np.array(X_)), svc_fit(self, X_, y_, **kw))[1])
+
+    def svc_spy(self, X_, y_, **kw):
+        seen.append(np.array(X_))
+        return svc_fit(self, X_, y_, **kw)
+
+    monkeypatch.setattr(SVCHead, "fit", svc_spy)
     search(SVCHead(), X, y, {"C": [1.0]}, cv=3, views=V)
     assert len(seen) == 3
     for fold, rows in enumerate(seen):

@@ -26,6 +26,7 @@ their centre crops, and the folds split images, never views.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -75,9 +76,9 @@ class TrainingRows:
               rows: Sequence[np.ndarray | None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """``take(batch)``: batch (S, b) image indices, slot s trained with ``seeds[s]`` -> (S*b, D) features.
 
-        ``rows``: each slot's training images (None: all n), as the loop visits them. A slot draws as a
-        fit with its seed on exactly those images would (:func:`slot_draw`): a cross-validation fold
-        trains on the views a separate fit on the fold's images sees.
+        ``rows``: each slot's training images (None: all n). A slot draws as a fit with its seed on exactly
+        those images would: the p-th of its m images gets element p of ``draw_views(seed, epoch, m, K)``.
+        So a cross-validation fold trains on the views a separate fit on the fold's images sees.
         """
         if not self.k:
             return lambda batch: self.table.index_select(0, batch.flatten())
@@ -107,8 +108,6 @@ def fold_fit_arguments(estimator, X: np.ndarray, y: np.ndarray, views: np.ndarra
     None without views. Only the views of ``rows`` are handed on: a fold never trains on a view of
     an image it holds out.
     """
-    import inspect
-
     X, y = np.asarray(X), np.asarray(y)
     if rows is not None:
         X, y = X[rows], y[rows]
@@ -123,7 +122,5 @@ def fold_fit_arguments(estimator, X: np.ndarray, y: np.ndarray, views: np.ndarra
 
 def how_trained(estimator) -> str:
     """How ``estimator`` trains on views, in words (config.json's ``training_views`` and ``search``)."""
-    import inspect
-
     per_epoch = hasattr(estimator, "train_config") and "views" in inspect.signature(estimator.fit).parameters
     return "one seeded draw per image and epoch" if per_epoch else "every view a training row"
