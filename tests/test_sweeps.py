@@ -369,3 +369,5 @@ def test_a_sweep_on_views_is_chosen_on_the_training_views_alone_and_views_off_is
     assert f"folds trained on {K_VIEWS} tutorial view(s) per image" in runs["views"].output
     # --views off: exactly the sweep of a cache without views.
     assert rows["off"] == rows["plain"] and records["off"] == records["plain"] and "views" not in records["off"]
+    budgets = {name: load_run(tmp_path / name).config.part.budget() for name in ("views", "off")}
+    assert budgets == {"views": f"grid of 6, 3-fold on {K_VIEWS} tutorial views", "off": "grid of 6, 3-fold"}
