@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from tlkit.heads import density
@@ -43,59 +44,58 @@ class ShotSampler:
 
     def __init__(self, program: density.Program, shots: int):
         self.program, self.shots = program, int(shots)
-        self._generators: dict[int, torch.Generator] = {}
+        self._generators: dict[int, np.random.Generator] = {}
 
-    def generators(self, shot_seeds: torch.Tensor) -> list[torch.Generator]:
+    def generators(self, shot_seeds: torch.Tensor) -> list[np.random.Generator]:
         """The generator of each seed (created at first use, then continued), in order."""
         out = []
         for seed in shot_seeds.reshape(-1).tolist():
             if seed not in self._generators:
-                self._generators[seed] = torch.Generator().manual_seed(int(seed))
+                self._generators[seed] = np.random.Generator(np.random.PCG64(int(seed)))
             out.append(self._generators[seed])
         return out
 
     def reset(self) -> None:
         self._generators.clear()
 
-    def estimate(self, probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    def estimate(self, probs: torch.Tensor, generators: list[np.random.Generator]) -> torch.Tensor:
         """(S, ..., 2**n) exact probabilities -> (S, ..., n_measured) shot estimates; seed s draws from
-        ``generators[s]``."""
+        ``generators[s]``.
+
+        Readout error is applied to the probabilities before the draw: a shot's outcome drawn from p, then
+        each of its bits flipped with probability r, is one draw from the flipped distribution (shots are
+        independent), so the counts are exactly the multinomial of :func:`density.apply_readout` (p), the
+        same law as flipping the sampled bits one by one (:func:`flip_bits`), at no extra draws."""
         program = self.program
-        out = []
-        for s, generator in enumerate(generators):
-            flat = probs[s].reshape(-1, probs.shape[-1])
-            counts = sample_counts(flat, self.shots, generator)
-            counts = flip_bits(counts, program.readout, program.n_qubits, generator)
-            out.append((counts @ program.z_signs / self.shots).reshape(*probs.shape[1:-1], -1))
-        return torch.stack(out)
+        probs = density.apply_readout(probs.detach(), program.readout, program.n_qubits)
+        counts = sample_counts(probs.reshape(len(generators), -1, probs.shape[-1]), self.shots, generators)
+        return (counts @ program.z_signs / self.shots).reshape(*probs.shape[:-1], -1)
 
 
-def sample_counts(probs: torch.Tensor, shots: int, generator: torch.Generator) -> torch.Tensor:
-    """(R, 2**n) probabilities -> (R, 2**n) counts of ``shots`` draws each (float64): one multinomial per row,
-    drawn as binomial splits of each half of the outcomes (exact)."""
-    probs = probs.detach().to(torch.float64).clamp_min(0.0)
-    rows = probs.shape[0]
-    masses = [probs]
-    while masses[-1].shape[1] > 1:
-        masses.append(masses[-1].view(rows, -1, 2).sum(-1))
-    counts = torch.full((rows, 1), float(shots), dtype=torch.float64)
-    for mass in reversed(masses[:-1]):
-        pairs = mass.view(rows, -1, 2)
-        total = pairs.sum(-1)
-        left_share = torch.where(total > 0, pairs[..., 0] / total.clamp_min(1e-300), torch.zeros_like(total))
-        left = torch.binomial(counts, left_share.clamp(0.0, 1.0), generator=generator)
-        counts = torch.stack([left, counts - left], dim=-1).view(rows, -1)
-    return counts
+def sample_counts(probs: torch.Tensor, shots: int, generators) -> torch.Tensor:
+    """(S, R, 2**n) probabilities -> (S, R, 2**n) counts of ``shots`` draws each (float64): one multinomial per
+    row, seed s's rows drawn from ``generators[s]`` (a ``numpy.random.Generator``; one generator may be given
+    for a 2-d ``probs``).
+
+    numpy's multinomial draws a whole (R, 2**n) block in one C call (conditional binomials, exact), about
+    4x faster per binomial here than ``torch.binomial``; a seed's draws depend on its own generator and
+    rows only, so it draws the same numbers alone or among many seeds."""
+    if isinstance(generators, np.random.Generator):
+        return sample_counts(probs[None], shots, [generators])[0]
+    p = probs.detach().to(torch.float64).clamp_min(0.0).numpy()
+    p = p / p.sum(-1, keepdims=True)  # rounding: numpy wants the probabilities to sum to at most 1
+    counts = np.stack([g.multinomial(shots, p[s]) for s, g in enumerate(generators)])
+    return torch.from_numpy(counts.astype(np.float64))
 
 
-def flip_bits(counts: torch.Tensor, readout: float, n: int, generator: torch.Generator) -> torch.Tensor:
+def flip_bits(counts: torch.Tensor, readout: float, n: int, generator: np.random.Generator) -> torch.Tensor:
     """Readout error on sampled bit strings held as counts: each bit of each shot flipped with probability
-    ``readout``, wire after wire."""
+    ``readout``, wire after wire. (The reference for :meth:`ShotSampler.estimate`, which draws the same law
+    from the flipped probabilities.)"""
     if readout <= 0:
         return counts
-    rate = torch.full_like(counts, readout)
     for wire in range(n):
-        flipped = torch.binomial(counts, rate, generator=generator)
+        flipped = torch.from_numpy(generator.binomial(counts.numpy().astype(np.int64), readout).astype(np.float64))
         counts = counts - flipped + flipped.index_select(-1, density._flip_index(n, wire, str(counts.device)))
     return counts
 
