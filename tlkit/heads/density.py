@@ -339,7 +339,39 @@ def _flip_index(n: int, wire: int, device: str) -> torch.Tensor:
     return torch.as_tensor(np.arange(2**n) ^ (1 << (n - 1 - wire)), device=device)
 
 
-def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor, shift: float):
+def forward_pass(program: Program, inputs: torch.Tensor, weights: torch.Tensor) -> dict:
+    """``inputs`` (S, B, I), ``weights`` (S, P): the outcome probabilities (S, B, 2**n) as :func:`probabilities`
+    gives them, with what :func:`shifted_probabilities` needs of the forward pass (each layer's wire matrices and
+    their Kronecker factors, the state entering each layer), so that training computes it once per step."""
+    n, d = program.n_qubits, program.local_dim
+    inputs, weights = inputs.to(DTYPE), weights.to(DTYPE)
+    seeds, batch = inputs.shape[:2]
+    dim = d**n
+    eye = torch.eye(d, dtype=DTYPE)
+    rot_w = _rotation(weights, d)  # (S, P, d, d)
+    matrices, krons = {}, {}  # kind -> (S, b, L, n, d, d) wire matrices and their (S, b, L, dh, dh) products
+    if len(program.shared):
+        matrices["shared"] = _wire_matrices(program.shared, torch.cat([eye.expand(seeds, 1, d, d), rot_w], dim=-3))[:, None]
+    if len(program.per_sample):
+        bank = torch.cat([eye.expand(seeds, batch, 1, d, d), rot_w.unsqueeze(1).expand(-1, batch, -1, -1, -1),
+                          _rotation(inputs, d)], dim=-3)
+        matrices["per_sample"] = _wire_matrices(program.per_sample, bank)
+    for kind, m in matrices.items():
+        krons[kind] = _krons(m, n)
+    # The state entering each layer, its CNOTs applied, (S, B, dim).
+    entering, state = [], program.initial_state.expand(seeds, batch, dim)
+    for kind, k, perm in program.order:
+        if perm is not None:
+            state = state.index_select(-1, perm)
+        entering.append(state)
+        state = _layer(state, krons[kind][0][:, :, k], krons[kind][1][:, :, k], n, d)
+    amplitudes = state.index_select(-1, program.measure_index)
+    probs = amplitudes if program.mixed else amplitudes * amplitudes
+    return {"matrices": matrices, "krons": krons, "entering": entering, "probs": probs}
+
+
+def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor, shift: float,
+                          forward: dict | None = None):
     """The outcome probabilities of every parameter-shifted copy of the circuit, for the parameter-shift rule.
 
     ``inputs`` (S, B, I), ``weights`` (S, P). Returns (probs (S, T, B, 2**n), params): row t of ``probs`` is
@@ -357,7 +389,7 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
     every seed and sample, are a handful of batched products, whatever the number of seeds (no loop over seeds
     or over layers, only over the circuit's layers for the forward and backward passes). The O_k are held
     transposed, (dim, outcomes), so that both factors of a layer are plain matrix products and a CNOT is a
-    gather of rows.
+    gather of rows. ``forward``: :func:`forward_pass` of the same arguments, if already at hand.
     """
     n, d = program.n_qubits, program.local_dim
     inputs, weights = inputs.to(DTYPE), weights.to(DTYPE)
@@ -365,27 +397,10 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
     n_weights = weights.shape[-1]
     high = n // 2
     dim, outcomes, d_high, d_low = d**n, 2**n, d**high, d ** (n - high)
-    eye = torch.eye(d, dtype=DTYPE)
-    rot_w = _rotation(weights, d)  # (S, P, d, d)
     kinds = {"shared": program.shared, "per_sample": program.per_sample}
-    matrices, krons = {}, {}  # kind -> (S, b, L, n, d, d) wire matrices and their (S, b, L, dh, dh) products
-    if len(program.shared):
-        matrices["shared"] = _wire_matrices(program.shared, torch.cat([eye.expand(seeds, 1, d, d), rot_w], dim=-3))[:, None]
-    if len(program.per_sample):
-        bank = torch.cat([eye.expand(seeds, batch, 1, d, d), rot_w.unsqueeze(1).expand(-1, batch, -1, -1, -1),
-                          _rotation(inputs, d)], dim=-3)
-        matrices["per_sample"] = _wire_matrices(program.per_sample, bank)
-    for kind, m in matrices.items():
-        krons[kind] = _krons(m, n)
+    forward = forward_pass(program, inputs, weights) if forward is None else forward
+    matrices, krons, entering = forward["matrices"], forward["krons"], forward["entering"]
     tables = _shift_tables(program)
-
-    # Forward: the state entering each layer, its CNOTs applied, (S, B, dim).
-    entering, state = [], program.initial_state.expand(seeds, batch, dim)
-    for kind, k, perm in program.order:
-        if perm is not None:
-            state = state.index_select(-1, perm)
-        entering.append(state)
-        state = _layer(state, krons[kind][0][:, :, k], krons[kind][1][:, :, k], n, d)
     # Backward: the outcome projectors after each layer, transposed: (S, 1 or B, dim, outcomes), rows (high, low).
     observable = tables["selector"].expand(seeds, 1, dim, outcomes)
     after = [None] * len(program.order)
