@@ -109,16 +109,19 @@ def flip_bits(counts: torch.Tensor, readout: float, n: int, generator: np.random
 class ParameterShift(torch.autograd.Function):
     """Sampled <Z> with the parameter-shift gradient, sampled too.
 
-    ``apply(sampler, generators, inputs (S, B, I), weights (S, P))`` -> (S, B, n_measured).
+    ``apply(sampler, generators, inputs (S, B, I), weights (S, P)[, training])`` -> (S, B, n_measured).
+    ``training`` False (evaluation under ``torch.no_grad``, where a parameter's views still require grad): the
+    forward pass is not kept for a backward that will not come, and runs laid out for large batches.
     """
 
     @staticmethod
-    def forward(ctx, sampler: ShotSampler, generators, inputs: torch.Tensor, weights: torch.Tensor):
+    def forward(ctx, sampler: ShotSampler, generators, inputs: torch.Tensor, weights: torch.Tensor,
+                training: bool = True):
         ctx.sampler, ctx.generators = sampler, generators
         ctx.save_for_backward(inputs, weights)
         ctx.forward = None
         with torch.no_grad():
-            if any(ctx.needs_input_grad) and sampler.program.mixed:  # training: keep the forward pass for backward
+            if training and any(ctx.needs_input_grad) and sampler.program.mixed:  # keep the forward pass for backward
                 ctx.forward = density.forward_pass(sampler.program, inputs, weights)
                 probs = ctx.forward["probs"]
             else:  # inference (any batch size): the replay laid out for large batches
@@ -144,7 +147,7 @@ class ParameterShift(torch.autograd.Function):
                     grad_weights[:, index] += per_rotation[:, r].sum(-1)
                 else:
                     grad_inputs[:, :, index] += per_rotation[:, r]
-        return None, None, grad_inputs.to(inputs.dtype), grad_weights.to(weights.dtype)
+        return None, None, grad_inputs.to(inputs.dtype), grad_weights.to(weights.dtype), None
 
 
 def _shifted(program: density.Program, inputs: torch.Tensor, weights: torch.Tensor, forward: dict | None = None):
