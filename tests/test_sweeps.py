@@ -7,6 +7,7 @@ import csv
 import json
 import signal
 
+import h5py
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -15,8 +16,11 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from cli_helpers import assert_invoke_error, invoke
 from heads_data import blobs, write_cache
 from test_faults import Running
+from tlkit.data.views import ViewSpec
 from tlkit.heads import BottleneckHead, HeadError, LinearHead, MLPHead, QuantumHead, SVCHead, load_head, search
+from tlkit.heads.logreg import LogRegHead
 from tlkit.runs import load_run
+from tlkit.train.views import TrainingRows
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +208,166 @@ def test_svc_and_mlp_killed_write_nothing_and_the_rerun_equals_a_clean_run(head,
     assert [strip_seconds(s) for s in a.metrics["seeds"]] == [strip_seconds(s) for s in b.metrics["seeds"]]
     np.testing.assert_array_equal(a.proba_seeds(), b.proba_seeds())
     assert np.allclose(load_head(out, seed=1).predict_proba(X_val), load_run(out).proba_seeds()[1], atol=1e-12)
+
+
+# --- sweeps on augmented views: every fold trains as the final fit will -----------------------------
+
+K_VIEWS = 3
+
+
+@pytest.fixture(scope="module")
+def views_data():
+    """41 images (noisy blobs) and K noisy views of each, noisy enough to move the fold scores. 3 folds train on
+    27, 27 and 28 images, so the short ones are padded in the shared pass, and image 0 (what padding used to
+    repeat) is held out by a short one."""
+    X, y = blobs(41, 2, seed=3, noise=2.5)
+    V = X[:, None] + np.random.default_rng(4).normal(scale=2.5, size=(41, K_VIEWS, X.shape[1])).astype(np.float32)
+    return X, np.array(["ants", "bees"])[y], V
+
+
+def separate_fold_scores_on_views(head, X, y, V, configs, cv, seeds, fold_seed=0):
+    """Each configuration x fold x seed fitted alone on the fold's views, as the final fit trains (views to a
+    head whose fit takes them; else every view a row), scored on the held-out centre crops."""
+    takes_views = isinstance(head, (LinearHead, BottleneckHead, LogRegHead))
+    scores = np.zeros((len(configs), cv, len(seeds)))
+    for k, (train, test) in enumerate(StratifiedKFold(cv, shuffle=True, random_state=fold_seed).split(X, y)):
+        for c, params in enumerate(configs):
+            for j, seed in enumerate(seeds):
+                fitted = clone(head).set_params(**params, seed=seed)
+                if takes_views:
+                    fitted.fit(X[train], y[train], views=V[train])
+                else:
+                    fitted.fit(V[train].reshape(-1, V.shape[2]), np.repeat(y[train], V.shape[1]))
+                scores[c, k, j] = fitted.score(X[test], y[test])
+    return scores
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # logreg at max_iter 3, mlp
+@pytest.mark.parametrize("head, grid, seeds", [
+    (LinearHead(batch_size=4), {"lr": [0.003, 0.05], "epochs": [2, 3]}, [0, 5]),
+    (LogRegHead(Cs=3, cv=3), {"max_iter": [3, 100]}, [0]),
+    (SVCHead(), {"C": [0.1, 10.0]}, [0]),
+    (MLPHead(hidden=16, max_epochs=20), {"alpha": [0.0001, 10.0]}, [0]),
+    (BottleneckHead(epochs=2, batch_size=4, optimizer="adam"), {"lr": [0.01, 0.1], "n_qubits": [2, 3]}, [0]),
+], ids=["linear", "logreg", "svc", "mlp", "bottleneck"])
+def test_fold_scores_on_views_equal_separate_fits_on_the_folds_views(head, grid, seeds, views_data):
+    X, y, V = views_data
+    on_views = search(head, X, y, grid, cv=3, seeds=seeds, views=V, augment="tutorial")
+    expected = separate_fold_scores_on_views(head, X, y, V, on_views.configs, 3, seeds)
+    np.testing.assert_array_equal(on_views.scores, expected)
+    centre = search(head, X, y, grid, cv=3, seeds=seeds)
+    assert not np.array_equal(on_views.scores, centre.scores)  # the views change what the folds learn
+    np.testing.assert_array_equal(centre.scores, separate_fold_scores(head, X, y, centre.configs, 3, seeds))
+    per_epoch = not isinstance(head, (LogRegHead, SVCHead, MLPHead))
+    how = "one seeded draw per image and epoch" if per_epoch else "every view a training row"
+    assert on_views.record()["views"] == {"k": K_VIEWS, "augment": "tutorial", "how": how, "split_by": "image",
+                                          "held_out_scored_on": "centre crops"}
+    assert "views" not in centre.record() and f"folds trained on {K_VIEWS} tutorial view(s)" in on_views.table()
+
+
+def _image_of_view(V):
+    """Each view's features (as bytes) -> the image it belongs to; centre crops are not in it."""
+    return {V[i, v].tobytes(): i for i in range(len(V)) for v in range(V.shape[1])}
+
+
+def test_a_fold_never_trains_on_a_view_of_an_image_it_holds_out(views_data, monkeypatch):
+    X, y, V = views_data
+    image_of = _image_of_view(V)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
+
+    def check(fold, rows_read, every_view=False):
+        images = [image_of.get(np.asarray(row, dtype=np.float32).tobytes()) for row in rows_read]
+        assert None not in images  # every training row is a view (no centre crop, nothing else)
+        train, test = folds[fold]
+        assert set(images) <= set(train.tolist()) and not set(images) & set(test.tolist())
+        if every_view:  # rows: all K views of every training image, each once
+            assert sorted(images) == sorted(np.repeat(train, V.shape[1]).tolist())
+
+    # scikit-learn heads: the rows their fit gets, one fit per fold
+    seen = []
+    svc_fit = SVCHead.fit
+
+    def svc_spy(self, X_, y_, **kw):
+        seen.append(np.array(X_))
+        return svc_fit(self, X_, y_, **kw)
+
+    monkeypatch.setattr(SVCHead, "fit", svc_spy)
+    search(SVCHead(), X, y, {"C": [1.0]}, cv=3, views=V)
+    assert len(seen) == 3
+    for fold, rows in enumerate(seen):
+        check(fold, rows, every_view=True)
+    # logreg gets the views themselves (its own inner folds group them by image)
+    seen.clear()
+    logreg_fit = LogRegHead.fit
+
+    def logreg_spy(self, X_, y_, eval_set=None, views=None):
+        seen.append(views)
+        return logreg_fit(self, X_, y_, eval_set=eval_set, views=views)
+
+    monkeypatch.setattr(LogRegHead, "fit", logreg_spy)
+    search(LogRegHead(Cs=2, cv=2), X, y, {"max_iter": [50]}, cv=3, views=V)
+    assert len(seen) == 3
+    for fold, views in enumerate(seen):
+        check(fold, views.reshape(-1, V.shape[2]), every_view=True)
+    # torch heads: every feature row each slot (one per fold here) reads, padding included, every epoch
+    read = {fold: [] for fold in range(3)}
+    epoch = TrainingRows.epoch
+
+    def spying(self, seeds, e, rows=None):
+        take = epoch(self, seeds, e, rows)
+
+        def spy(batch):
+            out = take(batch)
+            for slot, features in enumerate(out.view(len(seeds), -1, out.shape[-1]).numpy()):
+                read[slot].extend(features)
+            return out
+        return spy
+
+    monkeypatch.setattr(TrainingRows, "epoch", spying)
+    search(LinearHead(batch_size=4, epochs=3), X, y, {"lr": [0.01]}, cv=3, views=V)
+    for fold, rows in read.items():
+        assert len(rows) >= 3 * len(folds[fold][0])
+        check(fold, rows)
+
+
+@pytest.fixture(scope="module")
+def views_caches(cache, tmp_path_factory):
+    """``cache``'s features with K noisy views of each training image (as ``embed --views K`` stores them), and
+    the same with every evaluation label flipped."""
+    _, (X, y, X_val, y_val) = cache
+    V = X[:, None] + np.random.default_rng(5).normal(scale=2.5, size=(len(X), K_VIEWS, X.shape[1])).astype(np.float32)
+    root = tmp_path_factory.mktemp("sweep_views")
+
+    def with_views(name, val_labels):
+        path = write_cache(root / name, {"train": (X, y), "val": (X_val, val_labels)}, ["ants", "bees"])
+        with h5py.File(path, "r+") as f:
+            f["train"].create_dataset("views", data=V, chunks=(8, K_VIEWS, X.shape[1]), fletcher32=True)
+            f.attrs["views"] = ViewSpec(k=K_VIEWS, augment="tutorial").to_json()
+        return path
+
+    return with_views("views.h5", y_val), with_views("relabelled.h5", 1 - y_val)
+
+
+def test_a_sweep_on_views_is_chosen_on_the_training_views_alone_and_views_off_is_the_sweep_of_before(
+        cache, views_caches, tmp_path):
+    plain, _ = cache
+    views, relabelled = views_caches
+    runs = {"views": sweep(views, tmp_path / "views"), "relabelled": sweep(relabelled, tmp_path / "relabelled"),
+            "off": sweep(views, tmp_path / "off", "--views", "off"), "plain": sweep(plain, tmp_path / "plain")}
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    rows = {name: [drop(r) for r in csv.DictReader(open(tmp_path / name / "search.csv"))] for name in runs}
+    records = {name: load_run(tmp_path / name).config.part.search for name in runs}
+    # The evaluation labels move neither the choice nor a fold score, with views as without.
+    assert rows["views"] == rows["relabelled"] and records["views"]["chosen"] == records["relabelled"]["chosen"]
+    assert load_run(tmp_path / "views").metrics["final"] != load_run(tmp_path / "relabelled").metrics["final"]
+    # The folds trained on the views, and the run folder says so; the refit did too.
+    assert rows["views"] != rows["off"]
+    assert records["views"]["views"] == {"k": K_VIEWS, "augment": "tutorial", "how": "one seeded draw per image and "
+                                         "epoch", "split_by": "image", "held_out_scored_on": "centre crops"}
+    assert load_run(tmp_path / "views").config.details["training_views"]["k"] == K_VIEWS
+    assert "so do the search's folds" in runs["views"].output
+    assert f"folds trained on {K_VIEWS} tutorial view(s) per image" in runs["views"].output
+    # --views off: exactly the sweep of a cache without views.
+    assert rows["off"] == rows["plain"] and records["off"] == records["plain"] and "views" not in records["off"]
+    budgets = {name: load_run(tmp_path / name).config.part.budget() for name in ("views", "off")}
+    assert budgets == {"views": f"grid of 6, 3-fold on {K_VIEWS} tutorial views", "off": "grid of 6, 3-fold"}

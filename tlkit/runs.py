@@ -112,7 +112,9 @@ class HeadPart:
     def budget(self, head_params: dict | None = None) -> str:
         """The tuning budget in a few words: "grid of 12, 5-fold", a head's own inner search, or "untuned"."""
         if self.search:
-            return f"grid of {self.search['n_configs']}, {self.search['folds']['k']}-fold"
+            views = self.search.get("views")  # folds that trained on augmented views: a different budget to compare
+            on_views = f" on {views['k']} {views['augment'] or 'augmented'} views" if views else ""
+            return f"grid of {self.search['n_configs']}, {self.search['folds']['k']}-fold{on_views}"
         params = self.head_params if head_params is None else head_params
         if "Cs" in params and "cv" in params:  # logreg chooses C by its own cross-validation
             cs = params["Cs"]

@@ -109,17 +109,23 @@ class TorchHead(Head):
                                       run.final_proba, run.best_proba, evaluated=len(y_eval) > 0))
         return heads
 
-    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int], views=None):
         """:meth:`Head.cross_validate` in stacked passes: every configuration x fold x seed that builds the same
         module structure is one slot of one pass (its own lr, momentum, weight decay, epochs... and rows);
-        configurations differing in anything else (depth, width, batch size...) go in separate passes."""
+        configurations differing in anything else (depth, width, batch size...) go in separate passes.
+
+        ``views`` (n, K, features): each slot trains on one view per training image and epoch, drawn by its
+        seed as a fit on its fold's images would draw (:class:`tlkit.train.views.TrainingRows`); it only
+        ever reads its own fold's images, and is scored on the centre crops (X) of the held-out ones."""
         from sklearn.base import clone
 
         from tlkit.train.seeds import NotVectorisable
         from tlkit.train.slots import Slot, train_slots
+        from tlkit.train.views import check_views
 
         template = clone(self)
         X, y_index = template._training_data(X, y, np.float32)
+        views = check_views(X, views)
         scores = np.zeros((len(configs), len(folds), len(seeds)))
         seconds = np.zeros(len(configs))
         groups: dict[tuple, list[int]] = {}
@@ -140,10 +146,11 @@ class TorchHead(Head):
                         where.append((c, k, j))
             try:
                 result = train_slots(slots, X, y_index, n_classes=len(template.classes_), eval_set=(X, y_index),
-                                     keep_best=False,
+                                     keep_best=False, views=views,
                                      on_epoch=None if listener is None else (lambda e, r: listener(_mean_record(r))))
             except NotVectorisable:  # a QNode: one fit after another
-                some, time_ = super(TorchHead, self).cross_validate(X, y_index, [configs[c] for c in group], folds, seeds)
+                some, time_ = super(TorchHead, self).cross_validate(X, y_index, [configs[c] for c in group], folds,
+                                                                    seeds, views=views)
                 scores[group], seconds[group] = some, time_
                 continue
             for (c, k, j), run in zip(where, result.runs):

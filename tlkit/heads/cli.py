@@ -81,7 +81,7 @@ _DECORATORS, APPLIES = _head_options()
 @click.option("--views", "views", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
               help="Train on the cache's augmented views (embed --views K) when it has them: torch heads draw one "
                    "view per image per epoch (seeded), the others train on every view as a row; evaluation always "
-                   "uses the centre crops. on: require them; off: ignore them.")
+                   "uses the centre crops. A --grid's folds train on the views the same way. on: require them; off: ignore them.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on a terminal].")
 @tracking_options
 @click.pass_context

@@ -176,13 +176,17 @@ class Head(ClassifierMixin, BaseEstimator):
         return Evaluation(final_proba=proba, best_proba=proba, final_epoch=None, best_epoch=None,
                           final_loss=loss, best_loss=loss)
 
-    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int]):
+    def cross_validate(self, X, y, configs: list[dict], folds: list, seeds: list[int], views=None):
         """Accuracy of each configuration (``set_params``) trained on each fold's training rows with each seed
         and scored on its held-out rows: (scores (configs, folds, seeds), seconds (configs,)). Here one fit
-        after another; the torch heads train them in stacked passes (:mod:`tlkit.heads.sweep` calls this)."""
+        after another; the torch heads train them in stacked passes (:mod:`tlkit.heads.sweep` calls this).
+        ``views`` (n, K, features): each fold trains on the views of its training rows as ``fit`` would
+        (:func:`tlkit.train.views.fold_fit_arguments`); the held-out rows are scored on X."""
         import time
 
         from sklearn.base import clone
+
+        from tlkit.train.views import fold_fit_arguments
 
         X, y = np.asarray(X), np.asarray(y)
         scores = np.zeros((len(configs), len(folds), len(seeds)))
@@ -192,7 +196,9 @@ class Head(ClassifierMixin, BaseEstimator):
                 t0 = time.perf_counter()
                 for k, (train, test) in enumerate(folds):
                     for j, seed in enumerate(seeds):
-                        head = clone(self).set_params(**params, seed=seed).fit(X[train], y[train])
+                        head = clone(self).set_params(**params, seed=seed)
+                        train_args, fit_params, _ = fold_fit_arguments(head, X, y, views, train)  # views: see above
+                        head.fit(*train_args, **fit_params)
                         scores[c, k, j] = float((head.predict(X[test]) == y[test]).mean())
                 seconds[c] = time.perf_counter() - t0
         return scores, seconds

@@ -9,7 +9,6 @@ what differs between heads is in their declarations and classes.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +61,8 @@ def fit_head(
     configuration by ``cv``-fold cross-validation on the training rows only (:mod:`tlkit.heads.sweep`), then
     fit it as above; the run folder also holds search.csv. ``views``: ``auto`` trains on the cache's
     augmented views when it has them, ``on`` requires them, ``off`` ignores them (see :func:`training_data`);
-    a ``grid`` search is cross-validated on the centre crops.
+    a ``grid`` search's folds then train on the views the same way (each fold on the views of its own
+    training images only) and are scored on their held-out centre crops.
     """
     from tlkit.cache import load_cache
 
@@ -83,13 +83,15 @@ def fit_head(
     echo(plan.describe())
     if views_used:
         echo(f"training on views: {views_used['k']} {views_used['augment']} view(s) per image, {views_used['how']}; "
-             "evaluated on the centre crops")
+             + ("so do the search's folds; " if grid else "") + "evaluated on the centre crops")
 
     found = None
     if grid:  # chosen on the training rows alone: the evaluation split is not read until the choice is made
         with EpochBar(f"{head} search", progress) as bar, reporting_epochs(bar):
             found = search(estimator, plan.train.features, plan.train.labels, grid, cv=cv,
-                           seeds=seeds or [estimator.seed])
+                           seeds=seeds or [estimator.seed],
+                           views=plan.train.views if views_used else None,
+                           augment=views_used["augment"] if views_used else None)
         estimator = spec.build({**(params or {}), **found.best_params_})
         echo(f"search done: chosen {found.best_params_} (mean fold accuracy {found.best_score_:.4f})")
 
@@ -139,9 +141,9 @@ def training_data(estimator, plan: SplitPlan, cache, views: str) -> tuple[tuple,
 
     A head whose ``fit`` takes ``views`` (the torch heads: one seeded draw per image and epoch; logreg:
     every view a row, folds grouped by image) gets them as they are; any other head gets every view as a
-    training row of its own (:func:`tlkit.train.views.view_rows`).
+    training row of its own (:func:`tlkit.train.views.fold_fit_arguments`, the rule a sweep's folds follow too).
     """
-    from tlkit.train.views import view_rows
+    from tlkit.train.views import fold_fit_arguments
 
     train_views = plan.train.views
     if views == "on" and train_views is None:
@@ -150,14 +152,9 @@ def training_data(estimator, plan: SplitPlan, cache, views: str) -> tuple[tuple,
     if views == "off" or train_views is None:
         return (plan.train.features, plan.train.labels), {}, None
     record = cache.provenance.as_dict()["views"]
-    used = {"k": int(record["k"]), "augment": record["augment"], "params": record["params"]}
-    if "views" in inspect.signature(estimator.fit).parameters:
-        per_epoch = hasattr(estimator, "train_config")  # the heads trained in epochs by the shared loop
-        used["how"] = "one seeded draw per image and epoch" if per_epoch else "every view a training row"
-        return (plan.train.features, plan.train.labels), {"views": train_views}, used
-    X_rows, y_rows, _ = view_rows(train_views, plan.train.labels)
-    used["how"] = "every view a training row"
-    return (X_rows, y_rows), {}, used
+    train, fit_params, how = fold_fit_arguments(estimator, plan.train.features, plan.train.labels, train_views)
+    return train, fit_params, {"k": int(record["k"]), "augment": record["augment"], "params": record["params"],
+                               "how": how}
 
 
 def run_config(head: str, fitted: list, cache, plan: SplitPlan, weights: list[str], views_used: dict | None = None) -> RunConfig:

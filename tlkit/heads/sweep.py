@@ -23,6 +23,16 @@ torch heads stack every configuration x fold x seed that shares a module
 structure as slots of one pass (:mod:`tlkit.train.slots`), one pass per
 structure; scikit-learn heads fit one after another.
 
+With augmented views (``views=`` (n, K, D), ``fit-head --views auto`` on a
+cache made with ``embed --views K``) every fold trains the way the final fit
+will: a torch head's fold draws one view per training image per epoch (by
+its seed, as a fit on the fold's images would), logreg, svc and mlp train
+on every view of the fold's training images as rows
+(:func:`tlkit.train.views.fold_fit_arguments`). The folds split *images*
+(a held-out image's views are never a training row of its fold), and the
+held-out images are scored on their centre crops, as evaluation is. The
+choice is then made for the training set the refit really sees.
+
 Nothing here sees an evaluation set: it gets the training rows only.
 """
 
@@ -50,6 +60,7 @@ class SearchResult:
     cv: int
     fold_seed: int
     seeds: list[int]
+    views: dict | None = None  # {"k", "augment", "how"} when the folds trained on augmented views
     cv_results_: dict = field(init=False)
     best_index_: int = field(init=False)
 
@@ -89,9 +100,12 @@ class SearchResult:
 
     def record(self) -> dict:
         """What config.json records about the sweep: the grid, the folds, the seeds and the choice."""
-        return {"grid": self.grid, "n_configs": len(self.configs), "score": SCORE,
-                "folds": {"k": self.cv, "seed": self.fold_seed, "stratified": True, "shuffle": True},
-                "seeds": list(self.seeds), "chosen": self.best_params_, "chosen_score": self.best_score_}
+        record = {"grid": self.grid, "n_configs": len(self.configs), "score": SCORE,
+                  "folds": {"k": self.cv, "seed": self.fold_seed, "stratified": True, "shuffle": True},
+                  "seeds": list(self.seeds), "chosen": self.best_params_, "chosen_score": self.best_score_}
+        if self.views:  # without views the record is what it always was: the folds trained on centre crops
+            record["views"] = {**self.views, "split_by": "image", "held_out_scored_on": "centre crops"}
+        return record
 
     def table(self, top: int = 5) -> str:
         """The best ``top`` configurations, aligned, for the terminal."""
@@ -99,8 +113,10 @@ class SearchResult:
         names = list(self.grid)
         cells = [[str(row[n]) for n in names] for row in rows]
         widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
+        on_views = (f", folds trained on {self.views['k']} {self.views['augment'] or 'augmented'} view(s) "
+                    "per image" if self.views else "")
         lines = [f"search: grid of {len(self.configs)}, {self.cv}-fold (folds seed {self.fold_seed}), "
-                 f"{len(self.seeds)} seed(s); score = {SCORE}; top {len(rows)}:",
+                 f"{len(self.seeds)} seed(s){on_views}; score = {SCORE}; top {len(rows)}:",
                  "rank  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths)) + "    mean     std  seconds"]
         for row, cell in zip(rows, cells):
             lines.append(f"{row['rank']:>4}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cell, widths))
@@ -146,20 +162,32 @@ def make_folds(y, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return list(StratifiedKFold(cv, shuffle=True, random_state=int(seed)).split(np.zeros(len(y)), y))
 
 
-def search(head, X, y, grid: dict, cv: int = 5, seeds=None, fold_seed: int | None = None) -> SearchResult:
+def search(head, X, y, grid: dict, cv: int = 5, seeds=None, fold_seed: int | None = None, *,
+           views=None, augment: str | None = None) -> SearchResult:
     """Cross-validate every configuration of ``grid`` for ``head`` (an unfitted estimator) on (X, y).
 
     ``seeds``: train each configuration and fold with each of these seeds (default: the head's own seed);
-    ``fold_seed``: the folds' seed (default: the first seed). Returns a :class:`SearchResult`; nothing is
-    refitted (``head.set_params(**result.best_params_)`` is the chosen head).
+    ``fold_seed``: the folds' seed (default: the first seed). ``views`` (n, K, features): augmented views
+    of the rows of X; each fold then trains on the views of its training images as the final
+    ``fit(X, y, views=views)`` would, and is scored on its held-out rows of X (``augment``: their name,
+    recorded). Returns a :class:`SearchResult`; nothing is refitted (``head.set_params(**result.best_params_)``
+    is the chosen head).
     """
     from sklearn.model_selection import ParameterGrid
+
+    from tlkit.train.views import check_views, how_trained
 
     grid = check_grid(head.spec, grid)
     head.check_params()
     seeds = check_seeds([head.seed] if seeds is None else seeds)
     fold_seed = seeds[0] if fold_seed is None else int(fold_seed)
     configs = list(ParameterGrid(grid))
-    folds = make_folds(np.asarray(y), cv, fold_seed)
-    scores, seconds = head.cross_validate(X, y, configs, folds, seeds)
-    return SearchResult(head.spec.name, grid, configs, scores, seconds, int(cv), fold_seed, seeds)
+    folds = make_folds(np.asarray(y), cv, fold_seed)  # over images: a view goes where its image goes
+    if views is None:
+        scores, seconds = head.cross_validate(X, y, configs, folds, seeds)
+        used = None
+    else:
+        views = check_views(np.atleast_2d(np.asarray(X)), views)
+        scores, seconds = head.cross_validate(X, y, configs, folds, seeds, views=views)
+        used = {"k": int(views.shape[1]), "augment": augment, "how": how_trained(head)}
+    return SearchResult(head.spec.name, grid, configs, scores, seconds, int(cv), fold_seed, seeds, used)

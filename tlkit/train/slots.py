@@ -108,7 +108,8 @@ def train_slots(
     """Train every slot in one pass; the global torch RNG is left as it was.
 
     ``views`` (n, K, features): augmented views of the rows of ``X``; each slot then trains, in each
-    epoch, on one view per row drawn by its own seed (:class:`tlkit.train.views.TrainingRows`).
+    epoch, on one view per row drawn by its own seed over its own training rows, as a fit on just those
+    rows would draw (:class:`tlkit.train.views.TrainingRows`).
 
     ``X`` (n, features) float32, ``y`` (n,) class indices; ``eval_set=(X_eval,
     y_eval)`` is evaluated after every epoch, each slot on its ``eval_rows``.
@@ -185,10 +186,12 @@ class _SlotLoop:
             optimizer.set_lr(lr)
             training = epoch < self.epochs
             stacked.train()
-            take = features.epoch([s.seed for s in slots], epoch)  # (S, b) rows -> features: centre crops or views
+            # (S, b) rows -> features: centre crops, or each slot's draw of views over its own rows
+            take = features.epoch([s.seed for s in slots], epoch, rows)
             length = int(sizes[training].max())
             uniform = bool(training.all() and (sizes == length).all())
-            order = np.zeros((n_slots, length), dtype=np.int64)
+            # Padding (weight 0) repeats a slot's own first row: a fold never reads a row it holds out.
+            order = np.repeat(np.array([r[0] if len(r) else 0 for r in rows], dtype=np.int64)[:, None], length, 1)
             for i, slot in enumerate(slots):  # each slot's rows in its own order, as its single run draws them
                 if training[i]:
                     order[i, :sizes[i]] = rows[i][epoch_order(slot.seed, epoch, sizes[i])]
