@@ -54,6 +54,9 @@ Prints, all measured side by side in this one run on this machine:
    same shots and noise on default.mixed (timed on --qnode-batches batches, extrapolated to an epoch;
    target >= 100x); 10 seeds against one under noise and shots (target <= 2x); and ``tlkit evaluate``'s
    scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise (target < 2 s of compute).
+   Beside them, the bare batched kernels of one training step (the circuit's and its parameter-shifted
+   copies' outcome probabilities, and the multinomial draws) at 1 and 10 seeds, and the floor that the
+   arithmetic 9 more seeds add sets on the 10-seed ratio.
 
 ``--only cli,quantum,seeds,memory,sweep,startup,noise`` picks sections (4 comes with 3).
 """
