@@ -21,8 +21,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 # Real photos for the tests: $TLKIT_HYMENOPTERA (CI sets it, see .ci/run), else ../shared beside the checkout,
 # else data/hymenoptera_data, downloaded once; offline, the tests that need them are skipped (one line says
 # which, and how to provide them). scripts/test_data.py decides.
+# TEST_WORKERS: pytest-xdist processes (default: one per CPU). Whole files go to one worker (--dist loadfile),
+# so a module's shared fixtures (its caches, its runs) are still built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= logical
 test: $(STAMP)
-	@TLKIT_HYMENOPTERA="$$($(BIN)/python scripts/test_data.py)" $(BIN)/python -m pytest -q
+	@TLKIT_HYMENOPTERA="$$($(BIN)/python scripts/test_data.py)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # make demo       the main job on a fresh machine: without DATA=, download the hymenoptera photos
 #                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg, quantum,

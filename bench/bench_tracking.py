@@ -7,12 +7,17 @@ In interleaved rounds (so that a busy machine weighs on both alike):
 
   * `tlkit fit-head --head quantum` (the defaults: 30 epochs, batch 4) as a whole process, once plain and
     once with --log-to tensorboard --log-to mlflow; the difference of their wall times is what logging adds;
-  * the logging alone, in a fresh process, on a copy of the plain run folder: `tlkit.tracking.log_run`
+  * the logging alone, in a fresh process, on copies of the plain run folder: `tlkit.tracking.log_run`
     the first time (imports of tensorboard, mlflow and matplotlib, the new sqlite store, the figure) and
-    a second time in the same process (the logging work itself: reading the files, writing the events,
-    the MLflow batches, the figure).
+    then again on the other copies in the same process, the median of those (`--calls`; the logging work
+    itself: reading the files, the figure, the events, a new MLflow store and its batches), as wall
+    seconds and as the CPU seconds of the process (less swayed by other jobs on a shared machine).
 
 Each is printed as a share of the run's training seconds (metrics.json); target: logging under 5%.
+
+`--baseline DIR` also times `log_run` from another tlkit source tree in the same rounds, e.g. the code
+before a change (`git archive OLD_COMMIT tlkit | tar -x -C /tmp/before`), so before and after are
+measured side by side on the same run folder under the same load.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,23 +37,27 @@ from bench_embed import cpu_description  # noqa: E402
 
 TIME_LOG = """
 import json, shutil, sys, time
+from statistics import median
 t = time.perf_counter()
 from tlkit.tracking import log_run
-src, targets = sys.argv[1], sys.argv[2].split(",")
-def copy(tag):
-    dst = f"{src}-log{tag}"
-    shutil.copytree(src, dst)
-    return dst
-a, b = copy(1), copy(2)
-t = time.perf_counter(); log_run(a, targets); first = time.perf_counter() - t
-t = time.perf_counter(); log_run(b, targets); second = time.perf_counter() - t
-print(json.dumps({"first": first, "second": second}))
+src, targets, name, calls = sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])
+copies = []
+for i in range(calls):
+    copies.append(f"{src}-{name}-log{i}")
+    shutil.copytree(src, copies[-1])
+wall, cpu = [], []
+for run_dir in copies:
+    t, c = time.perf_counter(), time.process_time()
+    log_run(run_dir, targets)
+    wall.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
+print(json.dumps({"first": wall[0], "second": median(wall[1:]), "second_cpu": median(cpu[1:])}))
 """
 
 
-def run(cmd: list[str]) -> tuple[float, str]:
+def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str]:
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd[:6])} ... failed:\n{proc.stderr[-2000:]}")
@@ -69,6 +77,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--data", type=Path, default=os.environ.get("TLKIT_HYMENOPTERA"))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5, help="log_run calls per process (the first is the cold one)")
+    parser.add_argument("--baseline", type=Path, help="another tlkit source tree (a folder holding tlkit/) whose "
+                        "log_run is timed in the same rounds")
     args = parser.parse_args()
     print(f"CPU: {cpu_description()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,20 +95,42 @@ def main() -> None:
         for r in range(args.rounds):
             order = [False, True] if r % 2 == 0 else [True, False]
             got = {log: fit(cache, tmp / f"r{r}-{'logged' if log else 'plain'}", log) for log in order}
-            _, out = run([sys.executable, "-c", TIME_LOG, str(tmp / f"r{r}-plain"), "tensorboard,mlflow"])
-            alone = json.loads(out.strip().splitlines()[-1])
+            trees = {"this": None, **({"baseline": args.baseline} if args.baseline else {})}
+            alone = {}
+            for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+                alone[name] = log_alone(tmp / f"r{r}-plain", trees[name], f"{name}{r}", args.calls)
             train = got[False][1]
-            row = {"train": train, "added": got[True][0] - got[False][0], **alone}
+            row = {"train": train, "added": got[True][0] - got[False][0],
+                   **{f"{key}_{name}": v for name, times in alone.items() for key, v in times.items()}}
             rows.append(row)
+            base = (f"; baseline: first {row['first_baseline']:.2f} s, again {row['second_baseline']:.2f} s "
+                    f"(CPU {row['second_cpu_baseline']:.2f} s)" if args.baseline else "")
             print(f"round {r + 1}: training {train:.2f} s (logged run: {got[True][1]:.2f} s); whole command "
                   f"{got[False][0]:.1f} s plain, {got[True][0]:.1f} s with --log-to tensorboard --log-to mlflow "
-                  f"(+{row['added']:.2f} s); log_run alone: first {alone['first']:.2f} s, again {alone['second']:.2f} s",
-                  flush=True)
+                  f"(+{row['added']:.2f} s); log_run alone: first {row['first_this']:.2f} s, again "
+                  f"{row['second_this']:.2f} s (CPU {row['second_cpu_this']:.2f} s){base}", flush=True)
         share = lambda key: median([r[key] / r["train"] for r in rows])  # noqa: E731
         print(f"median of {args.rounds} rounds, as a share of the training seconds "
               f"({median([r['train'] for r in rows]):.2f} s): whole command +{share('added'):.0%}; "
-              f"log_run cold (imports, store, figure) {share('first'):.0%}; "
-              f"log_run warm (the logging work itself) {share('second'):.1%} (target < 5%)")
+              f"log_run cold (imports, store, figure) {share('first_this'):.0%}; "
+              f"log_run warm (the logging work itself) {share('second_this'):.1%}, its CPU seconds "
+              f"{share('second_cpu_this'):.1%} (target < 5%)")
+        if args.baseline:
+            ratio = lambda key: median([r[f"{key}_this"] / r[f"{key}_baseline"] for r in rows])  # noqa: E731
+            print(f"baseline {args.baseline}: log_run cold {share('first_baseline'):.0%}, warm "
+                  f"{share('second_baseline'):.1%}, its CPU seconds {share('second_cpu_baseline'):.1%}; "
+                  f"this/baseline: cold {ratio('first'):.2f}, warm {ratio('second'):.2f}, CPU {ratio('second_cpu'):.2f}")
+
+
+def log_alone(run_dir: Path, tree: Path | None, tag: str, calls: int) -> dict:
+    """``log_run`` on ``calls`` copies of ``run_dir`` in a fresh process, with tlkit from ``tree`` (None: this one)."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree.resolve()), env.get("PYTHONPATH", "")])
+    # cwd: `python -c` puts the working folder first on sys.path, before PYTHONPATH
+    _, out = run([sys.executable, "-c", TIME_LOG, str(run_dir), "tensorboard,mlflow", tag, str(calls)], env,
+                 cwd=run_dir.parent)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ def small_cache(hymenoptera_small_cache) -> Path:
 def embedding_reader(monkeypatch):
     """embedding_reader, with its file listing fixed for the fsspec installed here.
 
-    embedding-reader 1.1.7 (the newest that installs beside pandas 3) globs ``FOLDER**/*.npy``,
-    which fsspec 2024.12+ refuses ("'**' can only be an entire path component"); the readers
-    themselves (header parsing, batching, dtype handling) are unchanged and are what is tested.
+    embedding-reader 1.1.x (1.1.7 is the newest that installs beside pandas 3) globs ``FOLDER**/*.npy``,
+    which fsspec 2024.12+ refuses ("'**' can only be an entire path component"; 1.6.0 fixed the
+    listing); the readers themselves (header parsing, batching, dtype handling) are unchanged and
+    are what is tested.
     """
     er = pytest.importorskip("embedding_reader")
     from embedding_reader import get_file_list as listing
@@ -87,6 +88,33 @@ def test_embedding_reader_layout_reads_back_equal(small_cache, tmp_path, dtype, 
         assert np.array_equal(got, X.astype(np.float16).astype(np.float32))  # exactly float16 rounding
         assert np.allclose(got, X, rtol=2 ** -10, atol=6e-8)
     meta = pq.read_table(out / "metadata" / "metadata_0.parquet").to_pydict()
+    assert meta["image_path"] == paths and meta["label"] == y.tolist() and meta["split"] == splits
+    assert meta["class_name"] == [cache.class_names[i] for i in y]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_embedding_reader_parquet_npy_reads_export_with_its_metadata(small_cache, tmp_path, dtype, embedding_reader):
+    """The issue's reader call, ``EmbeddingReader(..., file_format="parquet_npy")``: embeddings and metadata
+    together, row for row. embedding-reader has it from 1.3.0; every release that has it requires pandas<3."""
+    import importlib.util
+
+    from importlib.metadata import version
+
+    if importlib.util.find_spec("embedding_reader.parquet_numpy_reader") is None:
+        pytest.skip(f"embedding-reader {version('embedding-reader')} has no parquet_npy reader (1.3.0 and later; "
+                    "all of them require pandas<3)")
+    out = tmp_path / "emb"
+    assert invoke("export", small_cache, out, "--format", "embedding-reader", "--dtype", dtype).exit_code == 0
+    cache = load_cache(small_cache)
+    X, y, paths, splits = _cache_rows(cache)
+    columns = ["image_path", "label", "class_name", "split"]
+    reader = embedding_reader.EmbeddingReader(str(out / "img_emb"), file_format="parquet_npy",
+                                              metadata_folder=str(out / "metadata"), meta_columns=columns)
+    assert reader.count == len(y) and reader.dimension == X.shape[1]
+    batches = list(reader(batch_size=10, show_progress=False))
+    got = np.concatenate([batch for batch, _ in batches]).astype(np.float32)
+    assert np.array_equal(got, X if dtype == "float32" else X.astype(np.float16).astype(np.float32))
+    meta = {c: [v for _, m in batches for v in m[c].tolist()] for c in columns}
     assert meta["image_path"] == paths and meta["label"] == y.tolist() and meta["split"] == splits
     assert meta["class_name"] == [cache.class_names[i] for i in y]
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -170,3 +172,45 @@ def test_which_inputs_are_read_as_shards(hymenoptera_small, shards, tmp_path):
     (mixed / "a.jpg").write_bytes((hymenoptera_small / "train" / "ants").glob("*.jpg").__next__().read_bytes())
     (mixed.parent / "backup.tar").write_bytes(b"")
     assert not looks_like_shards(mixed.parent)  # an image folder with a stray .tar stays an image folder
+
+
+def test_verify_data_re_embeds_rows_from_the_shards(shards, tmp_path):
+    """verify --data takes the shard pattern (or folder) the cache came from, as for a folder cache."""
+    pattern = f"{shards}/{{train-{{00000..00003}},val-{{00000..00001}}}}.tar"
+    cache = tmp_path / "tar.h5"
+    embed(pattern, cache, weights="random", workers=0, **QUIET)
+    good = invoke("verify", cache, "--data", pattern, "--sample", "5", "--no-progress")
+    assert good.exit_code == 0 and "re-embedded 5 sampled image(s)" in good.output, good.output
+    moved = tmp_path / "moved"  # the shards elsewhere, given as a folder: paths are relative to it
+    shutil.copytree(shards, moved)
+    assert "re-embedded 2 sampled" in invoke("verify", cache, "--data", moved, "--sample", "2", "--no-progress").output
+
+    tampered = tmp_path / "tampered.h5"  # one row rewritten through h5py: its checksum stays valid
+    shutil.copy(cache, tampered)
+    with h5py.File(tampered, "r+") as f:
+        f["val/features"][2] = f["val/features"][2] * 1.05
+        edited = f["val/paths"].asstr()[2]
+    bad = invoke("verify", tampered, "--data", pattern, "--sample", "26", "--no-progress")
+    problems = [line for line in bad.output.splitlines() if line.startswith("PROBLEM")]
+    assert bad.exit_code == 1 and len(problems) == 1, bad.output  # the 25 others reproduce
+    assert problems[0].startswith(f"PROBLEM  {edited}: stored features differ from a fresh embedding"), problems
+
+
+def test_verify_data_with_shards_missing_or_moved_is_one_line(shards, tmp_path):
+    cache = tmp_path / "tar.h5"
+    embed(shards, cache, weights="random", workers=0, **QUIET)
+
+    def problems(data) -> list[str]:
+        result = invoke("verify", cache, "--data", data, "--sample", "26", "--no-progress")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        return [line for line in result.output.splitlines() if line.startswith("PROBLEM")]
+
+    assert problems(f"{tmp_path}/gone-{{00000..00003}}.tar") == [
+        f"PROBLEM  cannot re-embed from {tmp_path}/gone-{{00000..00003}}.tar: the shard pattern "
+        f"{tmp_path}/gone-{{00000..00003}}.tar matches no file (4 name(s) expanded, none exists)"]
+    nested = tmp_path / "nested" / "train"  # moved one folder down: SHARD/KEY no longer names them
+    shutil.copytree(shards, nested)
+    [line] = problems(nested.parent)
+    assert "6 of the 6 shard(s)" in line and "26 sampled row(s) cannot be re-embedded" in line, line
+    only_train = problems(f"{shards}/train-{{00000..00003}}.tar")  # the val shards are not given
+    assert len(only_train) == 1 and "2 of the 6 shard(s)" in only_train[0] and "10 sampled row(s)" in only_train[0]

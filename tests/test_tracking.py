@@ -102,6 +102,33 @@ def test_mlflow_run_equals_history_and_metrics(logged_run):
     assert {"metrics.json", "config.json", "history.json", "figures"} <= artifacts
     stored = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(logged_run.parent)))
     assert json.loads(stored.read_text()) == metrics
+    # the figure is drawn once: MLflow's artifact holds the very PNG bytes of TensorBoard's image
+    figure = Path(client.download_artifacts(run.info.run_id, "figures/evaluation.png", str(logged_run.parent)))
+    (image,) = _events(logged_run / "tb").Images("figures/evaluation")
+    assert figure.read_bytes() == image.encoded_image_string and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mlflow_batches_stay_within_its_limits():
+    """Every param and value is sent, in as few log_batch calls as MLflow's limits allow."""
+    from mlflow.entities import Metric
+
+    from tlkit.tracking.to_mlflow import MlflowLog
+
+    calls = []
+
+    class Client:
+        def log_batch(self, run_id, metrics=(), params=()):
+            calls.append((list(metrics), list(params)))
+
+    log = MlflowLog.__new__(MlflowLog)  # no store: only the batching is under test
+    log.client = Client()
+    params = {f"p{i}": i for i in range(250)}
+    metrics = [Metric("m", float(i), 0, i) for i in range(2000)]
+    log._batch("run", params=params, metrics=metrics)
+    assert all(len(p) <= 100 and len(m) + len(p) <= 1000 for m, p in calls)
+    assert [m for c in calls for m in c[0]] == metrics
+    assert {p.key: p.value for c in calls for p in c[1]} == {k: str(v) for k, v in params.items()}
+    assert len(calls) == 3  # 100 + 900, 100 + 900, 50 + 200
 
 
 def test_sweep_logs_one_child_run_per_configuration(cache, tmp_path):

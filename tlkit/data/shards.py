@@ -127,11 +127,11 @@ def _split_of_shard(rel: str) -> str:
     return ALL_SPLIT
 
 
-def index_shard(path: Path, label_key: str | None, split_key: str | None):
-    """Yield (key, TarMember, label, split or None, why unreadable or None) of each sample with an image.
+def _walk(path: Path) -> tuple[dict[str, dict], list[str], bool]:
+    """(samples by key, keys in tar order, whether the tar is cut short) of one shard, from its headers.
 
-    A sample the tar ends inside of (a truncated copy) has no label to read: it comes back unreadable,
-    to be skipped and listed like a truncated image file, instead of stopping the whole embed.
+    A sample is ``{"image": TarMember, "cls": bytes, "json": bytes}`` (whichever it has); the label
+    members are read, the image bytes are seeked past.
     """
     from webdataset.tariterators import base_plus_ext
 
@@ -161,6 +161,16 @@ def index_shard(path: Path, label_key: str | None, split_key: str | None):
         if not samples:
             raise DataError(f"{path} is not a readable tar file: {exc}") from None
         truncated = True
+    return samples, order, truncated
+
+
+def index_shard(path: Path, label_key: str | None, split_key: str | None):
+    """Yield (key, TarMember, label, split or None, why unreadable or None) of each sample with an image.
+
+    A sample the tar ends inside of (a truncated copy) has no label to read: it comes back unreadable,
+    to be skipped and listed like a truncated image file, instead of stopping the whole embed.
+    """
+    samples, order, truncated = _walk(path)
     for key in order:
         sample = samples[key]
         if "image" not in sample:
@@ -218,3 +228,42 @@ def discover_shards(spec, label_key: str | None = None, split_key: str | None = 
     index = ShardIndex(root, _class_order({it.class_name for it in items}), items, members, ignored)
     index.unreadable = unreadable
     return index
+
+
+def locate_members(spec, paths) -> tuple[dict[str, TarMember], list[str]]:
+    """Where the cache paths ``SHARD/KEY`` are in the shards ``spec`` names (``tlkit verify --data``).
+
+    Only the shards the paths name are read (their headers). Returns the members found and one
+    problem line per absence: all the shards that are not among ``spec``'s (moved, or another
+    pattern) in one line, a shard that cannot be read, a key a shard does not hold. A pattern
+    matching no file is a :class:`DataError`, as for ``tlkit embed``.
+    """
+    root, shards, _ = expand_shards(spec)
+    known = {shard.resolve().relative_to(root).as_posix(): shard for shard in shards}
+    wanted: dict[str, list[str]] = {}
+    for path in paths:
+        wanted.setdefault(path.rpartition("/")[0], []).append(path)
+    absent = [shard for shard in wanted if shard not in known]
+    problems = []
+    if absent:
+        rows = sum(len(wanted[shard]) for shard in absent)
+        problems.append(f"{len(absent)} of the {len(wanted)} shard(s) the sampled rows are in are not among the "
+                        f"shards of {spec} (e.g. {absent[0] or '(no shard)'}, looked for as {root / absent[0]}), "
+                        f"so {rows} sampled row(s) cannot be re-embedded: give the pattern or folder the cache "
+                        f"was embedded from")
+    found = {}
+    for shard, shard_paths in wanted.items():
+        if shard not in known:
+            continue
+        try:
+            samples, _, _ = _walk(known[shard])
+        except (DataError, OSError) as exc:
+            problems.append(f"{shard}: cannot be read ({exc}), so {len(shard_paths)} sampled row(s) cannot be re-embedded")
+            continue
+        for path in shard_paths:
+            member = samples.get(path.rpartition("/")[2], {}).get("image")
+            if member is None:
+                problems.append(f"{path}: no such image in {known[shard]} (cannot re-embed it)")
+            else:
+                found[path] = member
+    return found, problems

@@ -22,6 +22,7 @@ from tlkit.cache.schema import Provenance
 from tlkit.cache.verify import VerifyReport, verify_cache
 from tlkit.data.decode import DEFAULT_MAX_PIXELS
 from tlkit.data.reader import read_batches
+from tlkit.data.shards import locate_members, looks_like_shards
 from tlkit.data.transforms import TransformSpec
 from tlkit.data.views import ViewSpec
 from tlkit.device import select_device
@@ -64,6 +65,21 @@ def verify_with_data(
     return verify_cache(path, progress=progress, reproduce=reproduce)
 
 
+def _sources(data: Path, rels: list[str], shards: bool) -> tuple[dict, list[str]]:
+    """What to decode for each cache path, and a problem line for each one not there: a file of the
+    folder ``data``, or, for tar shards (paths ``SHARD/KEY``), a member of one of them."""
+    if shards:
+        return locate_members(data, rels)
+    found, missing = {}, []
+    for rel in rels:
+        file = data / rel
+        if file.is_file():
+            found[rel] = str(file)
+        else:
+            missing.append(f"{rel}: missing from {data} (cannot re-embed it)")
+    return found, missing
+
+
 def check_sample(
     f: h5py.File, data_dir: Path, paths_by_split: dict[str, np.ndarray], provenance: Provenance,
     report: VerifyReport, sample: int, seed: int, weights, tolerance: float | None, device: str, batch_size: int,
@@ -78,7 +94,8 @@ def check_sample(
         return
     if tolerance is None:
         tolerance = precision.verify_tolerance
-    if not data_dir.is_dir():
+    shards = looks_like_shards(data_dir)
+    if not shards and not data_dir.is_dir():
         report.problems.append(f"data folder {data_dir} does not exist")
         return
     try:
@@ -109,16 +126,18 @@ def check_sample(
         return
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(total, size=min(sample, total), replace=False))
-    todo = []
+    rows = []
     for i in picked.tolist():
         k = int(np.searchsorted(ends, i, side="right"))
         split, r = splits[k], i - (int(ends[k - 1]) if k else 0)
-        rel = str(paths_by_split[split][r])
-        file = data_dir / rel
-        if not file.is_file():
-            report.problems.append(f"{rel}: missing from {data_dir} (cannot re-embed it)")
-        else:
-            todo.append((split, r, rel, file))
+        rows.append((split, r, str(paths_by_split[split][r])))
+    try:
+        sources, missing = _sources(data_dir, [rel for _, _, rel in rows], shards)
+    except TlkitError as exc:  # e.g. a shard pattern matching no file
+        report.problems.append(f"cannot re-embed from {data_dir}: {exc}")
+        return
+    report.problems.extend(missing)
+    todo = [(split, r, rel, sources[rel]) for split, r, rel in rows if rel in sources]
     if not todo:
         return
 
@@ -130,7 +149,7 @@ def check_sample(
         return
     worst = 0.0
     compared = views_compared = 0
-    files = [str(t[3]) for t in todo]
+    files = [t[3] for t in todo]
     view_keys = [rel if split in provenance.view_splits else None for split, _, rel, _ in todo] if views else None
     for batch in read_batches(files, spec, batch_size, workers=0, max_pixels=DEFAULT_MAX_PIXELS, device=mapper.device,
                               views=views, view_keys=view_keys):

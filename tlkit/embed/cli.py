@@ -159,7 +159,8 @@ def _print_listing(backbones: bool, name: str) -> None:
 @click.command()
 @click.argument("cache", type=click.Path(path_type=str))
 @click.option("--data", "data_dir", type=click.Path(path_type=str), default=None,
-              help="The image folder the cache was made from: re-embed a sample and compare [default: integrity checks only].")
+              help="The image folder or tar shards (the pattern or folder given to embed) the cache was made from: "
+                   "re-embed a sample and compare [default: integrity checks only].")
 @click.option("--sample", default=32, show_default=True, type=click.IntRange(0),
               help="How many randomly chosen images to re-embed (with --data).")
 @click.option("--seed", default=0, show_default=True, help="Seed for choosing the sample.")
@@ -185,12 +186,13 @@ def verify(cache, data_dir, sample, seed, weights, tolerance, device, as_json, p
     list of skipped files agrees with the rows.
 
     \b
-    Reproduction (with --data DIR): embeds a seeded random sample of the
-    images again with the weights, transform and precision the cache
-    records (int8: from its stored calibration) and compares with the
-    stored features (absolute tolerance 1e-4 for fp32 and int8: a rerun on
-    the same kind of device agrees to about 1e-6, while other weights, an
-    edited image or another torchvision moves features by 1e-2 or more;
+    Reproduction (with --data DIR, or the tar shards' pattern or folder):
+    embeds a seeded random sample of the images again with the weights,
+    transform and precision the cache records (int8: from its stored
+    calibration) and compares with the stored features (absolute tolerance
+    1e-4 for fp32 and int8: a rerun on the same kind of device agrees to
+    about 1e-6, while other weights, an edited image or another torchvision
+    moves features by 1e-2 or more;
     1e-2 for bf16/fp16, whose rounding may differ on another CPU or GPU).
 
     Prints each check that held and each problem on its own line; exits 0
@@ -201,6 +203,7 @@ def verify(cache, data_dir, sample, seed, weights, tolerance, device, as_json, p
         tlkit verify cache/feats.h5
         tlkit verify cache/feats.h5 --data data/ --sample 64
         tlkit verify cache/feats.h5 --data data/ --weights my_resnet18.pt
+        tlkit verify cache/feats.h5 --data 'shards/{00000..00099}.tar'
     """
     if data_dir is None:
         from tlkit.cache.verify import verify_cache

@@ -129,20 +129,33 @@ def search_children(rec: RunRecord) -> list[SearchChild]:
     return children
 
 
-def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
+@dataclass
+class Figure:
+    """One figure drawn once, as PNG bytes in memory and as a file: TensorBoard takes the bytes as they
+    are (no decoding and re-encoding), MLflow the file."""
+
+    name: str  # e.g. "evaluation"
+    path: Path
+    png: bytes
+    width: int
+    height: int
+
+
+def render_figures(rec: RunRecord, folder: Path) -> list[Figure]:
     """``evaluation.png``: ROC and precision-recall curves and the confusion matrix at the final epoch.
 
-    The loss curves are not drawn: both trackers plot the logged scalars themselves. One small figure
-    at screen resolution, without the report's tight-bounding-box pass (``tlkit report`` draws the
-    full-size ones): rendering is most of what logging costs, and it runs after training.
+    The loss curves are not drawn: both trackers plot the logged scalars themselves. Drawing is most
+    of what logging costs, so the figure is drawn once for both trackers, straight on an Agg canvas
+    (no pyplot, no figure manager), small and at screen resolution, with few artists: three ticks
+    on each curve axis and the AUC and AP in the titles instead of legend boxes (``tlkit report``
+    draws the full-size figures).
     """
+    import io
+
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
 
     run = rec.run
     labels = np.asarray(run.predictions["labels"])
@@ -151,17 +164,22 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
         targets, scores, what = labels, proba[:, 1], ""
     else:
         targets, scores, what = np.eye(proba.shape[1], dtype=np.int64)[labels].ravel(), proba.ravel(), " (micro-average)"
-    fig, (ax_roc, ax_pr, ax_cm) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
+    fig = MplFigure(figsize=(12, 3.8), dpi=80)
+    canvas = FigureCanvasAgg(fig)
+    ax_roc, ax_pr, ax_cm = fig.subplots(1, 3)
+    roc_title, pr_title = f"ROC{what}", f"precision-recall{what}"
     if len(np.unique(targets)) == 2:
         fpr, tpr, _ = roc_curve(targets, scores)
-        ax_roc.plot(fpr, tpr, label=f"AUC {auc(fpr, tpr):.3f}")
+        ax_roc.plot(fpr, tpr)
+        roc_title += f": AUC {auc(fpr, tpr):.3f}"
         precision, recall, _ = precision_recall_curve(targets, scores)
-        ax_pr.step(recall, precision, where="post", label=f"AP {average_precision_score(targets, scores):.3f}")
+        ax_pr.step(recall, precision, where="post")
+        pr_title += f": AP {average_precision_score(targets, scores):.3f}"
     ax_roc.plot([0, 1], [0, 1], ":", color="grey")
-    ax_roc.set(title=f"ROC{what}", xlabel="false positive rate", ylabel="true positive rate")
-    ax_pr.set(title=f"precision-recall{what}", xlabel="recall", ylabel="precision")
+    ax_roc.set(title=roc_title, xlabel="false positive rate", ylabel="true positive rate")
+    ax_pr.set(title=pr_title, xlabel="recall", ylabel="precision")
     for ax in (ax_roc, ax_pr):
-        ax.legend(loc="lower right")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
     block = run.metrics["final"]
     matrix = np.asarray(block["confusion_matrix"], dtype=float)
     ax_cm.imshow(matrix, cmap="Blues")
@@ -172,10 +190,12 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Path]:
               xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names)
     fig.suptitle(f"{rec.name} (first seed's curves)" if run.seeds and len(run.seeds) > 1 else rec.name)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.82, wspace=0.3)
-    path = folder / "evaluation.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return [path]
+    buf = io.BytesIO()
+    canvas.print_png(buf)
+    width, height = canvas.get_width_height()
+    figure = Figure("evaluation", folder / "evaluation.png", buf.getvalue(), width, height)
+    figure.path.write_bytes(figure.png)
+    return [figure]
 
 
 def figures_folder() -> tempfile.TemporaryDirectory:

@@ -63,11 +63,6 @@ def _new_store(uri: str) -> None:
         return
 
 
-def _chunks(items: list, n: int):
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
 class MlflowLog:
     def __init__(self, log_dir: Path, uri: str | None = None, experiment: str = EXPERIMENT):
         require("mlflow", "track", "--log-to mlflow")
@@ -95,20 +90,29 @@ class MlflowLog:
         self.client.set_terminated(run_id, status)
 
     def log(self, rec: RunRecord, extra_params: dict | None = None, parent: str | None = None, figures=()) -> str:
+        """One finished run: its parameters and metrics in batches, its files and figures in one artifact upload."""
+        import shutil
+        import tempfile
+
+        from mlflow.entities import Metric
+
         tags = {"tlkit.run_dir": str(rec.run.path.resolve()), "tlkit.kind": rec.run.config.kind}
         if parent:
             tags[PARENT_TAG] = parent
         run_id = self.client.create_run(self.experiment_id, run_name=rec.name, tags=tags).info.run_id
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         metrics = [Metric(tag, value, now, step) for tag, step, value in rec.epoch_scalars]
         metrics += [Metric(tag, value, now, rec.final_step) for tag, value in rec.final_scalars.items()]
         self._batch(run_id, params={**rec.params, **(extra_params or {})}, metrics=metrics)
-        for path in rec.files:
-            self.client.log_artifact(run_id, str(path))
-        for path in figures:
-            self.client.log_artifact(run_id, str(path), "figures")
+        # one upload of a staged folder: each log_artifact call looks the run and its store up again
+        with tempfile.TemporaryDirectory(prefix="tlkit-mlflow-") as stage:
+            for path in rec.files:
+                shutil.copyfile(path, Path(stage) / path.name)
+            if figures:
+                (Path(stage) / "figures").mkdir()
+            for figure in figures:
+                shutil.copyfile(figure.path, Path(stage) / "figures" / figure.path.name)
+            self.client.log_artifacts(run_id, stage)
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
@@ -124,10 +128,14 @@ class MlflowLog:
         return run_id
 
     def _batch(self, run_id: str, params: dict | None = None, metrics: list | None = None) -> None:
+        """As few ``log_batch`` calls as MLflow's limits allow (each is a transaction): per call at most 100
+        params and 1000 values in all."""
         from mlflow.entities import Param
 
-        # MLflow's limits per log_batch call: 100 params, 1000 metrics
-        for chunk in _chunks([Param(k, str(v)) for k, v in (params or {}).items()], 100):
-            self.client.log_batch(run_id, params=chunk)
-        for chunk in _chunks(metrics or [], 1000):
-            self.client.log_batch(run_id, metrics=chunk)
+        params = [Param(k, str(v)) for k, v in (params or {}).items()]
+        metrics = list(metrics or [])
+        while params or metrics:
+            some_params, params = params[:100], params[100:]
+            room = 1000 - len(some_params)
+            some_metrics, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=some_metrics, params=some_params)

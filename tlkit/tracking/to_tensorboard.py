@@ -2,7 +2,7 @@
 
 Scalars per epoch (the mean of many seeds under the plain tag, each seed under
 ``seed_<n>/``), the final metrics and intervals at the final epoch, the hyperparameters
-in the HParams dashboard, the figures as images. Written with torch's ``SummaryWriter``.
+in the HParams dashboard, the figures as images. Written with torch's ``SummaryWriter``'s event file.
 """
 
 from __future__ import annotations
@@ -25,27 +25,34 @@ class TensorBoardLog:
         self.root = Path(log_dir) / TB_DIR
 
     def log(self, rec: RunRecord, folder: Path, extra_params: dict | None = None, figures=()) -> Path:
-        """Write ``rec`` as one TensorBoard run in ``folder`` (relative to tb/)."""
+        """Write ``rec`` as one TensorBoard run in ``folder`` (relative to tb/).
+
+        One event per step carries all of that step's scalars (``add_scalar`` writes one event per
+        value), and the figures go in as the PNG bytes already drawn (``add_image`` would decode them
+        and encode them again).
+        """
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
+        steps: dict[int, list] = {}
+        for tag, step, value in rec.epoch_scalars:
+            steps.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=value))
+        for tag, value in rec.final_scalars.items():
+            steps.setdefault(rec.final_step, []).append(Summary.Value(tag=tag, simple_value=value))
+        for figure in figures:
+            image = Summary.Image(height=figure.height, width=figure.width, colorspace=4,  # RGBA, as Agg writes it
+                                  encoded_image_string=figure.png)
+            steps.setdefault(rec.final_step, []).append(Summary.Value(tag=f"figures/{figure.name}", image=image))
         where = self.root / folder
         with SummaryWriter(log_dir=str(where)) as writer:
-            for tag, step, value in rec.epoch_scalars:
-                writer.add_scalar(tag, value, step)
-            for tag, value in rec.final_scalars.items():
-                writer.add_scalar(tag, value, rec.final_step)
+            events = writer.file_writer
+            for step in sorted(steps):
+                events.add_summary(Summary(value=steps[step]), step)
             params = {k: _hparam_value(v) for k, v in {**rec.params, **(extra_params or {})}.items()}
             for summary in hparams(params, {tag: value for tag, value in rec.final_scalars.items()
                                             if tag.startswith(("final/", "interval/"))}):
-                writer.file_writer.add_summary(summary)
-            for path in figures:
-                import numpy as np
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    writer.add_image(f"figures/{Path(path).stem}", np.asarray(im.convert("RGB")), rec.final_step,
-                                     dataformats="HWC")
+                events.add_summary(summary)
         return where
 
     def log_child(self, folder: Path, params: dict, scalars: dict[str, float]) -> None:
