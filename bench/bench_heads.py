@@ -54,6 +54,9 @@ Prints, all measured side by side in this one run on this machine:
    same shots and noise on default.mixed (timed on --qnode-batches batches, extrapolated to an epoch;
    target >= 100x); 10 seeds against one under noise and shots (target <= 2x); and ``tlkit evaluate``'s
    scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise (target < 2 s of compute).
+   Beside them, the bare batched kernels of one training step (the circuit's and its parameter-shifted
+   copies' outcome probabilities, and the multinomial draws) at 1 and 10 seeds, and the floor that the
+   arithmetic 9 more seeds add sets on the 10-seed ratio.
 
 ``--only cli,quantum,seeds,memory,sweep,startup,noise`` picks sections (4 comes with 3).
 """
@@ -592,6 +595,9 @@ def report_noise(cache: Path, args) -> bool:
     evaluate10 = min(score(heads, list(range(10)), rows, conditions)[1] for _ in range(max(1, args.repeat)))
     evaluate1 = min(score(heads[:1], [0], rows, conditions)[1] for _ in range(max(1, args.repeat)))
 
+    kernels = {count: step_kernels(count) for count in (1, 10)}
+    steps = math.ceil(len(y) / 4)
+
     checks = [
         ("shots+noise epoch / analytic noise-free epoch", noisy / analytic, NOISE_TARGETS["vs_analytic"], "<="),
         ("QNode epoch (extrapolated) / shots+noise epoch", qnode_epoch / noisy, NOISE_TARGETS["vs_qnode"], ">="),
@@ -605,12 +611,47 @@ def report_noise(cache: Path, args) -> bool:
           f"(extrapolated from {args.qnode_batches} batches of 4: {step:.2f} s each, and 8 evaluation rows)")
     print(f"   evaluate at {SHOTS} shots under {NOISE}, 1,000 images: 10 seeds {evaluate10:.2f} s, 1 seed "
           f"{evaluate1:.2f} s ({evaluate10 / evaluate1:.1f}x)")
+    print(f"   the bare batched kernels of one training step (batch 4, best of 5): "
+          + "; ".join(f"{c} seed{'s' * (c > 1)}: circuit and shifted-circuit probabilities {k['probabilities'] * 1e3:.1f} ms, "
+                      f"multinomial draws {k['draws'] * 1e3:.1f} ms" for c, k in kernels.items()))
+    grown = sum(kernels[10].values()) - sum(kernels[1].values())
+    print(f"   so 9 more seeds add {grown * 1e3:.1f} ms of arithmetic and draws per step, {grown * steps:.2f} s per epoch "
+          f"({steps} steps), against one seed's whole epoch of {noisy:.2f} s: a floor of "
+          f"{(noisy + grown * steps) / noisy:.2f}x for 10 seeds before any overhead")
     ok = True
     for label, value, target, sense in checks:
         passed = value <= target if sense == "<=" else value >= target if sense == ">=" else value < target
         ok &= passed
         print(f"   {label}: {value:.2f} (target {sense} {target:g}): {'PASS' if passed else 'FAIL'}")
     return ok
+
+
+def step_kernels(seeds: int, batch: int = 4, rounds: int = 5) -> dict[str, float]:
+    """Seconds (best of ``rounds``, as the epochs) of the arithmetic of one training step under shots and noise, alone: the circuit's and the
+    parameter-shifted circuits' outcome probabilities of ``seeds`` seeds (one batched pass), and their draws."""
+    import torch
+
+    from tlkit.heads import density, shots
+    from tlkit.heads.circuit import dressed_circuit
+    from tlkit.threads import one_thread
+
+    program = density.trace(dressed_circuit, 4, (6, 4), NOISE)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(seeds, batch, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(seeds, 24, generator=g, dtype=torch.float64)
+    sampler = shots.ShotSampler(program, SHOTS)
+    generators = sampler.generators(torch.arange(seeds))
+    best = {"probabilities": float("inf"), "draws": float("inf")}
+    with one_thread():
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            forward = density.forward_pass(program, x, w)  # as a training step: once, for both
+            shifted, _ = density.shifted_probabilities(program, x, w, math.pi / 2, forward)
+            t1 = time.perf_counter()
+            sampler.estimate(forward["probs"], generators), sampler.estimate(shifted, generators)
+            t2 = time.perf_counter()
+            best = {"probabilities": min(best["probabilities"], t1 - t0), "draws": min(best["draws"], t2 - t1)}
+    return best
 
 
 if __name__ == "__main__":

@@ -137,11 +137,20 @@ def test_shot_estimates_are_unbiased_and_reproducible(spec):
 
 
 def test_readout_error_acts_on_the_sampled_bits():
-    counts = torch.tensor([[1000.0, 0, 0, 0]], dtype=torch.float64)  # every shot read 00
-    flipped = torch.stack([shots.flip_bits(counts, 0.1, 2, torch.Generator().manual_seed(i)) for i in range(200)])
+    # Every shot reads 00 before the readout error; each bit then flips with probability 0.1. The sampler draws
+    # from the flipped probabilities (the same law as flipping each sampled bit): both give 81/9/9/1 %.
+    counts = torch.tensor([[1000.0, 0, 0, 0]], dtype=torch.float64)
+    flipped = torch.stack([shots.flip_bits(counts, 0.1, 2, np.random.default_rng(i)) for i in range(200)])
     assert (flipped.sum(-1) == 1000).all()
-    share = flipped.mean(0)[0] / 1000
-    torch.testing.assert_close(share, torch.tensor([0.81, 0.09, 0.09, 0.01], dtype=torch.float64), atol=0.005, rtol=0)
+    expected = torch.tensor([0.81, 0.09, 0.09, 0.01], dtype=torch.float64)
+    torch.testing.assert_close(flipped.mean(0)[0] / 1000, expected, atol=0.005, rtol=0)
+    program = density.trace(lambda x, w: [qml.expval(qml.PauliZ(0)), qml.expval(qml.PauliZ(1))], 0, (1, 2),
+                            "readout=0.1", mixed=False)
+    sampler = shots.ShotSampler(program, 1000)
+    probs = torch.tensor([[[1.0, 0, 0, 0]]] * 200, dtype=torch.float64).transpose(0, 1)  # (1 seed, 200 rows, 4)
+    estimates = sampler.estimate(probs, sampler.generators(torch.tensor([1])))[0]  # (200, 2): <Z> = 1 - 2 * 0.1
+    torch.testing.assert_close(estimates.mean(0), torch.tensor([0.8, 0.8], dtype=torch.float64), atol=0.01, rtol=0)
+    assert (estimates.std(0) > 0).all()
 
 
 @pytest.mark.parametrize("spec", [None, "depolarizing=0.05,readout=0.05"])
@@ -160,6 +169,32 @@ def test_parameter_shift_gradient_under_shots_has_the_analytic_gradient_as_its_m
         standard_error = sample.std(0) / math.sqrt(len(draws))
         assert ((sample.mean(0) - exact[k]).abs() <= 4.5 * standard_error + 1e-9).all()
         assert (sample.std(0) > 0).any()
+
+
+@pytest.mark.parametrize("spec, mixed", [("depolarizing=0.02,amplitude_damping=0.01", True), (None, False)])
+def test_shifted_probabilities_equal_the_shifted_circuits_run_one_by_one(spec, mixed):
+    # the Heisenberg-picture rows, all seeds, layers and shifts batched, against each shifted circuit run whole
+    g = torch.Generator().manual_seed(7)
+    x, w = torch.rand(3, 5, 4, generator=g, dtype=torch.float64) * 3, torch.rand(3, 12, generator=g, dtype=torch.float64) * 3
+    program = density.trace(dressed_circuit, 4, (3, 4), spec, mixed=mixed)
+    probs, params = density.shifted_probabilities(program, x, w, math.pi / 2)
+    assert sorted(params) == sorted([("weight", p) for p in range(12)] + [("input", i) for i in range(4)])
+    for t, (kind, index) in enumerate(params):
+        for sign, row in ((1, 2 * t), (-1, 2 * t + 1)):
+            xs, ws = x.clone(), w.clone()
+            (ws[:, index] if kind == "weight" else xs[:, :, index]).add_(sign * math.pi / 2)
+            torch.testing.assert_close(probs[:, row], density.probabilities(program, xs, ws[:, None]), atol=1e-12, rtol=0)
+
+
+def test_a_seed_among_ten_draws_its_own_single_run_under_shots_and_noise():
+    X, y = blobs(12, 2, seed=3)
+    kw = dict(epochs=2, batch_size=4, shots=200, noise="depolarizing=0.01,readout=0.02")
+    many = QuantumHead(**kw).fit_seeds(X, y, range(10), eval_set=(X, y))
+    for seed in (0, 7):
+        alone = QuantumHead(seed=seed, **kw).fit(X, y, eval_set=(X, y))
+        assert [r["train_loss"] for r in many[seed].history_] == [r["train_loss"] for r in alone.history_]
+        np.testing.assert_array_equal(many[seed].evaluation_.final_proba, alone.evaluation_.final_proba)
+    assert len({h.history_[-1]["train_loss"] for h in many}) == 10  # each seed its own draws
 
 
 def test_training_under_shots_and_noise_is_reproducible_and_many_seeds_equal_single_runs():

@@ -92,12 +92,12 @@ def test_fetch_refuses_what_is_not_the_data_set(tmp_path, server, payload, messa
 
 
 @pytest.mark.slow
-def test_make_reproduce_end_to_end(hymenoptera_small, tmp_path):
+def test_make_reproduce_end_to_end(hymenoptera_tiny, tmp_path):
     """embed, the demo's heads (tuned on a grid by cross-validation, several seeds each), the scratch baseline
     and the report, as `make reproduce` runs them; a small SEEDS=, CV=, HEAD_FLAGS= and two-value grids keep
-    it quick (the grid search itself is tested in test_sweeps)."""
+    it quick, on the 12 images of hymenoptera_tiny (the grid search itself is tested in test_sweeps)."""
     runs = tmp_path / "runs"
-    cmd = ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed-stamp", "reproduce", f"DATA={hymenoptera_small}",
+    cmd = ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed-stamp", "reproduce", f"DATA={hymenoptera_tiny}",
            "WEIGHTS=random", f"CACHE={tmp_path / 'feats.h5'}", f"RUNS={runs}", "SCRATCH_FLAGS=--epochs 1 --no-progress",
            "SEEDS=3", "CV=2", "DEMO_LRS=0.001,0.01", "DEMO_CS=0.1,1", "DEMO_ALPHAS=0.0001,1",
            "HEAD_FLAGS=--epochs 2 --no-progress"]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from tlkit.heads.noise import NoiseModel
+from tlkit.heads.statevector import basis_bits, cnot_permutation, is_identity, kron_factor, layout_moves
 
 DTYPE = torch.float64  # default.mixed's precision
 MAX_QUBITS = 8  # 4**8 = 65,536 entries per density matrix
@@ -130,7 +131,7 @@ def _trace(circuit, n_inputs: int, weight_shape: tuple[int, ...], model: NoiseMo
     for op in tape.operations:
         if op.name == "CNOT":
             control, target = int(op.wires[0]), int(op.wires[1])
-            step = _cnot_permutation(n, control, target)
+            step = cnot_permutation(n, control, target)
             last = layers[-1] if layers else None
             if last is not None and not any(control in last[k] or target in last[k] for k in ("pre", "slot", "post")):
                 last["perm"] = last["perm"][step]  # commutes with the layer's operations on other wires
@@ -156,7 +157,7 @@ def _trace(circuit, n_inputs: int, weight_shape: tuple[int, ...], model: NoiseMo
     pair = _pair_index(n)  # (2**n, 2**n): where rho[r, c] sits in the pair-ordered vector
 
     def index_of(perm):
-        if _is_identity(perm):
+        if is_identity(perm):
             return None
         if not mixed:
             return torch.as_tensor(perm)
@@ -189,7 +190,7 @@ def _trace(circuit, n_inputs: int, weight_shape: tuple[int, ...], model: NoiseMo
     for j, m in enumerate(tape.measurements):
         if type(m).__name__ != "ExpectationMP" or m.obs is None or m.obs.name != "PauliZ":
             raise NotImplementedError(f"only expval(PauliZ) measurements are supported, got {m}")
-        z_signs[:, j] = 1.0 - 2.0 * _bits(n)[:, int(m.wires[0])]
+        z_signs[:, j] = 1.0 - 2.0 * basis_bits(n)[:, int(m.wires[0])]
     measure = np.diagonal(pair) if mixed else np.arange(2**n)
     return Program(n_qubits=n, n_inputs=n_inputs, n_weights=n_weights, local_dim=d, initial_state=state,
                    shared=stack(shared), per_sample=stack(per_sample), order=order,
@@ -250,30 +251,13 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
 
 
 def _moves(program: Program, batch: int, device: str) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """For each layer, the index that turns the state as the previous layer left it into its CNOT-permuted
-    self in this layer's layout; and the index back to "by sample" at the end (kept per batch size)."""
+    """:func:`tlkit.heads.statevector.layout_moves` for this program (kept per batch size and device)."""
     cache = program.__dict__.setdefault("_moves", {})
     key = (batch, device)
     if key not in cache:
-        n, d = program.n_qubits, program.local_dim
-        dim, d_low = d**n, d ** (n - n // 2)
-        basis, sample = torch.arange(dim), torch.arange(batch)
-
-        def position(layout: str, i: torch.Tensor) -> torch.Tensor:
-            if layout == "per_sample":  # b * dim + i
-                return sample[:, None] * dim + i[None, :]
-            return (i // d_low)[None, :] * (batch * d_low) + sample[:, None] * d_low + (i % d_low)[None, :]
-
-        def to_layout(layout: str, values: torch.Tensor) -> torch.Tensor:
-            out = torch.empty(batch * dim, dtype=torch.long)
-            out[position(layout, basis).reshape(-1)] = values.reshape(-1)
-            return out
-
-        moves, layout = [], "per_sample"  # the start state expanded over the batch is by sample
-        for kind, _, perm in program.order:
-            moves.append(to_layout(kind, position(layout, basis if perm is None else perm)).to(device))
-            layout = kind
-        cache[key] = (moves, to_layout("per_sample", position(layout, basis)).to(device))
+        layers = [(kind == "per_sample", perm) for kind, _, perm in program.order]
+        moves, final = layout_moves(layers, program.n_qubits, program.local_dim, batch)
+        cache[key] = ([m.to(device) for m in moves], final.to(device))
     return cache[key]
 
 
@@ -312,20 +296,7 @@ def _wire_matrices(layers: Layers, bank: torch.Tensor) -> torch.Tensor:
 def _krons(matrices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., n, d, d) -> the Kronecker products of the high wires' (0..n//2-1) and of the low wires' matrices."""
     high = n // 2
-    return _kron_factor(matrices[..., :high, :, :]), _kron_factor(matrices[..., high:, :, :])
-
-
-def _kron_factor(matrices: torch.Tensor) -> torch.Tensor:
-    """(..., k, d, d) -> (..., d**k, d**k) by successive outer products; k = 0 gives [[1]]."""
-    k = matrices.shape[-3]
-    if k == 0:
-        return matrices.new_ones(*matrices.shape[:-3], 1, 1)
-    out = matrices[..., 0, :, :]
-    for w in range(1, k):
-        m = matrices[..., w, :, :]
-        a, b = out.shape[-1], m.shape[-1]
-        out = (out[..., :, None, :, None] * m[..., None, :, None, :]).reshape(*m.shape[:-2], a * b, a * b)
-    return out
+    return kron_factor(matrices[..., :high, :, :]), kron_factor(matrices[..., high:, :, :])
 
 
 def _apply(state: torch.Tensor, perm, k_high: torch.Tensor, k_low: torch.Tensor, n: int, d: int) -> torch.Tensor:
@@ -356,22 +327,11 @@ def _marker(op):
     return ("input", int(marker) - 1) if marker > 0 else ("weight", int(-marker) - 1)
 
 
-def _bits(n: int) -> np.ndarray:
-    """(2**n, n): the bit of each wire in each basis state, wire 0 most significant (as in PennyLane)."""
-    return (np.arange(2**n)[:, None] >> (n - 1 - np.arange(n))) & 1
-
-
 def _pair_index(n: int) -> np.ndarray:
     """(2**n, 2**n): the position of rho[r, c] in the pair-ordered vector (digit 2 * r_w + c_w per wire)."""
-    bits = _bits(n)
+    bits = basis_bits(n)
     digits = 2 * bits[:, None, :] + bits[None, :, :]  # (r, c, n)
     return (digits * (4 ** (n - 1 - np.arange(n)))).sum(-1)
-
-
-def _cnot_permutation(n: int, control: int, target: int) -> np.ndarray:
-    """``state[perm]`` is CNOT(control, target) applied to a state vector."""
-    index = np.arange(2**n)
-    return np.where(_bits(n)[:, control] == 1, index ^ (1 << (n - 1 - target)), index)
 
 
 @functools.lru_cache(maxsize=None)
@@ -379,32 +339,16 @@ def _flip_index(n: int, wire: int, device: str) -> torch.Tensor:
     return torch.as_tensor(np.arange(2**n) ^ (1 << (n - 1 - wire)), device=device)
 
 
-def _is_identity(perm: np.ndarray) -> bool:
-    return bool((perm == np.arange(len(perm))).all())
-
-
-def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor, shift: float):
-    """The outcome probabilities of every parameter-shifted copy of the circuit, for the parameter-shift rule.
-
-    ``inputs`` (S, B, I), ``weights`` (S, P). Returns (probs (S, T, B, 2**n), params): row t of ``probs`` is
-    the circuit with one rotation's angle moved by ``+shift`` (t even) or ``-shift`` (t odd), and
-    ``params[t // 2]`` = ("weight" | "input", index) names the angle that rotation is fed by.
-
-    Computed in the Heisenberg picture rather than by running T circuits: for the layer L holding the
-    rotation, p_k = <O_k, L_shifted(rho)> with rho the state entering L and O_k the outcome k's projector
-    carried back through the layers after L (adjoint; for a state vector, the amplitude <e_k| U_after, squared).
-    The layers after the input layer are fed by weights
-    only, so the O_k are per seed, not per sample, and each shifted rotation costs one layer on the B states
-    and an inner product, not a whole circuit: about 4x fewer operations than T separate circuits here.
-    """
+def forward_pass(program: Program, inputs: torch.Tensor, weights: torch.Tensor) -> dict:
+    """``inputs`` (S, B, I), ``weights`` (S, P): the outcome probabilities (S, B, 2**n) as :func:`probabilities`
+    gives them, with what :func:`shifted_probabilities` needs of the forward pass (each layer's wire matrices and
+    their Kronecker factors, the state entering each layer), so that training computes it once per step."""
     n, d = program.n_qubits, program.local_dim
     inputs, weights = inputs.to(DTYPE), weights.to(DTYPE)
     seeds, batch = inputs.shape[:2]
-    n_weights = weights.shape[-1]
-    dim, outcomes = d**n, 2**n
+    dim = d**n
     eye = torch.eye(d, dtype=DTYPE)
     rot_w = _rotation(weights, d)  # (S, P, d, d)
-    kinds = {"shared": program.shared, "per_sample": program.per_sample}
     matrices, krons = {}, {}  # kind -> (S, b, L, n, d, d) wire matrices and their (S, b, L, dh, dh) products
     if len(program.shared):
         matrices["shared"] = _wire_matrices(program.shared, torch.cat([eye.expand(seeds, 1, d, d), rot_w], dim=-3))[:, None]
@@ -414,63 +358,147 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
         matrices["per_sample"] = _wire_matrices(program.per_sample, bank)
     for kind, m in matrices.items():
         krons[kind] = _krons(m, n)
-
-    # Forward: the state entering each layer, its CNOTs applied, (S, B, dim); backward: the outcome projectors
-    # after each layer, (S, 1 or B, outcomes, dim).
+    # The state entering each layer, its CNOTs applied, (S, B, dim).
     entering, state = [], program.initial_state.expand(seeds, batch, dim)
     for kind, k, perm in program.order:
         if perm is not None:
             state = state.index_select(-1, perm)
         entering.append(state)
         state = _layer(state, krons[kind][0][:, :, k], krons[kind][1][:, :, k], n, d)
-    observable = torch.zeros(outcomes, dim, dtype=DTYPE)
-    observable[torch.arange(outcomes), program.measure_index] = 1.0
-    observable = observable.expand(seeds, 1, outcomes, dim)
+    amplitudes = state.index_select(-1, program.measure_index)
+    probs = amplitudes if program.mixed else amplitudes * amplitudes
+    return {"matrices": matrices, "krons": krons, "entering": entering, "probs": probs}
+
+
+def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor, shift: float,
+                          forward: dict | None = None):
+    """The outcome probabilities of every parameter-shifted copy of the circuit, for the parameter-shift rule.
+
+    ``inputs`` (S, B, I), ``weights`` (S, P). Returns (probs (S, T, B, 2**n), params): row t of ``probs`` is
+    the circuit with one rotation's angle moved by ``+shift`` (t even) or ``-shift`` (t odd), and
+    ``params[t // 2]`` = ("weight" | "input", index) names the angle that rotation is fed by.
+
+    Computed in the Heisenberg picture rather than by running T circuits: for the layer L holding the
+    rotation, p_k = <O_k, L_shifted(rho)> with rho the state entering L and O_k the outcome k's projector
+    carried back through the layers after L (adjoint; for a state vector, the amplitude <e_k| U_after, squared).
+    So each shifted rotation costs one layer on the B states and one product with the O_k, not a whole
+    circuit. Within a layer K_high . psi . K_low^T a rotation on a high wire changes K_high only, so
+    psi . K_low^T is computed once for all of them (and K_high . psi once for the low wires').
+
+    The seed axis is a batch axis throughout, and so are the layers: all weight-fed layers' shifted copies, for
+    every seed and sample, are a handful of batched products, whatever the number of seeds (no loop over seeds
+    or over layers, only over the circuit's layers for the forward and backward passes). The O_k are held
+    transposed, (dim, outcomes), so that both factors of a layer are plain matrix products and a CNOT is a
+    gather of rows. ``forward``: :func:`forward_pass` of the same arguments, if already at hand.
+    """
+    n, d = program.n_qubits, program.local_dim
+    inputs, weights = inputs.to(DTYPE), weights.to(DTYPE)
+    seeds, batch = inputs.shape[:2]
+    n_weights = weights.shape[-1]
+    high = n // 2
+    dim, outcomes, d_high, d_low = d**n, 2**n, d**high, d ** (n - high)
+    kinds = {"shared": program.shared, "per_sample": program.per_sample}
+    forward = forward_pass(program, inputs, weights) if forward is None else forward
+    matrices, krons, entering = forward["matrices"], forward["krons"], forward["entering"]
+    tables = _shift_tables(program)
+    # Backward: the outcome projectors after each layer, transposed: (S, 1 or B, dim, outcomes), rows (high, low).
+    observable = tables["selector"].expand(seeds, 1, dim, outcomes)
     after = [None] * len(program.order)
     for position in reversed(range(len(program.order))):
-        kind, k, perm = program.order[position]
         after[position] = observable
+        if position == 0:
+            break
+        kind, k, _ = program.order[position]
         k_high, k_low = krons[kind][0][:, :, k], krons[kind][1][:, :, k]  # (S, b, dh, dh)
-        psi = observable.reshape(*observable.shape[:-1], d ** (n // 2), -1)
-        observable = torch.matmul(torch.matmul(k_high.transpose(-1, -2).unsqueeze(2), psi), k_low.unsqueeze(2))
-        observable = observable.reshape(*observable.shape[:-2], dim)
-        if perm is not None:
-            observable = observable.index_select(-1, torch.argsort(perm))
+        x = torch.matmul(k_high.transpose(-1, -2), observable.reshape(seeds, -1, d_high, d_low * outcomes))
+        x = x.view(seeds, -1, d_high, d_low, outcomes).transpose(2, 3).reshape(seeds, -1, d_low, d_high * outcomes)
+        x = torch.matmul(k_low.transpose(-1, -2), x)  # K_high^T O K_low, rows (low, high)
+        observable = x.view(seeds, -1, dim, outcomes).index_select(2, tables["back"][position])  # CNOTs undone
 
+    signs = torch.tensor([1.0, -1.0], dtype=DTYPE)
     rows, params = [], []
     for kind, layers in kinds.items():
-        # Every rotation of this kind of layer at once: (layer, wire, slot), each shifted up and down.
-        where = torch.nonzero(layers.slot > 0)
+        chosen, where = tables["rotated_layers"][kind], tables["rotations"][kind]  # layers with a rotation; (R, 2)
         if not len(where):
             continue
-        k_index, wires = where[:, 0], where[:, 1]
-        slots = layers.slot[k_index, wires]
-        positions = torch.as_tensor([next(p for p, (kd, kk, _) in enumerate(program.order) if kd == kind and kk == k)
-                                     for k in k_index.tolist()])
-        is_weight = slots <= n_weights
+        slot, pre, post = layers.slot[chosen], layers.pre[chosen], layers.post[chosen]
+        slots = slot[where[:, 0], where[:, 1]]
         params += [("weight", s - 1) if s <= n_weights else ("input", s - 1 - n_weights) for s in slots.tolist()]
-        angles = torch.where(is_weight, weights[:, None, (slots - 1).clamp(max=n_weights - 1)],
-                             inputs[:, :, (slots - 1 - n_weights).clamp(min=0)])  # (S, b, R)
-        signs = torch.tensor([1.0, -1.0], dtype=DTYPE)
-        shifted = angles[..., None] + shift * signs  # (S, b, R, 2)
-        rotated = layers.post[k_index, wires][:, None] @ _rotation(shifted, d) @ layers.pre[k_index, wires][:, None]
-        base = matrices[kind][:, :, k_index]  # (S, b, R, n, d, d)
-        width = max(base.shape[1], rotated.shape[1])
-        variant = base.unsqueeze(3).expand(seeds, width, -1, 2, -1, -1, -1).clone()  # (S, b, R, 2, n, d, d)
-        rotations = torch.arange(len(wires))
-        variant[:, :, rotations, :, wires] = rotated.expand(seeds, width, -1, -1, -1, -1).permute(2, 0, 1, 3, 4, 5)
-        k_high, k_low = _krons(variant.flatten(2, 3), n)  # (S, b, 2R, dh, dh)
-        states = torch.stack(entering, 1)[:, positions.repeat_interleave(2)]  # (S, 2R, B, dim)
-        out = _layer(states, k_high.transpose(1, 2), k_low.transpose(1, 2), n, d)  # (S, 2R, B, dim)
-        chosen = positions.repeat_interleave(2)
-        if all(a.shape[1] == 1 for a in after):  # projectors per seed only: no copy per sample
-            observables = torch.stack([a[:, 0] for a in after], 1)[:, chosen]  # (S, 2R, outcomes, dim)
-            value = torch.einsum("svbd,svkd->svbk", out, observables)
+        n_layers = len(chosen)
+        # Every wire of every such layer shifted up and down (wires without a rotation: discarded at the end).
+        if bool((slot > n_weights).any()):
+            pool = torch.cat([weights[:, None].expand(-1, batch, -1), inputs], dim=-1)  # (S, B, P + I)
         else:
-            observables = torch.stack([a.expand(seeds, batch, outcomes, dim) for a in after], 1)[:, chosen]
-            value = torch.einsum("svbd,svbkd->svbk", out, observables)
+            pool = weights[:, None]  # (S, 1, P)
+        angles = pool[..., (slot - 1).clamp(min=0).view(-1)].view(seeds, -1, n_layers, n)
+        rotated = post[:, :, None] @ _rotation(angles[..., None] + shift * signs, d) @ pre[:, :, None]
+        base = matrices[kind][:, :, chosen]  # (S, b, L, n, d, d); rotated (S, b', L, n, 2, d, d)
+        width = max(base.shape[1], rotated.shape[1])
+        positions = tables["positions"][kind]
+        rho = torch.stack([entering[p] for p in positions], 1).view(seeds, n_layers, batch, d_high, d_low)
+        observables = torch.stack([after[p] for p in positions], 1)  # (S, L, 1 or B, dim, outcomes)
+        k_high, k_low = krons[kind][0][:, :, chosen], krons[kind][1][:, :, chosen]  # (S, b, L, dh, dh), (.., dl, dl)
+        values = []
+        for wires in (range(high), range(high, n)):  # the high wires' shifts, then the low wires'
+            half = base[:, :, :, wires.start:wires.stop]  # (S, b, L, h, d, d)
+            h = len(wires)
+            variant = half[:, :, :, None, None].expand(seeds, width, n_layers, h, 2, h, d, d).clone()
+            own = torch.arange(h)
+            variant[:, :, :, own, :, own] = rotated[:, :, :, wires.start:wires.stop] \
+                .expand(seeds, width, n_layers, h, 2, d, d).permute(3, 0, 1, 2, 4, 5, 6)
+            factor = kron_factor(variant.flatten(3, 4))  # (S, b, L, V = 2h, ., .): the half's product per variant
+            in_high = wires.start == 0
+            if width == 1:  # one matrix per seed, layer and variant: one product serves all variants and samples
+                factor = factor[:, 0]  # (S, L, V, ., .)
+                if in_high:  # [K'_high; ...] . (psi . K_low^T), psi . K_low^T held (S, L, dh, B * dl)
+                    right = torch.matmul(rho, k_low[:, 0, :, None].transpose(-1, -2)).transpose(2, 3)
+                    out = torch.matmul(factor.reshape(seeds, n_layers, -1, d_high),
+                                       right.reshape(seeds, n_layers, d_high, batch * d_low))
+                    out = out.view(seeds, n_layers, -1, d_high, batch, d_low).transpose(3, 4)
+                else:  # (K_high . psi) . [K'_low^T ...], K_high . psi held (S, L, B * dh, dl)
+                    left = torch.matmul(k_high[:, 0, :, None], rho).reshape(seeds, n_layers, batch * d_high, d_low)
+                    columns = factor.permute(0, 1, 4, 2, 3).reshape(seeds, n_layers, d_low, -1)  # K'^T side by side
+                    out = torch.matmul(left, columns).view(seeds, n_layers, batch * d_high, -1, d_low).transpose(2, 3)
+            else:  # matrices per sample: (S, L, V, B, ., .)
+                factor = factor.permute(0, 2, 3, 1, 4, 5)
+                if in_high:
+                    out = torch.matmul(factor, torch.matmul(rho, k_low.transpose(1, 2).transpose(-1, -2)).unsqueeze(2))
+                else:
+                    out = torch.matmul(torch.matmul(k_high.transpose(1, 2), rho).unsqueeze(2), factor.transpose(-1, -2))
+            out = out.reshape(seeds, n_layers, -1, batch, dim)  # (S, L, V, B, dim)
+            if observables.shape[2] == 1:  # projectors per seed: one product for all variants and samples
+                value = torch.matmul(out.view(seeds, n_layers, -1, dim), observables[:, :, 0])
+            else:
+                value = torch.matmul(out.unsqueeze(-2), observables.unsqueeze(2)).squeeze(-2)
+            values.append(value.view(seeds, n_layers, h, 2, batch, outcomes))
+        value = torch.cat(values, dim=2)[:, where[:, 0], where[:, 1]]  # (S, R, 2, B, K): wire order
+        value = value.reshape(seeds, -1, batch, outcomes)
         rows.append(value if program.mixed else value * value)  # a state vector gives amplitudes: p = a**2
     return torch.cat(rows, dim=1), params
+
+
+def _shift_tables(program: Program) -> dict:
+    """Index tables of :func:`shifted_probabilities`, kept per program."""
+    cache = program.__dict__.setdefault("_shift_tables", {})
+    if not cache:
+        n, d = program.n_qubits, program.local_dim
+        dim, outcomes, d_high, d_low = d**n, 2**n, d ** (n // 2), d ** (n - n // 2)
+        selector = torch.zeros(dim, outcomes, dtype=DTYPE)
+        selector[program.measure_index, torch.arange(outcomes)] = 1.0
+        back = []
+        for _, _, perm in program.order:
+            inverse = torch.arange(dim) if perm is None else torch.argsort(perm)
+            back.append((inverse % d_low) * d_high + inverse // d_low)  # rows (low, high) -> (high, low), CNOTs undone
+        kinds = {"shared": program.shared, "per_sample": program.per_sample}
+        cache.update(
+            selector=selector, back=back,
+            rotated_layers={kind: torch.nonzero((layers.slot > 0).any(-1)).view(-1) for kind, layers in kinds.items()},
+            rotations={kind: torch.nonzero(layers.slot[(layers.slot > 0).any(-1)] > 0) for kind, layers in kinds.items()},
+            positions={kind: [next(p for p, (kd, kk, _) in enumerate(program.order) if kd == kind and kk == k)
+                              for k in torch.nonzero((layers.slot > 0).any(-1)).view(-1).tolist()]
+                       for kind, layers in kinds.items()},
+        )
+    return cache
 
 
 def _layer(state, k_high, k_low, n: int, d: int) -> torch.Tensor:

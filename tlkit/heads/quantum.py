@@ -152,7 +152,7 @@ class CircuitRunner:
             seeds = shot_seeds.reshape(-1) if shot_seeds is not None else torch.zeros(1, dtype=torch.long)
             inputs = angles if seeded else angles.unsqueeze(0)
             out = ParameterShift.apply(self.sampler, self.sampler.generators(seeds), inputs,
-                                       weights.reshape(inputs.shape[0], -1))
+                                       weights.reshape(inputs.shape[0], -1), torch.is_grad_enabled())
             return out if seeded else out.squeeze(0)
         if self.simulator == "torch":
             return self._run_program(self.program, angles, weights)

@@ -147,12 +147,12 @@ def _trace(circuit, n_inputs: int, weight_shape: tuple[int, ...]) -> Program:
     pending_perm = np.arange(2**n)
     for op in tape.operations:
         if op.name == "CNOT":
-            pending_perm = pending_perm[_cnot_permutation(n, int(op.wires[0]), int(op.wires[1]))]
+            pending_perm = pending_perm[cnot_permutation(n, int(op.wires[0]), int(op.wires[1]))]
             continue
         wire, gate = _single_qubit_gate(op)
         if gate[0] == "fixed" and gate[1] not in fixed_names:
             fixed_names.append(gate[1])
-        open_layer = layers and _is_identity(pending_perm) and wire not in layers[-1][1]
+        open_layer = layers and is_identity(pending_perm) and wire not in layers[-1][1]
         if open_layer:
             layers[-1][1][wire] = gate
         else:
@@ -188,7 +188,7 @@ def _trace(circuit, n_inputs: int, weight_shape: tuple[int, ...]) -> Program:
     for j, m in enumerate(tape.measurements):
         if type(m).__name__ != "ExpectationMP" or m.obs is None or m.obs.name != "PauliZ":
             raise NotImplementedError(f"only expval(PauliZ) measurements are supported, got {m}")
-        z_signs[:, j] = 1.0 - 2.0 * _bits(n)[:, int(m.wires[0])]
+        z_signs[:, j] = 1.0 - 2.0 * basis_bits(n)[:, int(m.wires[0])]
     z_signs = z_signs[np.argsort(pending_perm)]  # measuring state[perm] = measuring state with permuted signs
 
     def index(rows):
@@ -276,8 +276,8 @@ class _SeedCircuit(torch.autograd.Function):
                 state = torch.bmm(state, layers_t[k])
                 continue
             gates = _input_layer_gates(program, k, bank, input_rot, tables)  # (S, B, n, 2, 2)
-            k_high = _kron_factor(gates[:, :, :high]).reshape(seeds * batch, d_high, d_high)
-            k_low = _kron_factor(gates[:, :, high:]).reshape(seeds * batch, d_low, d_low)
+            k_high = kron_factor(gates[:, :, :high]).reshape(seeds * batch, d_high, d_high)
+            k_low = kron_factor(gates[:, :, high:]).reshape(seeds * batch, d_low, d_low)
             if not tables["input_perm_is_identity"][k]:
                 state = state[..., program.input_perm[k]]
             phi = state.reshape(seeds * batch, d_high, d_low)
@@ -332,7 +332,7 @@ def _kron_contiguous(gates: torch.Tensor, high: int) -> torch.Tensor:
     """(..., n, 2, 2) -> (..., 2**n, 2**n), contiguous: the Kronecker product of the high wires' gates
     (0..high-1) and of the low wires', then of the two, written straight into its own memory (a broadcast
     product would come out strided and cost a copy to reshape)."""
-    k_high, k_low = _kron_factor(gates[..., :high, :, :]), _kron_factor(gates[..., high:, :, :])
+    k_high, k_low = kron_factor(gates[..., :high, :, :]), kron_factor(gates[..., high:, :, :])
     d_high, d_low = k_high.shape[-1], k_low.shape[-1]
     lead = gates.shape[:-3]
     out = torch.empty(*lead, d_high, d_low, d_high, d_low, dtype=gates.dtype, device=gates.device)
@@ -392,7 +392,7 @@ def _j_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     both flattened to (n * 2**n,)."""
     index = np.arange(2**n)
     flip = np.stack([index ^ (1 << (n - 1 - w)) for w in range(n)])
-    sign = np.where(_bits(n).T == 0, -1.0, 1.0)
+    sign = np.where(basis_bits(n).T == 0, -1.0, 1.0)
     return flip.reshape(-1), sign.reshape(-1)
 
 
@@ -405,8 +405,8 @@ def _run_seeds_factored(program: Program, inputs: torch.Tensor, weights: torch.T
     bank = torch.cat([program.fixed_bank.expand(seeds, -1, -1, -1),
                       ry_matrix(weights.reshape(seeds, -1).to(DTYPE))], dim=1)  # (S, F + P, 2, 2)
     gates = bank[:, program.shared_gates].transpose(0, 1)  # (L, S, n, 2, 2)
-    shared_high = _kron_factor(gates[..., :high, :, :])  # (L, S, dh, dh)
-    shared_low_t = _kron_factor(gates[..., high:, :, :]).transpose(-1, -2)  # (L, S, dl, dl)
+    shared_high = kron_factor(gates[..., :high, :, :])  # (L, S, dh, dh)
+    shared_low_t = kron_factor(gates[..., high:, :, :]).transpose(-1, -2)  # (L, S, dl, dl)
     if len(program.input_gates):
         # Each input layer's gate per wire is one of the seed's own (fixed or weight) or an input rotation;
         # choosing with `where` keeps the per-sample gate bank (and its gradient) small.
@@ -416,8 +416,8 @@ def _run_seeds_factored(program: Program, inputs: torch.Tensor, weights: torch.T
         gates = torch.where(from_input[:, None, None, :, None, None],
                             input_rot[:, :, (program.input_gates - n_bank).clamp(min=0)].permute(2, 0, 1, 3, 4, 5),
                             bank[:, program.input_gates.clamp(max=n_bank - 1)].transpose(0, 1).unsqueeze(2))
-        input_high = _kron_factor(gates[..., :high, :, :]).flatten(1, 2)  # (X, S*B, dh, dh)
-        input_low_t = _kron_factor(gates[..., high:, :, :]).transpose(-1, -2).flatten(1, 2)  # (X, S*B, dl, dl)
+        input_high = kron_factor(gates[..., :high, :, :]).flatten(1, 2)  # (X, S*B, dh, dh)
+        input_low_t = kron_factor(gates[..., high:, :, :]).transpose(-1, -2).flatten(1, 2)  # (X, S*B, dl, dl)
     # The state is a dh x dl matrix psi per sample; a layer is K_high . psi . K_low^T. Weight-only layers
     # hold it "by seed", (S, dh, B * dl), so each factor is one bmm over a seed's samples together;
     # per-sample layers hold it "by sample", (S * B, dh, dl). Each layer starts with one index that
@@ -437,46 +437,60 @@ def _run_seeds_factored(program: Program, inputs: torch.Tensor, weights: torch.T
 
 
 def _seed_moves(program: Program, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """For each layer, the index that turns the state as the previous layer left it into its CNOT-permuted
-    self in this layer's layout; and the index back to plain (B, 2**n) at the end."""
-    dim = 2**program.n_qubits
-    d_low = 2 ** (program.n_qubits - program.n_qubits // 2)
-    basis = torch.arange(dim)
-    sample = torch.arange(batch)
-
-    def position(layout: str, i: torch.Tensor) -> torch.Tensor:
-        """(B, len(i)): where amplitude i[j] of sample b sits in a seed's flat state, for a layout."""
-        if layout == "input":  # by sample: b * dim + i
-            return sample[:, None] * dim + i[None, :]
-        return (i // d_low)[None, :] * (batch * d_low) + sample[:, None] * d_low + (i % d_low)[None, :]
-
-    def to_layout(layout: str, values: torch.Tensor) -> torch.Tensor:
-        """(B, dim) values, one per sample and amplitude, stored in ``layout``'s order."""
-        out = torch.empty(batch * dim, dtype=torch.long)
-        out[position(layout, basis).reshape(-1)] = values.reshape(-1)
-        return out
-
-    moves, layout = [], "input"  # the initial state expanded over B is by sample
-    for kind, k in program.order:
-        perm = (program.shared_perm if kind == "shared" else program.input_perm)[k]
-        moves.append(to_layout(kind, position(layout, perm)))  # new[i] = old[perm[i]], old where `layout` holds it
-        layout = kind
-    final = to_layout("input", position(layout, basis))
+    """:func:`layout_moves` for this program's layers (input layers by sample, weight-only layers by seed)."""
+    layers = [(kind == "input", (program.shared_perm if kind == "shared" else program.input_perm)[k].cpu())
+              for kind, k in program.order]
+    moves, final = layout_moves(layers, program.n_qubits, 2, batch)
     device = program.initial_state.device
     return [m.to(device) for m in moves], final.to(device)
 
 
-def _kron_factor(gates: torch.Tensor) -> torch.Tensor:
-    """(..., k, 2, 2) -> (..., 2**k, 2**k) by successive outer products; k = 0 gives [[1]]."""
-    k = gates.shape[-3]
-    lead = gates.shape[:-3]
+def layout_moves(layers, n_qubits: int, local_dim: int, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The state indices of a batched replay on ``local_dim``-level wires (2: state vectors, 4: density
+    matrices held as vectors), one home for both simulators.
+
+    The states of ``batch`` samples, local_dim**n entries each with the wires split into a high and a low half
+    (dh x dl), are held "by sample", (B, dh, dl), for a layer with one matrix per sample, and "by weights",
+    (dh, B, dl), for a layer whose matrices all samples share, where one matrix product on each side serves
+    the whole batch. ``layers``: for each layer, (by_sample, perm), perm the CNOTs before it as an index on
+    one state (``state[perm]``; None for none). Returns, for each layer, the index that turns the state as the
+    previous layer left it into its CNOT-permuted self in this layer's layout, and the index back to "by
+    sample" at the end. The start state (one state expanded over the batch) is by sample.
+    """
+    dim = local_dim**n_qubits
+    d_low = local_dim ** (n_qubits - n_qubits // 2)
+    basis, sample = torch.arange(dim), torch.arange(batch)
+
+    def position(by_sample: bool, i: torch.Tensor) -> torch.Tensor:
+        """(B, len(i)): where entry i[j] of sample b sits in the flat batch of states, for a layout."""
+        if by_sample:  # b * dim + i
+            return sample[:, None] * dim + i[None, :]
+        return (i // d_low)[None, :] * (batch * d_low) + sample[:, None] * d_low + (i % d_low)[None, :]
+
+    def to_layout(by_sample: bool, values: torch.Tensor) -> torch.Tensor:
+        """(B, dim) values, one per sample and entry, stored in a layout's order."""
+        out = torch.empty(batch * dim, dtype=torch.long)
+        out[position(by_sample, basis).reshape(-1)] = values.reshape(-1)
+        return out
+
+    moves, layout = [], True
+    for by_sample, perm in layers:
+        moves.append(to_layout(by_sample, position(layout, basis if perm is None else perm)))  # new[i] = old[perm[i]]
+        layout = by_sample
+    return moves, to_layout(True, position(layout, basis))
+
+
+def kron_factor(matrices: torch.Tensor) -> torch.Tensor:
+    """(..., k, d, d) -> (..., d**k, d**k), the Kronecker product of k wires' matrices (wire 0 most significant),
+    by successive outer products; k = 0 gives [[1]]. For gates (d = 2) and density-matrix superoperators (4)."""
+    k = matrices.shape[-3]
     if k == 0:
-        return gates.new_ones(*lead, 1, 1)
-    wires = gates.unbind(-3)
+        return matrices.new_ones(*matrices.shape[:-3], 1, 1)
+    wires = matrices.unbind(-3)
     out = wires[0]
-    for w in range(1, k):
-        size = 2 ** (w + 1)
-        out = (out[..., :, None, :, None] * wires[w][..., None, :, None, :]).reshape(*lead, size, size)
+    for m in wires[1:]:
+        a, b = out.shape[-1], m.shape[-1]
+        out = (out[..., :, None, :, None] * m[..., None, :, None, :]).reshape(*m.shape[:-2], a * b, a * b)
     return out
 
 
@@ -508,7 +522,7 @@ def kron_wires(gates: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _kron_index(n: int) -> torch.Tensor:
-    bits = torch.as_tensor(_bits(n))  # (2**n, n)
+    bits = torch.as_tensor(basis_bits(n))  # (2**n, n)
     entry = 2 * bits[:, None, :] + bits[None, :, :]  # (rows, cols, n)
     return entry.reshape(-1, n).T.contiguous()  # (n, rows*cols)
 
@@ -527,19 +541,19 @@ def _single_qubit_gate(op) -> tuple[int, tuple[str, object]]:
     raise NotImplementedError(f"gate {op.name} is not supported by the torch simulator")
 
 
-def _is_identity(perm: np.ndarray) -> bool:
+def is_identity(perm: np.ndarray) -> bool:
     return bool((perm == np.arange(len(perm))).all())
 
 
-def _bits(n: int) -> np.ndarray:
+def basis_bits(n: int) -> np.ndarray:
     """(2**n, n): the bit of each wire in each basis state, wire 0 most significant."""
     return (np.arange(2**n)[:, None] >> (n - 1 - np.arange(n))) & 1
 
 
-def _cnot_permutation(n: int, control: int, target: int) -> np.ndarray:
+def cnot_permutation(n: int, control: int, target: int) -> np.ndarray:
     """``state[perm]`` is CNOT(control, target) applied to ``state``."""
     index = np.arange(2**n)
-    return np.where(_bits(n)[:, control] == 1, index ^ (1 << (n - 1 - target)), index)
+    return np.where(basis_bits(n)[:, control] == 1, index ^ (1 << (n - 1 - target)), index)
 
 
 def _apply_fixed(state: np.ndarray, gates: dict, n: int) -> np.ndarray:
