@@ -416,3 +416,36 @@ def test_the_training_loop_ends_its_workers_when_a_step_fails(hymenoptera_small)
         train_classifier(model, batches, lambda m: (0.0, np.zeros((0, 2))), np.zeros(0, np.int64),
                          TrainConfig(epochs=1, batch_size=2))
     _assert_workers_ended(failing, caught)
+
+
+def test_an_interruption_while_a_loader_starts_its_workers_still_stops_them():
+    """SIGTERM arriving inside ``iter(loader)`` (torch forks the workers there) is raised only once the
+    iterator exists, so the block's exit shuts it down (in CI, torch's half-built iterator failed in its
+    destructor with a traceback under the "interrupted" line)."""
+    from tlkit.signals import Terminated, loader_batches, termination_as_interrupt
+
+    class Iterator:
+        stopped = False
+
+        def __next__(self):
+            raise StopIteration
+
+        def _shutdown_workers(self):
+            Iterator.stopped = True
+
+    class Loader:
+        built = False
+
+        def __iter__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs in here, at the next bytecode, unless it is held
+            Loader.built = True
+            return Iterator()
+
+    with termination_as_interrupt():
+        handlers = [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)]
+        with pytest.raises(Terminated):
+            with loader_batches(Loader()):
+                pytest.fail("the block must not start after an interruption")
+        assert [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)] == handlers  # given back
+    assert Loader.built and Iterator.stopped

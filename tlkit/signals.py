@@ -275,8 +275,45 @@ def loader_batches(loader: Iterable) -> Iterator[Iterator]:
     exits, without waiting on them. ``loader`` may also be a generator over a loader (it is closed,
     which ends its own ``loader_batches``) or any other iterable (nothing to stop).
     """
-    iterator = iter(loader)
+    with _held_interruptions() as held:
+        iterator = iter(loader)  # forks the workers: an interruption in the middle would leave them unowned
     try:
+        held.deliver()  # the one that arrived meanwhile, now that its workers can be stopped below
         yield iterator
     finally:
         stop_workers(iterator)
+
+
+class _Held:
+    def __init__(self):
+        self.arrived: list[tuple[int, object]] = []  # (signal, the handler it was meant for)
+
+    def deliver(self) -> None:
+        if self.arrived:
+            signum, handler = self.arrived[0]
+            handler(signum, None)  # raises, as it would have: Terminated, or KeyboardInterrupt for Ctrl-C
+
+
+@contextlib.contextmanager
+def _held_interruptions() -> Iterator[_Held]:
+    """Within the block, Ctrl-C, SIGTERM and SIGHUP are recorded, not raised; ``deliver()`` raises them after.
+
+    torch's DataLoader iterator starts its workers in ``__init__``: a KeyboardInterrupt raised there
+    leaves an object that no one can shut down, whose destructor later fails ("no attribute
+    '_shutdown'", a traceback under the "interrupted" line, seen in CI at the start of an epoch).
+    Only Python-level handlers are held; a signal that is ignored or at its default stays so.
+    """
+    held = _Held()
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
+        yield held
+        return
+    previous = {}
+    for sig in (signal.SIGINT, *SIGNALS):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            previous[sig] = signal.signal(sig, lambda signum, frame, h=handler: held.arrived.append((signum, h)))
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
