@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_heads import ensure_cache  # the same random-weight cache of the photos as the heads bench
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 2.0  # issue 17: the tuned demo within 2x the untuned one
 
@@ -80,19 +82,6 @@ def timed(cmd: list[str], label: str) -> float:
     if proc.returncode != 0:
         sys.exit(f"{label} failed:\n{proc.stdout}\n{proc.stderr}")
     return seconds
-
-
-def ensure_cache(args, scratch: Path) -> Path:
-    if args.cache:
-        return Path(args.cache)
-    data = args.data or os.environ.get("TLKIT_HYMENOPTERA")
-    if not data:
-        sys.exit("error: pass --cache, or --data (or set TLKIT_HYMENOPTERA) to embed one with --weights random")
-    out = scratch / "feats.h5"
-    print(f"embedding {data} with --weights random into {out} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "tlkit.cli", "embed", data, str(out), "--weights", "random"], check=True,
-                   cwd=REPO, stdout=subprocess.DEVNULL)
-    return out
 
 
 def report_mlp_defaults(cache: Path, seeds: int, cv: int, alphas: list[float]) -> None:
