@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import launcher
 from click.testing import CliRunner
 
 from tlkit.cli import main
@@ -17,8 +18,12 @@ def invoke(*args):
 
 
 def tlkit_cli(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
-    """The real console entry point in a fresh process (for exit codes, signals, imports)."""
-    return subprocess.run(
+    """``python -m tlkit.cli ARGS`` in a process of its own (for exit codes, signals, what reaches the terminal).
+
+    It is forked from :mod:`launcher`'s preloaded server, so it does not import torch again; a test of start-up
+    itself (what a command imports) uses :mod:`subprocess`.
+    """
+    return launcher.run(
         [sys.executable, "-m", "tlkit.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )

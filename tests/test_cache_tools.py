@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+import launcher
 from synthetic import make_class_folder, save_not_an_image
 from cli_helpers import assert_one_line_error, tlkit_cli
 from tlkit.cache import load_cache
@@ -144,7 +145,7 @@ def test_info_shows_progress_of_an_interrupted_and_a_running_embed(hymenoptera_s
     out = tmp_path / "feats.h5"
     parts = tmp_path / "feats.h5.parts"
     # a real interruption: kill -9 once some part files exist
-    proc = subprocess.Popen([sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera_small), str(out),
+    proc = launcher.popen([sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera_small), str(out),
                              "--weights", "random", "--workers", "0", "--batch-size", "2", "--checkpoint-every", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -575,7 +576,7 @@ def test_readers_during_an_embed_see_the_old_or_the_new_cache_never_a_mix(hymeno
     shutil.move(later, data / "val")
     notebook = h5py.File(out, "r")  # a plain h5py reader that keeps the file open throughout
     old_rows = notebook["train/features"][...]
-    proc = subprocess.Popen([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out), "--weights", "random",
+    proc = launcher.popen([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out), "--weights", "random",
                              "--workers", "0", "--batch-size", "1", "--checkpoint-every", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = set()
@@ -604,7 +605,7 @@ def test_readers_during_an_embed_see_the_old_or_the_new_cache_never_a_mix(hymeno
 
 def test_second_embed_is_refused_while_one_runs(hymenoptera, tmp_path):
     out = tmp_path / "feats.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera), str(out),
+    proc = launcher.popen([sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera), str(out),
                              "--weights", "random", "--workers", "0", "--batch-size", "1", "--checkpoint-every", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # leave a core for the second command

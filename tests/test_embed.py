@@ -16,6 +16,7 @@ import pytest
 import torch
 import torchvision
 
+import launcher
 from cli_helpers import assert_invoke_error, assert_one_line_error, invoke, tlkit_cli
 from synthetic import make_class_folder, save_bomb, save_mode, save_not_an_image, save_truncated, save_zero_bytes
 from tlkit.cache import load_cache
@@ -374,7 +375,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(hymenoptera_small, small_cache, 
     parts = tmp_path / "feats.h5.parts"
     cmd = [sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera_small), str(out), "--weights", "random",
            "--batch-size", "2", "--workers", "0", "--checkpoint-every", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = launcher.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*.h5"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -27,12 +27,13 @@ import threading
 import time
 from pathlib import Path
 
+import launcher
 import psutil
 import pytest
 from run_helpers import embedded, head_run
 from test_faults import (  # noqa: F401  (small_disk is a fixture)
     INTERRUPTED,
-    _default_termination_signals,
+    TERMINATION_SIGNALS,
     assert_gone,
     assert_one_line,
     part_files,
@@ -123,10 +124,9 @@ class Command:
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "TLKIT_FAILED_AT": str(self.stamp)}
         if inject:
             env["TLKIT_INJECT"] = inject
-        self.proc = subprocess.Popen(
+        self.proc = launcher.popen(
             [sys.executable, "-c", WRAPPER, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env, start_new_session=True,
-            preexec_fn=_default_termination_signals(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)),
+            text=True, env=env, start_new_session=True, default_signals=(*TERMINATION_SIGNALS, signal.SIGINT),
         )
         self.seen: dict[int, psutil.Process] = {}
         self.exited_at: float | None = None

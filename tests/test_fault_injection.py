@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import launcher
 import numpy as np
 import pytest
 
@@ -46,7 +47,7 @@ TLKIT = [sys.executable, "-m", "tlkit.cli"]
 
 def run_and_kill(cmd: list[str], trigger: Callable[[], bool], delay: float, timeout: float = 180) -> str:
     """Start ``cmd``; once ``trigger()`` holds, wait ``delay`` s and kill -9 it. Returns what happened."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = launcher.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and not trigger():
@@ -310,7 +311,7 @@ def test_fit_head_killed_at_random_moments_then_rerun(tmp_path):
 
     reference = tmp_path / "reference"
     start = time.monotonic()
-    proc = subprocess.Popen(cmd(reference), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = launcher.popen(cmd(reference), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while not reference.is_dir() and proc.poll() is None:
         time.sleep(0.002)
     until_written = time.monotonic() - start  # startup + reading the cache + training

@@ -1,6 +1,7 @@
 """How real jobs die: kill -9 and an immediate rerun, SIGTERM, a full disk, unreadable files.
 
-Every command runs as the real console entry point in its own process, on
+Every command runs as ``python -m tlkit.cli`` in its own process (forked from
+the preloaded server of ``launcher``, so it need not import torch again), on
 small real data (``hymenoptera_small``) with random weights. "No process
 left" is checked on the command's own children, as psutil lists them while
 it runs: other tlkit processes may be running on the same machine.
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import h5py
+import launcher
 import numpy as np
 import psutil
 import pytest
@@ -41,6 +43,9 @@ EMBED_ARGS = ("--weights", "random", "--batch-size", "2", "--checkpoint-every", 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _default_termination_signals(then=None):
     """In the child before exec: SIGTERM and SIGHUP at their default disposition, then ``then()``.
 
@@ -49,7 +54,7 @@ def _default_termination_signals(then=None):
     commands an ignored SIGHUP, and the SIGHUP tests would test nohup instead (seen here: rc 0).
     """
     def preexec():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in TERMINATION_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         if then is not None:
             then()
@@ -60,11 +65,15 @@ class Running:
     """``tlkit ARGS`` started in its own process; its output is collected as it comes."""
 
     def __init__(self, *args, preexec=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tlkit.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, start_new_session=True,
-            preexec_fn=_default_termination_signals(preexec),
-        )
+        """``preexec``: run in the child before exec, in a freshly executed process (dropped capabilities
+        only take effect at exec, so they cannot go through the launcher's fork)."""
+        command = [sys.executable, "-m", "tlkit.cli", *map(str, args)]
+        how = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                   env={**os.environ, "PYTHONWARNINGS": "ignore"}, start_new_session=True)
+        if preexec is None:
+            self.proc = launcher.popen(command, default_signals=TERMINATION_SIGNALS, **how)
+        else:
+            self.proc = subprocess.Popen(command, preexec_fn=_default_termination_signals(preexec), **how)
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [threading.Thread(target=self._read, args=(s, d), daemon=True)
