@@ -38,9 +38,11 @@ test: $(STAMP)
 # DATA=, WEIGHTS= (imagenet, random or a state_dict file), CACHE= and RUNS= override the defaults;
 # SEEDS= is fit-head's --seeds (a count, a range 0-9 or a list 1,5,9; default 5); CV= its --cv (default 3 here);
 # DEMO_LRS= (torch heads), DEMO_CS= (svc's C) and DEMO_ALPHAS= (mlp's alpha) are the grids; HEAD_FLAGS= passes
-# options to fit-head (e.g. --epochs 5), SCRATCH_FLAGS= to train-scratch. Finished runs are kept, so
+# options to fit-head (e.g. --epochs 5), SCRATCH_FLAGS= to train-scratch; TLKIT= is the command that runs
+# them all (default: the venv's tlkit; e.g. TLKIT="uv run tlkit"). Finished runs are kept, so
 # an interrupted make picks up where it stopped (an unfinished scratch run is resumed).
 RUNS          ?= runs/demo-$(notdir $(basename $(WEIGHTS)))
+TLKIT         ?= $(BIN)/tlkit
 SEEDS         ?= 5
 HEAD_FLAGS    ?=
 SCRATCH_FLAGS ?=
@@ -55,24 +57,24 @@ DEMO_COMPARE   = --compare "$(RUNS)/quantum:$(RUNS)/bottleneck"
 
 demo: $(STAMP)
 	@test -n "$(DATA)" || $(BIN)/python scripts/fetch_hymenoptera.py data
-	$(BIN)/tlkit embed "$(DEMO_DATA)" "$(CACHE)" --weights $(WEIGHTS)
+	$(TLKIT) embed "$(DEMO_DATA)" "$(CACHE)" --weights $(WEIGHTS)
 	@for head in $(DEMO_HEADS); do \
 	  case $$head in linear|quantum|bottleneck) grid="--grid lr=$(DEMO_LRS)";; svc) grid="--grid C=$(DEMO_CS)";; \
 	    mlp) grid="--grid alpha=$(DEMO_ALPHAS)";; *) grid=;; esac; \
 	  if [ -f "$(RUNS)/$$head/metrics.json" ]; then echo "$(RUNS)/$$head is finished: kept"; \
-	  else echo "$(BIN)/tlkit fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head --seeds $(SEEDS) --cv $(CV) $$grid $(HEAD_FLAGS)"; \
-	    $(BIN)/tlkit fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" --seeds "$(SEEDS)" --cv "$(CV)" $$grid \
+	  else echo "$(TLKIT) fit-head --head $$head --cache $(CACHE) --out $(RUNS)/$$head --seeds $(SEEDS) --cv $(CV) $$grid $(HEAD_FLAGS)"; \
+	    $(TLKIT) fit-head --head $$head --cache "$(CACHE)" --out "$(RUNS)/$$head" --seeds "$(SEEDS)" --cv "$(CV)" $$grid \
 	      $(HEAD_FLAGS) || exit 1; fi; \
 	done
-	$(BIN)/tlkit report $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" $(DEMO_COMPARE)
+	$(TLKIT) report $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" $(DEMO_COMPARE)
 
 .PHONY: reproduce
 reproduce: demo
 	@if [ -f "$(RUNS)/scratch/metrics.json" ]; then echo "$(RUNS)/scratch is finished: kept"; \
 	else resume=; [ -f "$(RUNS)/scratch/config.json" ] && resume=--resume; \
-	  echo "$(BIN)/tlkit train-scratch $(DEMO_DATA) --out $(RUNS)/scratch $(SCRATCH_FLAGS) $$resume"; \
-	  $(BIN)/tlkit train-scratch "$(DEMO_DATA)" --out "$(RUNS)/scratch" $(SCRATCH_FLAGS) $$resume || exit 1; fi
-	$(BIN)/tlkit report "$(RUNS)/scratch" $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" \
+	  echo "$(TLKIT) train-scratch $(DEMO_DATA) --out $(RUNS)/scratch $(SCRATCH_FLAGS) $$resume"; \
+	  $(TLKIT) train-scratch "$(DEMO_DATA)" --out "$(RUNS)/scratch" $(SCRATCH_FLAGS) $$resume || exit 1; fi
+	$(TLKIT) report "$(RUNS)/scratch" $(foreach h,$(DEMO_HEADS),"$(RUNS)/$(h)") -o "$(RUNS)/report" \
 	  --baseline "$(RUNS)/scratch" $(DEMO_COMPARE)
 
 clean:

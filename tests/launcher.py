@@ -25,11 +25,13 @@ import io
 import os
 import pickle
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 
 PIPE, DEVNULL = subprocess.PIPE, subprocess.DEVNULL
@@ -69,7 +71,7 @@ def _recv(sock: socket.socket, max_fds: int = 0):
 # ---------------------------------------------------------------------------------------------
 # the server (runs as ``python tests/launcher.py FD``)
 
-def _serve(control: socket.socket) -> None:
+def _serve(control: socket.socket, listener: socket.socket) -> None:
     for name in PRELOAD:
         try:
             __import__(name)
@@ -83,7 +85,7 @@ def _serve(control: socket.socket) -> None:
     waiting: dict[int, socket.socket] = {}  # pid -> where its exit status goes
     _send(control, "ready")
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        readable, _, _ = select.select([control, listener, wake_r], [], [])
         if wake_r in readable:
             os.read(wake_r, 4096)
         while waiting:
@@ -99,25 +101,29 @@ def _serve(control: socket.socket) -> None:
             except OSError:
                 pass  # the test stopped listening
             reply.close()
-        if control in readable:
+        if control in readable:  # from this test process: stdin, stdout, stderr and where to reply
             try:
                 request, fds = _recv(control, max_fds=4)
             except EOFError:
                 os._exit(0)  # the test process is gone
-            reply = socket.socket(fileno=fds[3])
-            pid = os.fork()
-            if pid == 0:
-                for sock in (control, *waiting.values()):
-                    sock.close()
-                signal.set_wakeup_fd(-1)
-                os.close(wake_r)
-                os.close(wake_w)
-                reply.close()
-                _child(request, fds[:3])  # never returns
-            for fd in fds[:3]:
-                os.close(fd)
-            waiting[pid] = reply
-            _send(reply, pid)
+            reply = socket.socket(fileno=fds.pop())
+        elif listener in readable:  # from `launcher.py run ...` (a command that make or a script starts)
+            reply, _ = listener.accept()
+            request, fds = _recv(reply, max_fds=3)
+        else:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            for sock in (control, listener, reply, *waiting.values()):
+                sock.close()
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+            _child(request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        waiting[pid] = reply
+        _send(reply, pid)
 
 
 def _child(request: dict, stdio: list[int]) -> None:
@@ -208,8 +214,11 @@ def _run_main(argv: list[str]) -> int:
 class _Server:
     def __init__(self):
         ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen([sys.executable, __file__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                        stdin=subprocess.DEVNULL)
+        folder = tempfile.mkdtemp(prefix="tlkit-launcher-")
+        atexit.register(shutil.rmtree, folder, True)
+        self.address = os.path.join(folder, "socket")
+        self.process = subprocess.Popen([sys.executable, __file__, "serve", str(theirs.fileno()), self.address],
+                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         self.control = ours
         self.lock = threading.Lock()
@@ -352,5 +361,35 @@ def run(args, *, capture_output=False, text=False, timeout=None, env=None, cwd=N
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def command_prefix() -> list[str]:
+    """What runs ``python ARGS`` through this test process's server from a program the test starts (make):
+    ``[*command_prefix(), "-m", "tlkit.cli", ...]``."""
+    return [sys.executable, __file__, "run", _get_server().address]
+
+
+def _run_client(address: str, argv: list[str]) -> int:
+    """``launcher.py run ADDRESS -m MODULE ARGS``: the command, forked by the server, on this process's stdin,
+    stdout and stderr; SIGINT, SIGTERM and SIGHUP are passed on to it, and its exit status becomes ours."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(address)
+    ignored = {s for s in signal.valid_signals() if _ignored(s)}
+    request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "new_session": False, "ignored": ignored}
+    _send(sock, request, [0, 1, 2])
+    pid, _ = _recv(sock)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda sig, _: os.kill(pid, sig))
+    code, _ = _recv(sock)
+    if code < 0:  # died of a signal: so do we, so that our caller sees the same
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
 if __name__ == "__main__":
-    _serve(socket.socket(fileno=int(sys.argv[1])))
+    if sys.argv[1] == "serve":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(sys.argv[3])
+        listener.listen(16)
+        _serve(socket.socket(fileno=int(sys.argv[2])), listener)
+    else:
+        sys.exit(_run_client(sys.argv[2], sys.argv[3:]))

@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import launcher
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,12 +97,13 @@ def test_fetch_refuses_what_is_not_the_data_set(tmp_path, server, payload, messa
 def test_make_reproduce_end_to_end(hymenoptera_tiny, tmp_path):
     """embed, the demo's heads (tuned on a grid by cross-validation, several seeds each), the scratch baseline
     and the report, as `make reproduce` runs them; a small SEEDS=, CV=, HEAD_FLAGS= and two-value grids keep
-    it quick, on the 12 images of hymenoptera_tiny (the grid search itself is tested in test_sweeps)."""
+    it quick, on the 12 images of hymenoptera_tiny (the grid search itself is tested in test_sweeps). Each
+    tlkit command is forked from the launcher's preloaded server (TLKIT=), so it does not import torch again."""
     runs = tmp_path / "runs"
     cmd = ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed-stamp", "reproduce", f"DATA={hymenoptera_tiny}",
            "WEIGHTS=random", f"CACHE={tmp_path / 'feats.h5'}", f"RUNS={runs}", "SCRATCH_FLAGS=--epochs 1 --no-progress",
            "SEEDS=3", "CV=2", "DEMO_LRS=0.001,0.01", "DEMO_CS=0.1,1", "DEMO_ALPHAS=0.0001,1",
-           "HEAD_FLAGS=--epochs 2 --no-progress"]
+           "HEAD_FLAGS=--epochs 2 --no-progress", f"TLKIT={shlex.join([*launcher.command_prefix(), '-m', 'tlkit.cli'])}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = json.loads((runs / "report" / "report.json").read_text())
