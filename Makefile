@@ -25,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 # so a module's shared fixtures (its caches, its runs) are still built once. TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= logical
 test: $(STAMP)
-	@TLKIT_HYMENOPTERA="$$($(BIN)/python scripts/test_data.py)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	@TLKIT_HYMENOPTERA="$$($(BIN)/python scripts/test_data.py)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # make demo       the main job on a fresh machine: without DATA=, download the hymenoptera photos
 #                 (PyTorch tutorial URL) into data/, embed them, fit the linear, logreg, quantum,

@@ -77,11 +77,11 @@ def test_features_equal_a_direct_forward_of_the_same_node(photos, tmp_path, name
     p = cache.provenance
     assert (p.backbone, p.layer, p.pooling, p.feature_dim) == (name, node, pooling, dim)
     spec = TransformSpec.from_json(p.transform)
-    for split in ("train", "val"):
-        stored = cache[split].features
-        assert stored.shape == (4, dim)
-        reference = _direct(name, node, photos, spec, cache[split].paths.tolist())
-        assert compare_features(reference, stored)["min_cosine"] > 0.9999
+    stored = np.concatenate([cache[split].features for split in ("train", "val")])
+    assert stored.shape == (8, dim)
+    paths = [p for split in ("train", "val") for p in cache[split].paths.tolist()]
+    reference = _direct(name, node, photos, spec, paths)  # one model for both splits (ViT-B: 1.3 s to initialise)
+    assert compare_features(reference, stored)["min_cosine"] > 0.9999
 
 
 @pytest.mark.slow

@@ -212,10 +212,11 @@ def test_features_do_not_depend_on_the_batch_or_the_process(photos, weights, cal
     state_dict = weights["file"]
     calibration = calibrations["file"] if precision == "int8" else None
     whole = embedded["file", precision]  # one mapper, batches of 32
-    # a second mapper, built from a calibration that went through its stored (JSON) form
+    # a second mapper, built from a calibration that went through its stored (JSON) form, on the first 12
+    # images in batches of 5, 5 and 2 (bf16 is emulated on a CPU without bf16 instructions: 0.7 s an image)
     stored = Int8Calibration.from_json(calibration.to_json()) if calibration else None
-    pieces = features_of(FeatureMapper(state_dict, CPU, precision, stored), images, batch_size=5)
-    assert np.abs(whole - pieces).max() <= Precision(precision).verify_tolerance
+    pieces = features_of(FeatureMapper(state_dict, CPU, precision, stored), images[:12], batch_size=5)
+    assert np.abs(whole[:12] - pieces).max() <= Precision(precision).verify_tolerance
 
 
 # -- int8: the calibration and the network rebuilt from it ----------------------------------------------------
