@@ -45,6 +45,16 @@ def make_subset(source: Path, target: Path, per_class: dict[str, int]) -> Path:
     return target
 
 
+def without_every_second_val_image(source: Path, target: Path) -> list[Path]:
+    """A copy of ``source`` without every second val image (the first part of an incremental run); returns the
+    removed paths (under ``target``), which a second run over ``source`` must add."""
+    shutil.copytree(source, target)
+    later = sorted((target / "val").rglob("*.jpg"))[::2]
+    for path in later:
+        path.unlink()
+    return later
+
+
 @pytest.fixture(scope="session")
 def hymenoptera_small(hymenoptera, tmp_path_factory) -> Path:
     """A real subset: 8 train and 5 val images per class (26 images)."""

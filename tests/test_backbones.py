@@ -18,7 +18,7 @@ import torch
 from run_helpers import head_run
 
 from cli_helpers import assert_invoke_error, invoke
-from conftest import make_subset
+from conftest import make_subset, without_every_second_val_image
 from tlkit.cache import load_cache
 from tlkit.cache.reader import CONTENT_DIGEST_ATTR, content_digest
 from tlkit.cache.schema import Provenance
@@ -84,6 +84,19 @@ def test_features_equal_a_direct_forward_of_the_same_node(photos, tmp_path, name
     assert compare_features(reference, stored)["min_cosine"] > 0.9999
 
 
+def test_batchnorm_is_folded_only_where_a_graph_has_one():
+    """fx's re-trace is for folding BatchNorm; a graph without one (ViT) keeps its modules and their fast paths."""
+    from tlkit.embed.backbones import _fused
+
+    no_batchnorm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    assert _fused(no_batchnorm) is no_batchnorm
+    with_batchnorm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    fused = _fused(with_batchnorm)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fused(x), with_batchnorm(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_timm_feature_index_equals_forward_intermediates(photos, tmp_path):
     timm = pytest.importorskip("timm")
@@ -146,10 +159,7 @@ def test_an_old_resnet18_cache_loads_resumes_and_merges(photos, tmp_path):
     _embed(photos, whole)
     new = load_cache(whole).provenance
     first = tmp_path / "data"
-    shutil.copytree(photos, first)
-    later = sorted((first / "val").rglob("*.jpg"))[::2]
-    for path in later:
-        path.unlink()
+    later = without_every_second_val_image(photos, first)
     old = tmp_path / "old.h5"
     _embed(first, old)
     _as_old_layout(old)

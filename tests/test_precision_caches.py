@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_invoke_error, invoke
+from conftest import without_every_second_val_image
 from tlkit.cache import load_cache
 from tlkit.data.discovery import discover
 from tlkit.embed import embed
@@ -160,13 +161,8 @@ def test_incremental_run_equals_an_uninterrupted_one(photos, caches, tmp_path, p
     this subset (fewer than 32), so the one-run cache and the first part calibrate alike; the
     second run must then reuse the stored calibration, not measure a new one.
     """
-    import shutil
-
     first = tmp_path / "data"
-    shutil.copytree(photos[precision], first)
-    later = sorted((first / "val").rglob("*.jpg"))[::2]
-    for path in later:
-        path.unlink()
+    later = without_every_second_val_image(photos[precision], first)
     out = tmp_path / "incremental.h5"
     _embed(first, out, precision)
     stored = load_cache(out).provenance.int8_calibration_sha256
