@@ -69,7 +69,7 @@ def _recv(sock: socket.socket, max_fds: int = 0):
 
 
 # ---------------------------------------------------------------------------------------------
-# the server (runs as ``python tests/launcher.py FD``)
+# the server (runs as ``python tests/launcher.py serve FD ADDRESS``; ``run ADDRESS ...`` is its command-line client)
 
 def _serve(control: socket.socket, listener: socket.socket) -> None:
     for name in PRELOAD:

@@ -146,8 +146,8 @@ def test_info_shows_progress_of_an_interrupted_and_a_running_embed(hymenoptera_s
     parts = tmp_path / "feats.h5.parts"
     # a real interruption: kill -9 once some part files exist
     proc = launcher.popen([sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera_small), str(out),
-                             "--weights", "random", "--workers", "0", "--batch-size", "2", "--checkpoint-every", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--weights", "random", "--workers", "0", "--batch-size", "2", "--checkpoint-every", "2"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while len(list(parts.glob("part-*.h5"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -577,8 +577,8 @@ def test_readers_during_an_embed_see_the_old_or_the_new_cache_never_a_mix(hymeno
     notebook = h5py.File(out, "r")  # a plain h5py reader that keeps the file open throughout
     old_rows = notebook["train/features"][...]
     proc = launcher.popen([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out), "--weights", "random",
-                             "--workers", "0", "--batch-size", "1", "--checkpoint-every", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           "--workers", "0", "--batch-size", "1", "--checkpoint-every", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = set()
     try:
         while True:
@@ -606,9 +606,9 @@ def test_readers_during_an_embed_see_the_old_or_the_new_cache_never_a_mix(hymeno
 def test_second_embed_is_refused_while_one_runs(hymenoptera, tmp_path):
     out = tmp_path / "feats.h5"
     proc = launcher.popen([sys.executable, "-m", "tlkit.cli", "embed", str(hymenoptera), str(out),
-                             "--weights", "random", "--workers", "0", "--batch-size", "1", "--checkpoint-every", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # leave a core for the second command
+                           "--weights", "random", "--workers", "0", "--batch-size", "1", "--checkpoint-every", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # leave a core for the second command
     try:
         while not (tmp_path / "feats.h5.parts" / "part-000000.h5").exists():
             assert proc.poll() is None, "the first embed ended too early"
