@@ -9,6 +9,7 @@ to provide it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -93,6 +94,25 @@ def hymenoptera_cache(hymenoptera, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) per test process, shared by every test that embeds on Ray in-process.
+
+    Why one: a cluster's start (GCS, raylet, its agents and prestarted workers) costs seconds of CPU that the
+    tests, which are about tlkit's actors and not about Ray's start, need not pay per module. Tests that run the
+    command (``--ray-address local``) still get a cluster of their own, the one the command starts.
+    """
+    import signal
+
+    ray = pytest.importorskip("ray")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    # address="local": a fresh cluster of our own, never one that another process left running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init's SIGTERM handler (sys.exit) is not the test process's
+    yield ray
+    ray.shutdown()
+
+
 # The files that take longest, longest first, as `pytest --durations=0` measured them on the 2-core CI machine
 # (test seconds with two workers: faults 187, precision_caches 186, precision 185, ray_backend 174, ...).
 # `make test` hands out whole files (--dist loadfile) in collection order (--no-loadscope-reorder): longest
@@ -109,3 +129,46 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, the usual order
+
+
+@contextlib.contextmanager
+def python_sigint():
+    """Ctrl-C as a freshly started Python has it (KeyboardInterrupt), for a test that relies on it.
+
+    Python keeps SIGINT ignored when it starts ignored (as under ``nohup``-like launchers), and so does the test
+    launcher; a test that interrupts with ``_thread.interrupt_main`` or checks a child's handler states this
+    precondition instead of inheriting whatever the test process has.
+    """
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+_GUARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored(request):
+    """Put this process's Ctrl-C/SIGTERM/SIGHUP handlers back after each test, and say which test changed them.
+
+    Why: a changed handler outlives the test and breaks a later one in the same worker, whichever that is
+    (``_thread.interrupt_main`` does nothing under SIG_IGN, and the launcher keeps ignored signals ignored):
+    CI once saw both in one worker, with SIGINT ignored by something that ran before. The warning names the
+    test in the summary; it does not fail it, because the change may come from a library the test drives.
+    """
+    import signal
+    import warnings
+
+    before = {name: signal.getsignal(getattr(signal, name)) for name in _GUARDED_SIGNALS}
+    yield
+    changed = {name: signal.getsignal(getattr(signal, name)) for name in _GUARDED_SIGNALS}
+    changed = {name: handler for name, handler in changed.items() if handler != before[name]}
+    for name in changed:
+        signal.signal(getattr(signal, name), before[name])
+    if changed:
+        warnings.warn(f"{request.node.nodeid} left signal handlers changed: {changed} (were {before}); put back",
+                      pytest.PytestWarning)

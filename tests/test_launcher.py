@@ -17,7 +17,7 @@ from pathlib import Path
 import launcher
 import psutil
 import pytest
-from conftest import LONGEST_FIRST
+from conftest import LONGEST_FIRST, python_sigint
 
 PY = sys.executable
 
@@ -28,8 +28,9 @@ def test_a_command_is_a_process_of_its_own_with_its_arguments_environment_and_fo
             "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) is "
             "signal.default_int_handler, file=sys.stderr)\n"
             "sys.exit(3)")
-    result = launcher.run([PY, "-c", code, "a", "b c"], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "LAUNCHED": "yes"})
+    with python_sigint():  # a child keeps an ignored SIGINT ignored, as exec does
+        result = launcher.run([PY, "-c", code, "a", "b c"], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "LAUNCHED": "yes"})
     pid, cwd, value, *rest = result.stdout.split(" ", 3)
     assert result.returncode == 3
     assert int(pid) not in (os.getpid(), launcher._get_server().process.pid)

@@ -44,29 +44,24 @@ def test_embed_at_each_precision_stores_float32_features_near_fp32(caches):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_shards_embed_with_the_drivers_precision_and_calibration(photos, caches, tmp_path):
+def test_ray_shards_embed_with_the_drivers_precision_and_calibration(ray_cluster, photos, caches, tmp_path):
     """Every Ray actor builds the network the local run builds: the precision and the driver's
     int8 calibration travel in the job, so sharded features equal local ones within verify's tolerance.
 
     The local runs are ``caches`` (the same photos, weights and batch size): bf16 on ``hymenoptera_tiny``
     (see ``photos``), int8 on the whole subset, so that the driver's calibration sample is the local one's."""
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     options = {"weights": "random", "batch_size": 8, "workers": 0, "allow_slow": True, **QUIET}  # bf16 on AVX2: confirmed
-    try:
-        for precision in ("bf16", "int8"):
-            local = load_cache(caches[precision])
-            sharded = load_cache(embed(photos[precision], tmp_path / f"ray-{precision}.h5", precision=precision,
-                                       backend="ray", ray=RayOptions(shards=3), **options).out)
-            assert sharded.provenance.int8_calibration_sha256 == local.provenance.int8_calibration_sha256
-            for split in ("train", "val"):
-                assert sharded[split].paths.tolist() == local[split].paths.tolist()
-                assert len(sharded[split]) == sum(p.is_file() for p in (photos[precision] / split).rglob("*"))
-                # same machine, same network: exactly equal (the tightest bound that holds)
-                np.testing.assert_array_equal(sharded[split].features, local[split].features,
-                                              err_msg=f"{precision} {split}")
-    finally:
-        ray.shutdown()
+    for precision in ("bf16", "int8"):
+        local = load_cache(caches[precision])
+        sharded = load_cache(embed(photos[precision], tmp_path / f"ray-{precision}.h5", precision=precision,
+                                   backend="ray", ray=RayOptions(shards=3), **options).out)
+        assert sharded.provenance.int8_calibration_sha256 == local.provenance.int8_calibration_sha256
+        for split in ("train", "val"):
+            assert sharded[split].paths.tolist() == local[split].paths.tolist()
+            assert len(sharded[split]) == sum(p.is_file() for p in (photos[precision] / split).rglob("*"))
+            # same machine, same network: exactly equal (the tightest bound that holds)
+            np.testing.assert_array_equal(sharded[split].features, local[split].features,
+                                          err_msg=f"{precision} {split}")
 
 
 # -- precision is part of the feature space: stored, reused, refused, verified, predicted ---------------------

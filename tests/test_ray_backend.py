@@ -1,6 +1,6 @@
 """``tlkit embed --backend ray``: same cache as the local backend, retries, resume, optional Ray.
 
-One local Ray cluster (2 CPUs) serves the whole module; every Ray run embeds
+One local Ray cluster (2 CPUs, ``conftest.ray_cluster``) serves the tests; every Ray run embeds
 the 26 real images of ``hymenoptera_small`` with random weights, and is
 compared with one local-backend run of the same images.
 """
@@ -18,24 +18,33 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import launcher
 import pytest
 
+from conftest import python_sigint
 from tlkit.cache import load_cache
 from tlkit.cache.reader import read_paths, split_names
 from tlkit.embed import embed
 from tlkit.embed.job import EmbedJob, RayOptions
 
 RAY_OPTIONS = {"batch_size": 2, "workers": 0, "weights": "random", "seed": 0, "progress": False}
+# One actor of 2 CPUs on the 2-CPU cluster, decoding in 2 workers forked from it. Why: every actor is a fresh Ray
+# worker that imports torch and torchvision (seconds of CPU), and the retry and resume tests are about shards,
+# not about actors side by side; test_ray_cache_equals_local_cache keeps two 1-CPU actors.
+ONE_ACTOR = {**RAY_OPTIONS, "workers": 2}
 
 
 def cli(*args: str, prelude: str = "") -> subprocess.CompletedProcess:
-    """Run ``tlkit ARGS`` in a fresh interpreter; report on stderr whether Ray got imported."""
+    """Run ``tlkit ARGS`` in a process of its own; report on stderr whether Ray got imported.
+
+    The launcher's process has torch and tlkit's command modules loaded already, but never Ray, so "Ray
+    imported" means the command imported it."""
     code = (
         f"import sys\n{prelude}\nfrom tlkit.cli import main\n"
         "try:\n    main(sys.argv[1:])\n"
         "finally:\n    print('ray imported:', 'ray' in sys.modules and sys.modules['ray'] is not None, file=sys.stderr)\n"
     )
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    return launcher.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +54,6 @@ def local_run(hymenoptera_small, tmp_path_factory) -> tuple[Path, subprocess.Com
     proc = cli("embed", str(hymenoptera_small), str(out), "--weights", "random", "--workers", "0", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return out, proc
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    # address="local": a fresh cluster of our own, never one that another process left running.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_killed_worker_has_its_shard_redone(ray_cluster, local_run, ray_stats, h
     killer.start()
     out = tmp_path / "ray.h5"
     try:
-        result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=2), echo=lambda *_: None, **RAY_OPTIONS)
+        result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=2), echo=lambda *_: None, **ONE_ACTOR)
     finally:
         finished.set()
         killer.join()
@@ -189,9 +189,9 @@ def test_interrupted_run_keeps_finished_shards_and_resumes(ray_cluster, local_ru
 
     watcher = threading.Thread(target=interrupt_after_first_shard, daemon=True)
     watcher.start()
-    with pytest.raises(KeyboardInterrupt):
+    with python_sigint(), pytest.raises(KeyboardInterrupt):
         try:
-            embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=4), echo=lambda *_: None, **RAY_OPTIONS)
+            embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=4), echo=lambda *_: None, **ONE_ACTOR)
         finally:
             finished.set()
             watcher.join()
@@ -199,7 +199,7 @@ def test_interrupted_run_keeps_finished_shards_and_resumes(ray_cluster, local_ru
     done_at_interrupt = len(load_parts_paths(parts))
     assert done_at_interrupt >= 6  # at least one whole shard (26 images in 4 shards of 6 or 7)
 
-    result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=4), echo=lambda *_: None, **RAY_OPTIONS)
+    result = embed(hymenoptera_small, out, backend="ray", ray=RayOptions(shards=4), echo=lambda *_: None, **ONE_ACTOR)
     assert result.already_cached >= done_at_interrupt
     assert result.embedded == 26 - result.already_cached
     assert result.embedded < 26
@@ -244,7 +244,7 @@ def test_retried_shard_skips_the_rows_its_earlier_attempt_wrote(ray_cluster, loc
 
     job = EmbedJob(
         state_dict=Weights.random(0).load().state_dict, spec=TransformSpec(), parts_dir=parts,
-        class_names=reference.class_names, batch_size=2, workers=0, device="cpu", max_pixels=None,
+        class_names=reference.class_names, batch_size=2, workers=2, device="cpu", max_pixels=None,
         ray=RayOptions(shards=2),
     )
     progress = []

@@ -208,14 +208,9 @@ def test_fit_head_trains_on_the_views_and_evaluates_on_centre_crops(plain_cache,
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_gives_identical_views(hymenoptera_small, views_cache, tmp_path):
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = tmp_path / "ray.h5"
-        embed(hymenoptera_small, out, weights="random", workers=0, batch_size=3, backend="ray", views=K, **QUIET)
-    finally:
-        ray.shutdown()
+def test_ray_gives_identical_views(ray_cluster, hymenoptera_small, views_cache, tmp_path):
+    out = tmp_path / "ray.h5"
+    embed(hymenoptera_small, out, weights="random", workers=0, batch_size=3, backend="ray", views=K, **QUIET)
     ray_cache, local = load_cache(out), load_cache(views_cache)
     assert ray_cache.provenance.views == local.provenance.views
     assert ray_cache["train"].paths.tolist() == local["train"].paths.tolist()
