@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cli_helpers import assert_invoke_error, invoke
+from cli_helpers import assert_invoke_error, assert_one_line_error, invoke
 from heads_data import blobs, write_cache
 from run_helpers import scratch_run
 
@@ -213,3 +215,88 @@ def test_a_grid_run_logs_one_child_per_configuration(cache, tmp_path):
     assert [c.data.params for c in children] == [{"lr": "0.001"}, {"lr": "0.01"}]
     assert [c.data.metrics["cv/mean"] for c in children] == [row["mean"] for row in rows]
     assert [c.data.metrics["cv/rank"] for c in children] == [2.0, 1.0]
+
+
+# -- the trackers start in a helper process while the run trains -----------------------------------------------
+
+
+def _helpers_of(pid: int) -> list:
+    """The live logging helpers that the command with ``pid`` started (found by their --parent, so also after
+    the command is gone and they were re-parented)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "tlkit.tracking.background" in cmd and cmd[-2:] == ["--parent", str(pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+    return found
+
+
+def test_the_trackers_are_imported_by_the_helper_not_by_the_command(cache, tmp_path):
+    """The command trains while the helper imports MLflow and TensorBoard; what is logged is the same."""
+    import launcher
+
+    out = tmp_path / "run"
+    code = ("import sys\nfrom tlkit.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print('imported:', sorted(m for m in ('mlflow', 'tensorboard') if m in sys.modules), file=sys.stderr)\n")
+    proc = launcher.run([sys.executable, "-c", code, "fit-head", "--head", "linear", "--cache", str(cache), "--out",
+                         str(out), "--epochs", "2", "--no-progress", "--log-to", "tensorboard", "--log-to", "mlflow"],
+                        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: []" in proc.stderr
+    assert f"logged to TensorBoard: tensorboard --logdir {out / 'tb'}" in proc.stdout
+    from mlflow import MlflowClient
+
+    (run,) = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}").search_runs(
+        [MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}").get_experiment_by_name("tlkit").experiment_id])
+    assert run.data.metrics["final/accuracy"] == _expected(out)[1]["final"]["accuracy"]
+
+
+def test_a_run_that_fails_logs_nothing_and_leaves_no_helper(cache, tmp_path):
+    import subprocess
+
+    import launcher
+
+    out = tmp_path / "run"
+    missing = tmp_path / "nowhere.h5"  # found missing inside the run, after the helper started
+    job = launcher.popen([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "linear", "--cache", str(missing),
+                          "--out", str(out), "--log-to", "mlflow"], stdout=launcher.PIPE, stderr=launcher.PIPE, text=True)
+    stdout, stderr = job.communicate(timeout=120)
+    assert_one_line_error(subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr), str(missing))
+    assert not out.exists() and not list(tmp_path.rglob("mlruns.db"))
+    assert not _helpers_of(job.pid)
+
+
+def test_kill_9_of_the_command_takes_its_helper_along(cache, tmp_path):
+    """The OOM killer's SIGKILL to the command alone: the helper dies with it (parent-death signal)."""
+    import signal
+    import time
+
+    import launcher
+
+    job = launcher.popen([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "quantum", "--cache", str(cache),
+                          "--out", str(tmp_path / "run"), "--epochs", "300", "--no-progress", "--log-to", "mlflow"],
+                         stdout=launcher.DEVNULL, stderr=launcher.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _helpers_of(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    helpers = _helpers_of(job.pid)
+    assert helpers, "no helper started"
+    job.send_signal(signal.SIGKILL)
+    job.wait(10)
+    deadline = time.monotonic() + 5
+    while _helpers_of(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _helpers_of(job.pid)
+
+
+def test_a_failure_to_log_is_one_line_and_the_run_is_kept(cache, tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / "a-file").write_text("")  # a store under a file: no folder can be made there
+    result = invoke("fit-head", "--head", "linear", "--cache", cache, "--out", out, "--epochs", "2", "--no-progress",
+                    "--log-to", "mlflow", "--mlflow-uri", f"sqlite:///{tmp_path / 'a-file' / 'x.db'}")
+    assert_invoke_error(result, "logging", "mlflow", ignore=("train on",))
+    assert (out / "metrics.json").is_file()

@@ -174,15 +174,20 @@ def _set_parent_death_signal(sig: int) -> bool:
         return False
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (``parent_pid``) dies, by any signal (Linux)."""
+    if _set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:
+        # The parent died between fork and prctl: the kernel will send nothing, so leave now.
+        os._exit(1)
+
+
 def _bind_to_parent(parent_pid: int, worker_id: int | None = None) -> None:
     # SIGTERM or SIGHUP sent to the whole process group (`timeout`, systemd, a closed terminal) is
     # for the main process, which then stops its workers itself. A worker killed by it first would
     # make torch report a crashed worker on top of the interruption.
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    if _set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:
-        # The parent died between fork and prctl: the kernel will send nothing, so leave now.
-        os._exit(1)
+    die_with_parent(parent_pid)
     # A worker hands each batch's tensors over by passing file descriptors, from a thread of
     # multiprocessing's resource sharer that reports any failure through sys.excepthook. When the main
     # process stops mid-transfer (an interruption), that hand-over breaks and the worker would print a

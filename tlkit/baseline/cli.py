@@ -77,34 +77,36 @@ def train_scratch(data_dir, out, resume, finetune, weights, weights_seed, train_
     from tlkit.baseline.trainer import train_scratch as run
     from tlkit.data.decode import DEFAULT_MAX_PIXELS
     from tlkit.signals import exit_status
-    from tlkit.tracking import check_targets, log_run
+    from tlkit.tracking import check_targets
+    from tlkit.tracking.background import background_logging
 
     log_to = check_targets(log_to)  # an unknown or uninstalled tracker fails before training
     cfg = TrainConfig(**training)
     show = progress if progress is not None else sys.stderr.isatty()
-    try:
-        run_dir = run(
-            data_dir, out=out, cfg=cfg, finetune=finetune, weights=weights, weights_seed=weights_seed,
-            train_split=train_split, eval_split=eval_split, device=device, workers=workers, memory_mb=memory_mb,
-            max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resume=resume, progress=show,
-            echo=lambda msg: click.echo(msg, err=True),
-        )
-    except Interrupted as stop:
-        resume = "--resume" if out else f"--out {stop.run_dir} --resume"
-        click.echo(f"interrupted: finished epochs are kept in {stop.run_dir}; continue with the same command plus "
-                   f"{resume}", err=True)
-        sys.exit(exit_status(stop))
-    except KeyboardInterrupt as stop:
-        click.echo("interrupted before training started: nothing was written", err=True)
-        sys.exit(exit_status(stop))
-    from tlkit.runs import load_run
+    with background_logging(log_to, mlflow_uri) as tracking:  # the trackers get ready while the network trains
+        try:
+            run_dir = run(
+                data_dir, out=out, cfg=cfg, finetune=finetune, weights=weights, weights_seed=weights_seed,
+                train_split=train_split, eval_split=eval_split, device=device, workers=workers, memory_mb=memory_mb,
+                max_pixels=max_pixels or DEFAULT_MAX_PIXELS, resume=resume, progress=show,
+                echo=lambda msg: click.echo(msg, err=True),
+            )
+        except Interrupted as stop:
+            resume = "--resume" if out else f"--out {stop.run_dir} --resume"
+            click.echo(f"interrupted: finished epochs are kept in {stop.run_dir}; continue with the same command plus "
+                       f"{resume}", err=True)
+            sys.exit(exit_status(stop))
+        except KeyboardInterrupt as stop:
+            click.echo("interrupted before training started: nothing was written", err=True)
+            sys.exit(exit_status(stop))
+        from tlkit.runs import load_run
 
-    metrics = load_run(run_dir).metrics
-    f, b = metrics["final"], metrics["best"]
-    click.echo(f"final (epoch {f['epoch']}): accuracy {f['accuracy']:.4f}, ROC AUC {_fmt(f['roc_auc'])}; "
-               f"best (epoch {b['epoch']}): accuracy {b['accuracy']:.4f}; "
-               f"{metrics['training_seconds']:.1f} s -> {run_dir}")
-    log_run(run_dir, log_to, mlflow_uri, echo=click.echo)  # from the finished files
+        metrics = load_run(run_dir).metrics
+        f, b = metrics["final"], metrics["best"]
+        click.echo(f"final (epoch {f['epoch']}): accuracy {f['accuracy']:.4f}, ROC AUC {_fmt(f['roc_auc'])}; "
+                   f"best (epoch {b['epoch']}): accuracy {b['accuracy']:.4f}; "
+                   f"{metrics['training_seconds']:.1f} s -> {run_dir}")
+        tracking.log(run_dir, echo=click.echo)  # from the finished files
 
 
 def _fmt(value) -> str:

@@ -130,7 +130,8 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
     """
     from tlkit.heads.fit import fit_head as run_fit_head
     from tlkit.heads.fit import summary_table
-    from tlkit.tracking import check_targets, log_run
+    from tlkit.tracking import check_targets
+    from tlkit.tracking.background import background_logging
 
     log_to = check_targets(log_to)  # an unknown or uninstalled tracker fails before training
 
@@ -154,19 +155,20 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
     if both:
         raise HeadError(f"{_flag(ctx, both[0])} and --grid {both[0]}=... together: give its values in the grid only")
 
-    result = run_fit_head(head, cache_path, out, params=params, seeds=seeds, grid=grid, cv=cv,
-                          val_fraction=val_fraction, split_seed=split_seed, progress=progress,
-                          echo=lambda msg: click.echo(msg, err=True), views=views)
-    if result.search is not None:
-        click.echo(result.search.table())
-    click.echo(summary_table(result.metrics))
-    click.echo(f"run folder: {result.run_dir}")
-    from tlkit.health import warning  # one line when a seed did not train, with a next step this head takes
+    with background_logging(log_to, mlflow_uri) as tracking:  # the trackers get ready while the head trains
+        result = run_fit_head(head, cache_path, out, params=params, seeds=seeds, grid=grid, cv=cv,
+                              val_fraction=val_fraction, split_seed=split_seed, progress=progress,
+                              echo=lambda msg: click.echo(msg, err=True), views=views)
+        if result.search is not None:
+            click.echo(result.search.table())
+        click.echo(summary_table(result.metrics))
+        click.echo(f"run folder: {result.run_dir}")
+        from tlkit.health import warning  # one line when a seed did not train, with a next step this head takes
 
-    said = warning(result.metrics.get("health"), [name for name in APPLIES if head in APPLIES[name]])
-    if said:
-        click.echo(said, err=True)
-    log_run(result.run_dir, log_to, mlflow_uri, echo=click.echo)  # from the finished files
+        said = warning(result.metrics.get("health"), [name for name in APPLIES if head in APPLIES[name]])
+        if said:
+            click.echo(said, err=True)
+        tracking.log(result.run_dir, echo=click.echo)  # from the finished files
 
 
 def _flag(ctx, name: str) -> str:

@@ -1,0 +1,155 @@
+"""The trackers start while the run trains: a second process imports and warms them, then logs the run.
+
+Why: importing MLflow, TensorBoard's writer and matplotlib and opening a store costs seconds of CPU (MLflow
+alone about 3 s on the 2-core AVX2 machine), a third of a 30-epoch quantum head's training. Started beside the
+training, mostly on the core the training leaves idle, that cost leaves the command's wall time; what remains
+after the training is the logging of the finished files (``bench/bench_tracking.py`` measures both).
+
+    with background_logging(targets, mlflow_uri) as tracking:
+        run_dir = train(...)
+        tracking.log(run_dir, echo)     # what log_run(run_dir, targets, mlflow_uri, echo) does, in the helper
+
+The helper is ``python -m tlkit.tracking.background TARGET... [--mlflow-uri URI]``. It imports the trackers and
+warms them on a scratch store, then reads one line, the finished run folder, logs it with
+:func:`tlkit.tracking.log_run` and prints where to look. An empty line or the end of input (the run failed or
+was interrupted) ends it without logging anything. It dies with the command (the parent-death signal), and
+Ctrl-C, SIGTERM and SIGHUP end it silently: the command itself reports an interruption. A helper that is gone
+before the run finished leaves the logging to the command itself, as it was done before this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tlkit.errors import TlkitError
+
+STOP_WAIT = 5.0  # seconds a helper gets to leave after its input closed, before it is killed
+
+
+class _Helper:
+    def __init__(self, targets: list[str], mlflow_uri: str | None):
+        self.targets, self.mlflow_uri = targets, mlflow_uri
+        uri = ["--mlflow-uri", mlflow_uri] if mlflow_uri else []
+        command = [sys.executable, "-m", __name__, *targets, *uri, "--parent", str(os.getpid())]
+        try:
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+        except OSError:
+            self.proc = None
+
+    def log(self, run_dir: Path, echo: Callable[[str], None]) -> None:
+        """Log the finished ``run_dir`` in the helper; in this process when the helper is gone."""
+        from tlkit.tracking import log_run
+
+        if self.proc is None or self.proc.poll() is not None:
+            return log_run(run_dir, self.targets, self.mlflow_uri, echo)
+        try:
+            self.proc.stdin.write(f"{run_dir}\n")  # the helper works in this folder too
+            self.proc.stdin.close()
+        except OSError:  # it died just now
+            self.proc.wait()
+            return log_run(run_dir, self.targets, self.mlflow_uri, echo)
+        lines = [line.rstrip("\n") for line in self.proc.stdout]
+        if self.proc.wait() != 0:
+            raise TlkitError(lines[-1].removeprefix("error: ") if lines else
+                             f"logging to {' and '.join(self.targets)} failed (exit {self.proc.returncode})")
+        for line in lines:
+            echo(line)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            # An empty line, not only end of input: decoding workers forked meanwhile hold copies of this pipe.
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Nothing:
+    def log(self, run_dir, echo) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def background_logging(targets: list[str], mlflow_uri: str | None = None) -> Iterator[_Helper | _Nothing]:
+    """A helper that makes ``targets`` ready while the block trains; left without a ``log``, it logs nothing."""
+    if not targets:
+        yield _Nothing()
+        return
+    helper = _Helper(targets, mlflow_uri)
+    try:
+        yield helper
+    finally:
+        helper.stop()
+
+
+# -- the helper process --------------------------------------------------------------------------
+
+
+def _warm(targets: list[str], mlflow_uri: str | None) -> None:
+    """Pay the first-use costs now: the imports, MLflow's engine and table mappers on a scratch store (only
+    when the store is the default new sqlite file beside the run: a server is never written to), and
+    matplotlib's fonts."""
+    import io
+    import tempfile
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    import tlkit.tracking.record  # noqa: F401
+
+    if "tensorboard" in targets:
+        import tlkit.tracking.to_tensorboard  # noqa: F401
+    if "mlflow" in targets:
+        from tlkit.tracking.to_mlflow import MlflowLog
+
+        if mlflow_uri is None:
+            with tempfile.TemporaryDirectory(prefix="tlkit-warm-") as scratch:
+                MlflowLog(Path(scratch)).client.search_runs([])
+    fig = Figure(figsize=(1, 1), dpi=20)
+    fig.text(0.5, 0.5, "0.5")
+    FigureCanvasAgg(fig).print_png(io.BytesIO())
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    import signal
+
+    from tlkit.signals import die_with_parent
+
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    parser.add_argument("targets", nargs="+")
+    parser.add_argument("--mlflow-uri")
+    parser.add_argument("--parent", type=int, required=True, help="the command's pid: this process dies with it")
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C reaches the whole group: the command says it, not us
+    try:
+        _warm(args.targets, args.mlflow_uri)
+    except Exception:  # noqa: BLE001 - warming is an optimisation; the logging below reports a real failure
+        pass
+    run_dir = sys.stdin.readline().rstrip("\n")
+    if not run_dir:  # the run did not finish
+        return 0
+    from tlkit.tracking import log_run
+
+    try:
+        log_run(run_dir, args.targets, args.mlflow_uri, echo=lambda line: print(line, flush=True))
+    except Exception as exc:  # noqa: BLE001 - one line for the command to raise as its own error
+        print(f"error: logging {run_dir} to {' and '.join(args.targets)} failed: {exc}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
