@@ -37,8 +37,7 @@ class _Helper:
         uri = ["--mlflow-uri", mlflow_uri] if mlflow_uri else []
         command = [sys.executable, "-m", __name__, *targets, *uri, "--parent", str(os.getpid())]
         try:
-            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         except OSError:
             self.proc = None
 
@@ -52,11 +51,14 @@ class _Helper:
             self.proc.stdin.write(f"{run_dir}\n")  # the helper works in this folder too
             self.proc.stdin.close()
         except OSError:  # it died just now
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
             self.proc.wait()
             return log_run(run_dir, self.targets, self.mlflow_uri, echo)
         lines = [line.rstrip("\n") for line in self.proc.stdout]
         if self.proc.wait() != 0:
-            raise TlkitError(lines[-1].removeprefix("error: ") if lines else
+            errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+            raise TlkitError(errors[-1] if errors else
                              f"logging to {' and '.join(self.targets)} failed (exit {self.proc.returncode})")
         for line in lines:
             echo(line)
@@ -64,10 +66,13 @@ class _Helper:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        with contextlib.suppress(OSError):
-            # An empty line, not only end of input: decoding workers forked meanwhile hold copies of this pipe.
-            self.proc.stdin.write("\n")
-            self.proc.stdin.close()
+        if self.proc.stdin.closed:  # it has the run folder, and the command was interrupted while it logged
+            self.proc.terminate()
+        else:
+            with contextlib.suppress(OSError):
+                # An empty line, not only end of input: decoding workers forked meanwhile hold copies of this pipe.
+                self.proc.stdin.write("\n")
+                self.proc.stdin.close()
         try:
             self.proc.wait(STOP_WAIT)
         except subprocess.TimeoutExpired:
