@@ -256,7 +256,6 @@ class Launched:
         self.args = list(args)
         self.returncode: int | None = None
         self._lock = threading.Lock()
-        ignored = {s for s in signal.valid_signals() if s not in default_signals and _ignored(s)}
         ends, ours = [], []
         for target, how in ((0, stdin), (1, stdout), (2, stderr)):
             if how == PIPE:
@@ -272,10 +271,9 @@ class Launched:
             else:
                 ends.append(os.dup(how if isinstance(how, int) else how.fileno()))
                 ours.append(None)
-        request = {"argv": self.args[1:], "env": dict(os.environ if env is None else env), "cwd": str(cwd or os.getcwd()),
-                   "new_session": start_new_session, "ignored": ignored}
         try:
-            self.pid, self._status = _get_server().start(request, ends)
+            self.pid, self._status = _get_server().start(
+                _request(self.args[1:], env, cwd, start_new_session, default_signals), ends)
         finally:
             for fd in ends:
                 os.close(fd)
@@ -333,6 +331,14 @@ class Launched:
         return results.get("out"), results.get("err")
 
 
+def _request(argv, env=None, cwd=None, new_session=False, default_signals=()) -> dict:
+    """What the server needs to start ``python ARGV`` as this process would exec it: the environment, the folder,
+    and the signals this process ignores (exec keeps them ignored), less ``default_signals``."""
+    ignored = {s for s in signal.valid_signals() if s not in default_signals and _ignored(s)}
+    return {"argv": list(argv), "env": dict(os.environ if env is None else env), "cwd": str(cwd or os.getcwd()),
+            "new_session": new_session, "ignored": ignored}
+
+
 def _ignored(sig: int) -> bool:
     try:
         return signal.getsignal(sig) == signal.SIG_IGN
@@ -372,9 +378,7 @@ def _run_client(address: str, argv: list[str]) -> int:
     stdout and stderr; SIGINT, SIGTERM and SIGHUP are passed on to it, and its exit status becomes ours."""
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(address)
-    ignored = {s for s in signal.valid_signals() if _ignored(s)}
-    request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "new_session": False, "ignored": ignored}
-    _send(sock, request, [0, 1, 2])
+    _send(sock, _request(argv), [0, 1, 2])
     pid, _ = _recv(sock)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda sig, _: os.kill(pid, sig))
