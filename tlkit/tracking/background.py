@@ -11,8 +11,8 @@ after the training is the logging of the finished files (``bench/bench_tracking.
 
 The helper is ``python -m tlkit.tracking.background TARGET... [--mlflow-uri URI]``. It imports the trackers and
 warms them on a scratch store, then reads one line, the finished run folder, logs it with
-:func:`tlkit.tracking.log_run` and prints where to look. An empty line or the end of input (the run failed or
-was interrupted) ends it without logging anything. It dies with the command (the parent-death signal), and
+:func:`tlkit.tracking.log_run` and prints where to look. When the run fails or is interrupted, the command
+stops it (SIGTERM) without handing it anything, so nothing is logged. It dies with the command (the parent-death signal), and
 Ctrl-C, SIGTERM and SIGHUP end it silently: the command itself reports an interruption. A helper that is gone
 before the run finished leaves the logging to the command itself, as it was done before this module.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tlkit.errors import TlkitError
 
-STOP_WAIT = 5.0  # seconds a helper gets to leave after its input closed, before it is killed
+STOP_WAIT = 5.0  # seconds a stopped helper gets to leave before it is killed
 
 
 class _Helper:
@@ -66,13 +66,11 @@ class _Helper:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        if self.proc.stdin.closed:  # it has the run folder, and the command was interrupted while it logged
-            self.proc.terminate()
-        else:
-            with contextlib.suppress(OSError):
-                # An empty line, not only end of input: decoding workers forked meanwhile hold copies of this pipe.
-                self.proc.stdin.write("\n")
-                self.proc.stdin.close()
+        # No finished run to log (the run failed or was interrupted, perhaps while the helper still imports), or
+        # the command was interrupted while the helper logged: either way it has nothing left to do, now.
+        self.proc.terminate()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
         try:
             self.proc.wait(STOP_WAIT)
         except subprocess.TimeoutExpired:
