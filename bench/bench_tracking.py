@@ -8,7 +8,9 @@ In interleaved rounds (so that a busy machine weighs on both alike):
   * `tlkit fit-head --head quantum` (the defaults: 30 epochs, batch 4) as a whole process, once plain and
     once with --log-to tensorboard --log-to mlflow; the difference of their wall times is what logging adds
     to a user's command (the target): the trackers are imported in a helper process while the head trains
-    (tlkit/tracking/background.py), so what remains is mostly the logging work after training;
+    (tlkit/tracking/background.py), so what remains is mostly the logging work after training. That part
+    is also timed alone, from the command's "run folder:" line (its files are written) to its end, plain
+    and logged: steadier than the whole commands, whose training seconds vary by a third on a busy machine;
   * the logging alone, in a fresh process, on copies of the plain run folder: `tlkit.tracking.log_run`
     the first time (imports of tensorboard, mlflow and matplotlib, the new sqlite store, the figure) and
     then again on the other copies in the same process, the median of those (`--calls`; the logging work
@@ -68,12 +70,23 @@ def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tup
     return seconds, proc.stdout
 
 
-def fit(cache: Path, out: Path, log: bool) -> tuple[float, float]:
-    """(wall seconds of the whole command, training seconds from metrics.json)."""
+def fit(cache: Path, out: Path, log: bool) -> tuple[float, float, float]:
+    """(wall seconds of the whole command, training seconds from metrics.json, seconds from its "run folder:"
+    line, printed once the run's files are written, to its end: the logging left after the training)."""
     extra = ["--log-to", "tensorboard", "--log-to", "mlflow"] if log else []
-    wall, _ = run([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "quantum", "--cache", str(cache),
-                   "--out", str(out), "--no-progress", *extra])
-    return wall, json.loads((out / "metrics.json").read_text())["training_seconds"]
+    cmd = [sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "quantum", "--cache", str(cache), "--out", str(out),
+           "--no-progress", *extra]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    written = None
+    for line in proc.stdout:
+        if line.startswith("run folder:"):
+            written = time.perf_counter()
+    err = proc.stderr.read()
+    end = time.perf_counter()
+    if proc.wait() != 0 or written is None:
+        sys.exit(f"{' '.join(cmd[:6])} ... failed:\n{err[-2000:]}")
+    return end - t, json.loads((out / "metrics.json").read_text())["training_seconds"], end - written
 
 
 def main() -> None:
@@ -104,18 +117,19 @@ def main() -> None:
             for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
                 alone[name] = log_alone(tmp / f"r{r}-plain", trees[name], f"{name}{r}", args.calls)
             train = got[False][1]
-            row = {"train": train, "added": got[True][0] - got[False][0],
+            row = {"train": train, "added": got[True][0] - got[False][0], "tail": got[True][2] - got[False][2],
                    **{f"{key}_{name}": v for name, times in alone.items() for key, v in times.items()}}
             rows.append(row)
             base = (f"; baseline: first {row['first_baseline']:.2f} s, again {row['second_baseline']:.2f} s "
                     f"(CPU {row['second_cpu_baseline']:.2f} s)" if args.baseline else "")
             print(f"round {r + 1}: training {train:.2f} s (logged run: {got[True][1]:.2f} s); whole command "
                   f"{got[False][0]:.1f} s plain, {got[True][0]:.1f} s with --log-to tensorboard --log-to mlflow "
-                  f"(+{row['added']:.2f} s); log_run alone: first {row['first_this']:.2f} s, again "
+                  f"(+{row['added']:.2f} s), after its files were written {got[False][2]:.2f} s plain, {got[True][2]:.2f} s logged (+{row['tail']:.2f} s); log_run alone: first {row['first_this']:.2f} s, again "
                   f"{row['second_this']:.2f} s (CPU {row['second_cpu_this']:.2f} s){base}", flush=True)
         share = lambda key: median([r[key] / r["train"] for r in rows])  # noqa: E731
         print(f"median of {args.rounds} rounds, as a share of the training seconds "
-              f"({median([r['train'] for r in rows]):.2f} s): whole command {share('added'):+.1%} (target < 5%); "
+              f"({median([r['train'] for r in rows]):.2f} s): whole command {share('added'):+.1%} (target < 5%), after the "
+              f"run's files were written {share('tail'):+.1%} (the logging the command waits for); "
               f"log_run in a fresh process, cold (imports, store, figure) {share('first_this'):.0%}; "
               f"log_run warm (the logging work itself) {share('second_this'):.1%}, its CPU seconds "
               f"{share('second_cpu_this'):.1%}")

@@ -169,6 +169,8 @@ def _run_main(argv: list[str]) -> int:
     import runpy
     import traceback
 
+    from tlkit.signals import finish_interpreter
+
     status, interrupted = 0, False
     try:
         if argv[0] == "-m":
@@ -194,14 +196,7 @@ def _run_main(argv: list[str]) -> int:
     except BaseException:
         traceback.print_exc()
         status = 1
-    # What the interpreter does at exit: wait for non-daemon threads, run atexit, flush.
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    finish_interpreter()  # what the interpreter does at exit: wait for non-daemon threads, run atexit, flush
     if interrupted:  # Python ends an uncaught Ctrl-C by dying of SIGINT, so that its caller sees it
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)

@@ -449,3 +449,35 @@ def test_an_interruption_while_a_loader_starts_its_workers_still_stops_them():
                 pytest.fail("the block must not start after an interruption")
         assert [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)] == handlers  # given back
     assert Loader.built and Iterator.stopped
+
+
+# -- the end of a finished command: as the interpreter's, without its teardown -----------------------------
+
+END_CODE = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread").write_text("joined"))).start()
+sys.stdout.write("buffered ")  # neither a newline nor a flush: the end of the process must flush it
+sys.argv = ["tlkit", *sys.argv[2:]]
+from tlkit.cli import run
+run()
+print("never reached")
+"""
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--version"], 0), (["--no-such-option"], 2)])
+def test_a_command_ends_as_the_interpreter_would(tmp_path, argv, status):
+    """`tlkit` skips the interpreter's teardown (tlkit.signals.end_process) but nothing else: its exit status,
+    the atexit handlers, the non-daemon threads it waits for, the buffered output."""
+    proc = subprocess.run([sys.executable, "-c", END_CODE, str(tmp_path), *argv], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout.startswith("buffered ") and "never reached" not in proc.stdout
+    assert ("tlkit, version" in proc.stdout) == (status == 0)
+    if status:
+        assert_one_line(proc.returncode, proc.stdout, proc.stderr, "no-such-option")
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "joined"

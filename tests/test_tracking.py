@@ -123,7 +123,7 @@ def test_mlflow_batches_stay_within_its_limits():
             calls.append((list(metrics), list(params)))
 
     log = MlflowLog.__new__(MlflowLog)  # no store: only the batching is under test
-    log.client = Client()
+    log._client = Client()
     params = {f"p{i}": i for i in range(250)}
     metrics = [Metric("m", float(i), 0, i) for i in range(2000)]
     log._batch("run", params=params, metrics=metrics)

@@ -35,10 +35,7 @@ class TlkitGroup(LazyGroup):
             with termination_as_interrupt():
                 return super().invoke(ctx)
         except click.UsageError as exc:
-            # click's own form is four lines (usage, hint, blank, error); bad input gets one here, as everywhere
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
-            sys.exit(exc.exit_code)
+            _usage_error(exc, ctx)
         except TlkitError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -57,6 +54,20 @@ class TlkitGroup(LazyGroup):
             sys.exit(1)
 
 
+    def parse_args(self, ctx, args):
+        try:  # the group's own options (`tlkit --no-such-option`) are parsed before invoke()
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
+
+
+def _usage_error(exc: click.UsageError, ctx) -> None:
+    # click's own form is four lines (usage, hint, blank, error); bad input gets one here, as everywhere
+    where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+    sys.exit(exc.exit_code)
+
+
 @click.group(cls=TlkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tlkit")
 def main():
@@ -72,5 +83,23 @@ def main():
     """
 
 
+def run() -> None:
+    """The ``tlkit`` command: :func:`main`, then the process ends without the interpreter's teardown
+    (:func:`tlkit.signals.end_process`, 1.4 s after a head's imports). An uncaught exception, a bug, ends as
+    Python ends it, with its traceback."""
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:  # click ends every command this way
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            status = 1
+    from tlkit.signals import end_process
+
+    end_process(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -128,8 +128,6 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
         tlkit fit-head --head quantum --seeds 5 --log-to tensorboard --log-to mlflow
         tlkit fit-head --head linear --cache cache/views.h5 --views off
     """
-    from tlkit.heads.fit import fit_head as run_fit_head
-    from tlkit.heads.fit import summary_table
     from tlkit.tracking import check_targets
     from tlkit.tracking.background import background_logging
 
@@ -155,7 +153,12 @@ def fit_head(ctx, head, cache_path, out, seeds_spec, grid_items, cv, val_fractio
     if both:
         raise HeadError(f"{_flag(ctx, both[0])} and --grid {both[0]}=... together: give its values in the grid only")
 
-    with background_logging(log_to, mlflow_uri) as tracking:  # the trackers get ready while the head trains
+    # The trackers get ready while the head trains: started before torch and scikit-learn are imported here,
+    # the helper warms them on the other core meanwhile.
+    with background_logging(log_to, mlflow_uri) as tracking:
+        from tlkit.heads.fit import fit_head as run_fit_head
+        from tlkit.heads.fit import summary_table
+
         result = run_fit_head(head, cache_path, out, params=params, seeds=seeds, grid=grid, cv=cv,
                               val_fraction=val_fraction, split_seed=split_seed, progress=progress,
                               echo=lambda msg: click.echo(msg, err=True), views=views)

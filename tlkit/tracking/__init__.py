@@ -23,6 +23,7 @@ tensorboard and mlflow are imported only when asked for (``pip install 'tlkit[tr
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import Future
 from pathlib import Path
 
 from tlkit.errors import TlkitError
@@ -48,10 +49,13 @@ class Tracker:
     """Logs finished run folders to the chosen trackers; a context manager (closes a sweep's parent run)."""
 
     def __init__(self, targets, log_dir, mlflow_uri: str | None = None, *, sweep: str | None = None,
-                 sweep_params: dict | None = None, figures: bool = True):
+                 sweep_params: dict | None = None, figures: bool = True, draw=None):
+        """``draw``: an executor (``concurrent.futures``) that draws the figures while this process logs the
+        rest, as the logging helper does (:mod:`tlkit.tracking.background`); None draws them here, first."""
         self.targets = check_targets(targets)
         self.log_dir = Path(log_dir)
         self.figures = figures
+        self.draw = draw
         self.sweep = sweep
         self.tb = self.mlflow = None
         self._parent = None
@@ -84,11 +88,20 @@ class Tracker:
         rec = read_record(run_dir)
         extra = {f"sweep.{k}": v for k, v in (config or {}).items()}
         with figures_folder() as tmp:
-            figures = render_figures(rec, Path(tmp)) if self.figures and self.targets else []
+            drawing = Future()
+            if not (self.figures and self.targets):
+                drawing.set_result([])
+            elif self.draw is not None:  # the figure is most of the work: drawn meanwhile, on the other core
+                drawing = self.draw.submit(render_figures, rec, Path(tmp))
+            else:
+                drawing.set_result(render_figures(rec, Path(tmp)))
+            run_id = self.mlflow.start(rec, extra, self._parent) if self.mlflow is not None else None
+            figures = drawing.result()
             folder = Path(rec.name) if self.sweep is not None else Path(".")
             if self.tb is not None:
                 self.tb.log(rec, folder, extra, figures)
-            run_id = self.mlflow.log(rec, extra, self._parent, figures) if self.mlflow is not None else None
+            if self.mlflow is not None:
+                self.mlflow.finish(run_id, rec, figures)
         for child in search_children(rec):  # fit-head --grid: one child run per configuration
             if self.tb is not None:
                 self.tb.log_child(folder / "search" / child.name, child.params, child.scalars)
@@ -102,11 +115,12 @@ class Tracker:
         self.log_run(run_dir, config)
 
 
-def log_run(run_dir, targets, mlflow_uri: str | None = None, echo=lambda msg: None) -> None:
-    """Log the finished run in ``run_dir`` to ``targets``, beside it; ``echo`` says where to look."""
+def log_run(run_dir, targets, mlflow_uri: str | None = None, echo=lambda msg: None, draw=None) -> None:
+    """Log the finished run in ``run_dir`` to ``targets``, beside it; ``echo`` says where to look; ``draw``
+    as for :class:`Tracker`."""
     if not targets:
         return
-    with Tracker(targets, run_dir, mlflow_uri) as tracker:
+    with Tracker(targets, run_dir, mlflow_uri, draw=draw) as tracker:
         tracker.log_run(run_dir)
     for line in tracker.where:
         echo(f"logged to {line}")

@@ -198,5 +198,18 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Figure]:
     return [figure]
 
 
+def warm_figures() -> None:
+    """What drawing a figure costs the first time: the imports, matplotlib's fonts (the logging helper)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+    from sklearn.metrics import roc_curve  # noqa: F401
+
+    fig = MplFigure(figsize=(1, 1), dpi=20)
+    fig.text(0.5, 0.5, "0.5")
+    FigureCanvasAgg(fig).print_png(io.BytesIO())
+
+
 def figures_folder() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="tlkit-figures-")

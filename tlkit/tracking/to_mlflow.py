@@ -63,22 +63,52 @@ def _new_store(uri: str) -> None:
         return
 
 
+def warm(scratch: Path) -> None:
+    """Every store call the logging makes, once, on a new store in ``scratch`` (the logging helper): MLflow's
+    engine, SQLAlchemy's compiled statements and the artifact repository are then ready for the real run."""
+    from mlflow.entities import Metric
+
+    log = MlflowLog(scratch)
+    run_id = log.client.create_run(log.experiment_id, run_name="warm").info.run_id
+    log._batch(run_id, params={"warm": 1}, metrics=[Metric("warm", 1.0, int(time.time() * 1000), 0)])
+    staged = Path(scratch) / "staged"
+    staged.mkdir()
+    (staged / "warm.txt").write_text("warm\n")
+    log.client.log_artifacts(run_id, str(staged))
+    log.client.set_terminated(run_id, "FINISHED")
+
+
 class MlflowLog:
+    """One MLflow store. Its client, with the store's engine, is made on first use: opening a store checks
+    its schema against every migration file (0.1-0.2 s), which can then run while a figure is drawn."""
+
     def __init__(self, log_dir: Path, uri: str | None = None, experiment: str = EXPERIMENT):
         require("mlflow", "track", "--log-to mlflow")
-        import logging
-
-        from mlflow import MlflowClient
-
-        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." is not news to a user
-            logging.getLogger(name).setLevel(logging.WARNING)
-
+        self.log_dir = Path(log_dir)
         self.uri = uri or default_uri(log_dir)
-        _new_store(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=(Path(log_dir).resolve() / ARTIFACTS).as_uri())
+        self.experiment = experiment
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import logging
+
+            from mlflow import MlflowClient
+
+            for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." is not news to a user
+                logging.getLogger(name).setLevel(logging.WARNING)
+            _new_store(self.uri)
+            self._client = MlflowClient(tracking_uri=self.uri)
+            found = self._client.get_experiment_by_name(self.experiment)
+            self._experiment_id = found.experiment_id if found else self._client.create_experiment(
+                self.experiment, artifact_location=(self.log_dir.resolve() / ARTIFACTS).as_uri())
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        self.client  # noqa: B018 - opens the store, finding or making the experiment
+        return self._experiment_id
 
     def start_parent(self, name: str, params: dict) -> str:
         """A parent run for a sweep; its children are logged with :meth:`log` (``parent=`` its id)."""
@@ -90,10 +120,13 @@ class MlflowLog:
         self.client.set_terminated(run_id, status)
 
     def log(self, rec: RunRecord, extra_params: dict | None = None, parent: str | None = None, figures=()) -> str:
-        """One finished run: its parameters and metrics in batches, its files and figures in one artifact upload."""
-        import shutil
-        import tempfile
+        """One finished run: :meth:`start`, then :meth:`finish` with its figures."""
+        run_id = self.start(rec, extra_params, parent)
+        self.finish(run_id, rec, figures)
+        return run_id
 
+    def start(self, rec: RunRecord, extra_params: dict | None = None, parent: str | None = None) -> str:
+        """A new MLflow run holding ``rec``'s parameters and metrics, in batches; returns its id."""
         from mlflow.entities import Metric
 
         tags = {"tlkit.run_dir": str(rec.run.path.resolve()), "tlkit.kind": rec.run.config.kind}
@@ -104,6 +137,13 @@ class MlflowLog:
         metrics = [Metric(tag, value, now, step) for tag, step, value in rec.epoch_scalars]
         metrics += [Metric(tag, value, now, rec.final_step) for tag, value in rec.final_scalars.items()]
         self._batch(run_id, params={**rec.params, **(extra_params or {})}, metrics=metrics)
+        return run_id
+
+    def finish(self, run_id: str, rec: RunRecord, figures=()) -> None:
+        """The run's files and figures in one artifact upload, then the run is marked finished."""
+        import shutil
+        import tempfile
+
         # one upload of a staged folder: each log_artifact call looks the run and its store up again
         with tempfile.TemporaryDirectory(prefix="tlkit-mlflow-") as stage:
             for path in rec.files:
@@ -114,7 +154,6 @@ class MlflowLog:
                 shutil.copyfile(figure.path, Path(stage) / "figures" / figure.path.name)
             self.client.log_artifacts(run_id, stage)
         self.client.set_terminated(run_id, "FINISHED")
-        return run_id
 
     def log_child(self, name: str, params: dict, scalars: dict[str, float], parent: str) -> str:
         """One configuration of a sweep as a child run of ``parent``: its settings and scores."""
