@@ -32,11 +32,16 @@ class SlotOptimizer:
         self.state = [torch.zeros_like(p) for p in params]  # momentum buffer, or Adam's first moment
         self.state2 = [torch.zeros_like(p) for p in params] if kind == "adam" else None
         self.steps = np.zeros(len(self.base_lr), dtype=np.int64)
+        # SGD on every slot at once is most steps of most runs: one fused update per operation over every
+        # parameter (torch._foreach_*), on detached aliases of them (no grad mode to switch). Its arithmetic
+        # is the general path's, operation for operation; a small head's step took 0.2 ms of Python before.
+        self._data = [p.detach() for p in params]
         self.set_lr(self.base_lr)
 
     def set_lr(self, lr: np.ndarray) -> None:
         self.lr = np.asarray(lr, dtype=np.float64)
         self._vectors = {}
+        self._fused = None
 
     def _vector(self, name: str, values: np.ndarray, p: torch.Tensor) -> torch.Tensor:
         key = (name, p.dim(), p.dtype, p.device)
@@ -48,12 +53,33 @@ class SlotOptimizer:
         for p in self.params:
             p.grad = None
 
-    @torch.no_grad()
     def step(self, active: np.ndarray | None = None) -> None:
         """One step for the ``active`` slots (a bool vector; None: all of them)."""
         mask = None
         if active is not None and not active.all():
             mask = active
+        grads = [p.grad for p in self.params]
+        if mask is None and self.kind == "sgd" and all(g is not None for g in grads):  # not `in`: it calls ==
+            self.steps += 1
+            return self._sgd_step(grads)
+        with torch.no_grad():
+            self._step(mask)
+
+    def _sgd_step(self, grads: list[torch.Tensor]) -> None:
+        if self._fused is None:
+            per_param = lambda name, values: [self._vector(name, values, p) for p in self.params]  # noqa: E731
+            self._fused = {"lr": per_param("lr", self.lr),
+                           "momentum": per_param("momentum", self.momentum) if self.momentum.any() else None,
+                           "wd": per_param("wd", self.weight_decay) if self.weight_decay.any() else None}
+        if self._fused["wd"] is not None:
+            grads = torch._foreach_add(grads, torch._foreach_mul(self._data, self._fused["wd"]))
+        if self._fused["momentum"] is not None:
+            buffers = list(torch._foreach_mul(self.state, self._fused["momentum"]))
+            torch._foreach_add_(buffers, grads)
+            self.state = grads = buffers
+        torch._foreach_sub_(self._data, torch._foreach_mul(grads, self._fused["lr"]))
+
+    def _step(self, mask: np.ndarray | None) -> None:
         self.steps += 1 if mask is None else mask
         use_wd = bool(self.weight_decay.any())
         for i, p in enumerate(self.params):

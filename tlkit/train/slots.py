@@ -48,6 +48,7 @@ from tlkit.train.views import TrainingRows
 PER_SLOT = ("lr", "momentum", "weight_decay", "step_size", "gamma", "epochs", "seed")
 SHARED = ("batch_size", "optimizer")
 EVAL_ROWS = 8192  # slot-rows per evaluation forward pass (bounds memory at many slots)
+GATHER_VALUES = 1 << 23  # feature values gathered at once for training batches (32 MiB of float32)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -198,31 +199,43 @@ class _SlotLoop:
             order_t = torch.from_numpy(order).to(self.device)
             real = None if uniform else torch.from_numpy(
                 (np.arange(length) < sizes[:, None]) & training[:, None]).to(self.device)
-            total_loss = torch.zeros(n_slots, dtype=torch.float64, device=self.device)
-            correct = torch.zeros(n_slots, dtype=torch.float64, device=self.device)
+            losses, counts, hits = [], [], []  # per batch; summed once the epoch is over
+            full = {}  # batch width -> every slot's row count, when no row is padding
+            # The rows' features and labels are gathered a chunk of batches at a time (a batch is then a
+            # slice): a small head's step is mostly fixed costs, and two gathers per batch were two of them.
+            chunk = max(B, GATHER_VALUES // max(1, n_slots * features.table.shape[1]) // B * B)
             for start in range(0, length, B):
-                batch_rows = order_t[:, start:start + B]
-                targets = labels[batch_rows.flatten()].view(batch_rows.shape)
-                inputs = take(batch_rows).view(*batch_rows.shape, -1)  # (S, b, features)
+                if start % chunk == 0:
+                    chunk_rows = order_t[:, start:start + chunk]
+                    chunk_targets = labels[chunk_rows.flatten()].view(chunk_rows.shape)
+                    chunk_inputs = take(chunk_rows).view(*chunk_rows.shape, -1)  # (S, chunk, features)
+                within = slice(start % chunk, start % chunk + B)
+                targets = chunk_targets[:, within]
+                inputs = chunk_inputs[:, within].contiguous()  # (S, b, features)
                 optimizer.zero_grad()
                 logits = stacked.forward(inputs)  # (S, b, C)
                 per_row = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
                 per_row = per_row.view(targets.shape)
-                hits = (logits.detach().argmax(-1) == targets).double()
                 if real is None:
-                    count = torch.full((n_slots,), float(targets.shape[1]), dtype=torch.float64, device=self.device)
+                    width = targets.shape[1]
+                    if width not in full:
+                        full[width] = torch.full((n_slots,), float(width), dtype=torch.float64, device=self.device)
+                    count, weight = full[width], None
                     loss = per_row.mean(dim=1)  # each slot's own mean batch loss
                     active = None
                 else:
                     weight = real[:, start:start + B]
                     count = weight.sum(dim=1).double()
                     loss = (per_row * weight).sum(dim=1) / count.clamp(min=1).to(per_row.dtype)
-                    hits = hits * weight
                     active = (count > 0).cpu().numpy()
                 loss.sum().backward()  # slots share no parameter, so each gets its own gradient
                 optimizer.step(active)
-                total_loss += loss.detach().double() * count
-                correct += hits.sum(dim=1)
+                losses.append(loss.detach())
+                counts.append(count)
+                hits.append((logits.detach().argmax(-1) == targets, weight))
+            total_loss = (torch.stack(losses).double() * torch.stack(counts)).sum(dim=0)
+            correct = sum(hit.double().sum(dim=1) if weight is None else (hit.double() * weight).sum(dim=1)
+                          for hit, weight in hits)
             stacked.train(False)
             # A sweep (keep_best False) needs each slot's evaluation at its own last epoch only.
             ending = (epoch + 1 == self.epochs) & training
