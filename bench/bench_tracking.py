@@ -124,11 +124,13 @@ def main() -> None:
                     f"(CPU {row['second_cpu_baseline']:.2f} s)" if args.baseline else "")
             print(f"round {r + 1}: training {train:.2f} s (logged run: {got[True][1]:.2f} s); whole command "
                   f"{got[False][0]:.1f} s plain, {got[True][0]:.1f} s with --log-to tensorboard --log-to mlflow "
-                  f"(+{row['added']:.2f} s), after its files were written {got[False][2]:.2f} s plain, {got[True][2]:.2f} s logged (+{row['tail']:.2f} s); log_run alone: first {row['first_this']:.2f} s, again "
+                  f"(+{row['added']:.2f} s), after its files were written {got[False][2]:.2f} s plain, "
+                  f"{got[True][2]:.2f} s logged (+{row['tail']:.2f} s); log_run alone: first {row['first_this']:.2f} s, again "
                   f"{row['second_this']:.2f} s (CPU {row['second_cpu_this']:.2f} s){base}", flush=True)
         share = lambda key: median([r[key] / r["train"] for r in rows])  # noqa: E731
         print(f"median of {args.rounds} rounds, as a share of the training seconds "
-              f"({median([r['train'] for r in rows]):.2f} s): whole command {share('added'):+.1%} (target < 5%), after the "
+              f"({median([r['train'] for r in rows]):.2f} s): whole command {share('added'):+.1%} (target < 5%), "
+              f"after the "
               f"run's files were written {share('tail'):+.1%} (the logging the command waits for); "
               f"log_run in a fresh process, cold (imports, store, figure) {share('first_this'):.0%}; "
               f"log_run warm (the logging work itself) {share('second_this'):.1%}, its CPU seconds "

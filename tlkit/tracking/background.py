@@ -11,10 +11,11 @@ after the training is the logging of the finished files (``bench/bench_tracking.
 
 The helper is ``python -m tlkit.tracking.background TARGET... [--mlflow-uri URI]``. It imports the trackers and
 warms them on a scratch store, then reads one line, the finished run folder, logs it with
-:func:`tlkit.tracking.log_run` (the figure drawn meanwhile in a forked worker) and prints where to look. When the run fails or is interrupted, the command
-stops it (SIGTERM) without handing it anything, so nothing is logged. It dies with the command (the parent-death signal), and
-Ctrl-C, SIGTERM and SIGHUP end it silently: the command itself reports an interruption. A helper that is gone
-before the run finished leaves the logging to the command itself, as it was done before this module.
+:func:`tlkit.tracking.log_run` (the figure drawn meanwhile in a forked worker) and prints where to look. When
+the run fails or is interrupted, the command stops it (SIGTERM) without handing it anything, so nothing is
+logged. It dies with the command (the parent-death signal), and Ctrl-C, SIGTERM and SIGHUP end it silently:
+the command itself reports an interruption. A helper that is gone before the run finished leaves the logging
+to the command itself, as it was done before this module.
 """
 
 from __future__ import annotations
@@ -170,7 +171,11 @@ def _drawer():
 
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent,
                                initargs=(os.getpid(),))
-    pool.submit(int).result()  # the fork happens here, not when the run arrives
+    try:
+        pool.submit(int).result()  # the fork happens here, not when the run arrives
+    except Exception:  # noqa: BLE001 - no worker (no memory, no fork): the figure is drawn in this process
+        pool.shutdown(wait=False)
+        return contextlib.nullcontext()
     return pool
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def _hparams(params: dict, metrics) -> list:
     from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.plugins.hparams.api_pb2 import STATUS_SUCCESS
     from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG
-    from tensorboard.plugins.hparams.summary_v2 import Discrete, HParam, Metric, _summary_pb, hparams_config_pb, hparams_pb
+    from tensorboard.plugins.hparams.summary_v2 import (Discrete, HParam, Metric, _summary_pb, hparams_config_pb,
+                                                        hparams_pb)
 
     params = {k: _hparam_value(v) for k, v in params.items()}
     config = hparams_config_pb([HParam(k, Discrete([v])) for k, v in params.items()], [Metric(t) for t in metrics])
