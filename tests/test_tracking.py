@@ -110,6 +110,19 @@ def test_mlflow_run_equals_history_and_metrics(logged_run):
     assert figure.read_bytes() == image.encoded_image_string and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_figure_on_axes_made_ahead_is_the_figure_drawn_from_scratch(logged_run, tmp_path):
+    """The logging helper makes the figure's axes before the run arrives (warm_figures); the PNG is the same."""
+    from tlkit.tracking import record
+
+    rec = record.read_record(logged_run)
+    fresh = record.render_figures(rec, tmp_path)[0].png
+    record.warm_figures()
+    assert len(record._PREPARED) == 1
+    ahead = record.render_figures(rec, tmp_path)[0].png
+    assert record._PREPARED == [] and ahead == fresh
+    assert fresh[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_mlflow_batches_stay_within_its_limits():
     """Every param and value is sent, in as few log_batch calls as MLflow's limits allow."""
     from mlflow.entities import Metric
