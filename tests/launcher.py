@@ -169,7 +169,7 @@ def _run_main(argv: list[str]) -> int:
     import runpy
     import traceback
 
-    from tlkit.signals import finish_interpreter
+    from tlkit.signals import exit_code, finish_interpreter
 
     status, interrupted = 0, False
     try:
@@ -185,11 +185,7 @@ def _run_main(argv: list[str]) -> int:
         else:
             raise ValueError(f"the launcher runs -m MODULE or -c CODE, not {argv[0]!r}")
     except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            status = exc.code or 0
-        else:
-            print(exc.code, file=sys.stderr)
-            status = 1
+        status = exit_code(exc)
     except KeyboardInterrupt:
         traceback.print_exc()
         status, interrupted = 1, True

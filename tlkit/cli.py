@@ -87,17 +87,13 @@ def run() -> None:
     """The ``tlkit`` command: :func:`main`, then the process ends without the interpreter's teardown
     (:func:`tlkit.signals.end_process`, 1.4 s after a head's imports). An uncaught exception, a bug, ends as
     Python ends it, with its traceback."""
+    from tlkit.signals import end_process, exit_code
+
     try:
         main()
         status = 0
     except SystemExit as exc:  # click ends every command this way
-        if exc.code is None or isinstance(exc.code, int):
-            status = exc.code or 0
-        else:
-            print(exc.code, file=sys.stderr)
-            status = 1
-    from tlkit.signals import end_process
-
+        status = exit_code(exc)
     end_process(status)
 
 

@@ -164,6 +164,15 @@ def reclaim() -> None:
 # -- the end of a command ------------------------------------------------------------------------
 
 
+def exit_code(exc: SystemExit) -> int:
+    """The status Python exits with after ``sys.exit(code)``: None is 0, an int is itself, anything else is
+    printed to stderr and is 1."""
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
 def end_process(status: int):
     """End this process as the interpreter would, without its teardown: :func:`finish_interpreter`, then
     ``os._exit(status)``.

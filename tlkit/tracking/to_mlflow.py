@@ -111,19 +111,13 @@ class MlflowLog:
         return self._experiment_id
 
     def start_parent(self, name: str, params: dict) -> str:
-        """A parent run for a sweep; its children are logged with :meth:`log` (``parent=`` its id)."""
+        """A parent run for a sweep; its children are logged with :meth:`start` (``parent=`` its id)."""
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"tlkit.kind": "sweep"})
         self._batch(run.info.run_id, params=params)
         return run.info.run_id
 
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
-
-    def log(self, rec: RunRecord, extra_params: dict | None = None, parent: str | None = None, figures=()) -> str:
-        """One finished run: :meth:`start`, then :meth:`finish` with its figures."""
-        run_id = self.start(rec, extra_params, parent)
-        self.finish(run_id, rec, figures)
-        return run_id
 
     def start(self, rec: RunRecord, extra_params: dict | None = None, parent: str | None = None) -> str:
         """A new MLflow run holding ``rec``'s parameters and metrics, in batches; returns its id."""
