@@ -36,8 +36,8 @@ Then prints, for 1x and Nx:
     on 1x and --repeat x the images (features stream to disk: it must not grow).
 Weights are random (the ImageNet file cannot be downloaded here); speed does not depend on them.
 
-``--views K`` measures only the augmented views (``tlkit embed --views K``), side by side in
-interleaved rounds on the training images (every one of which gets views): the time of one view
+``--views K`` measures only the augmented views (``tlkit embed --views K``), at each ``--precision``,
+side by side in interleaved rounds on the training images (every one of which gets views): the time of one view
 against the time of one single-view image (target <= 0.6x, since the decode is shared), with the
 backbone's own time per crop beside it (the floor of a view's cost); and the time of a torch head's
 epoch on views against one without (target <= 1.2x), for one seed and for 10 vectorised seeds.
@@ -428,21 +428,24 @@ def compare_shards(data: Path, tmp: Path, n_rounds: int) -> None:
 
 # --- cached augmented views (--views K) ----------------------------------------------------
 
-def tlkit_views(data: Path, out: Path, k: int) -> tuple[int, float]:
+def tlkit_views(data: Path, out: Path, k: int, precision: str) -> tuple[int, float]:
     """(images, tlkit's own seconds by its summary line) of ``tlkit embed --views k`` into a fresh cache."""
     _, stdout = whole_process([sys.executable, "-m", "tlkit.cli", "embed", str(data), str(out), "--weights", "random",
-                               "--views", str(k), "--no-progress"])
+                               "--views", str(k), "--precision", precision, "--no-progress"])
     summary = stdout.strip().splitlines()[-1]  # "embedded N, skipped K, already cached C, S s, R images/s -> OUT"
     return int(summary.split(",")[0].split()[1]), float(summary.split(",")[3].split()[0])
 
 
-def network_ms_per_crop(batch: int = 32, reps: int = 3) -> float:
-    """The fp32 backbone alone, per 224 x 224 crop, at embed's CPU batch size (best of ``reps``)."""
+def network_ms_per_crop(precision: str, batch: int = 32, reps: int = 3) -> float:
+    """The backbone alone at ``precision``, per 224 x 224 crop, at embed's CPU batch size (best of ``reps``)."""
     from tlkit.embed.mapper import FeatureMapper
+    from tlkit.embed.precision import calibrate_int8
     from tlkit.weights import Weights
 
-    mapper = FeatureMapper(Weights.parse("random").load().state_dict, torch.device("cpu"))
+    state_dict = Weights.parse("random").load().state_dict
     images = torch.randn(batch, 3, 224, 224)
+    calibration = calibrate_int8(state_dict, [images], "bench") if precision == "int8" else None
+    mapper = FeatureMapper(state_dict, torch.device("cpu"), precision, calibration)
     mapper(images)
     best = float("inf")
     for _ in range(reps):
@@ -482,27 +485,30 @@ def head_epochs(n: int, k: int, rounds: int) -> None:
               f"median of {rounds} interleaved rounds", flush=True)
 
 
-def bench_views(data: Path, tmp: Path, k: int, rounds: int) -> None:
-    """Stage one with --views k against without, side by side on the training images (see the module docs)."""
+def bench_views(data: Path, tmp: Path, k: int, rounds: int, precisions: list[str]) -> None:
+    """Stage one with --views k against without, side by side on the training images, at each precision (see the
+    module docs)."""
     train_only = tmp / "train-only"
     source = data / "train" if (data / "train").is_dir() else data
     (train_only / "train").parent.mkdir(parents=True, exist_ok=True)
     (train_only / "train").symlink_to(source.resolve(), target_is_directory=True)
-    net = network_ms_per_crop()
-    per_image, per_view = [], []
-    for r in range(rounds):
-        n0, t0 = tlkit_views(train_only, tmp / f"plain-{r}.h5", 0)
-        n1, t1 = tlkit_views(train_only, tmp / f"views-{r}.h5", k)
-        assert n0 == n1
-        per_image.append(1000 * t0 / n0)
-        per_view.append(1000 * (t1 - t0) / (n0 * k))
-        print(f"views, round {r + 1} ({n0} training images): single view {t0:.1f} s, with --views {k} {t1:.1f} s "
-              f"(tlkit's own seconds)", flush=True)
-    image_ms, view_ms = median(per_image), median(per_view)
-    print(f"views: one single-view image {image_ms:.1f} ms, one extra view {view_ms:.1f} ms: "
-          f"{view_ms / image_ms:.2f}x per view (target <= 0.6x); the backbone alone takes {net:.1f} ms per crop "
-          f"({net / image_ms:.2f}x of a single-view image: the floor of a view's cost on this machine)", flush=True)
-    with h5py_file(tmp / "views-0.h5") as f:
+    for p in precisions:
+        net = network_ms_per_crop(p)
+        per_image, per_view = [], []
+        for r in range(rounds):
+            n0, t0 = tlkit_views(train_only, tmp / f"plain-{p}-{r}.h5", 0, p)
+            n1, t1 = tlkit_views(train_only, tmp / f"views-{p}-{r}.h5", k, p)
+            assert n0 == n1
+            per_image.append(1000 * t0 / n0)
+            per_view.append(1000 * (t1 - t0) / (n0 * k))
+            print(f"views, {p}, round {r + 1} ({n0} training images): single view {t0:.1f} s, with --views {k} "
+                  f"{t1:.1f} s (tlkit's own seconds)", flush=True)
+        image_ms, view_ms = median(per_image), median(per_view)
+        print(f"views, {p}: one single-view image {image_ms:.1f} ms, one extra view {view_ms:.1f} ms: "
+              f"{view_ms / image_ms:.2f}x per view (target <= 0.6x: {'PASS' if view_ms / image_ms <= 0.6 else 'FAIL'})"
+              f"; the {p} backbone alone takes {net:.1f} ms per crop ({net / image_ms:.2f}x of a single-view image: "
+              f"the floor of a view's cost on this machine)", flush=True)
+    with h5py_file(tmp / f"views-{precisions[0]}-0.h5") as f:
         n = len(f["train/labels"])
     head_epochs(n, k, rounds=3)
 
@@ -548,7 +554,7 @@ def main() -> None:
         return
     if args.views:
         with tempfile.TemporaryDirectory() as tmp:
-            bench_views(data, Path(tmp), args.views, max(1, args.rounds - 1))
+            bench_views(data, Path(tmp), args.views, max(1, args.rounds - 1), precisions)
         return
     if args.profile:
         profile_stages(data, precisions)
