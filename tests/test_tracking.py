@@ -313,3 +313,36 @@ def test_a_failure_to_log_is_one_line_and_the_run_is_kept(cache, tmp_path):
                     "--log-to", "mlflow", "--mlflow-uri", f"sqlite:///{tmp_path / 'a-file' / 'x.db'}")
     assert_invoke_error(result, "logging", "mlflow", ignore=("train on",))
     assert (out / "metrics.json").is_file()
+
+
+def test_the_command_goes_on_at_the_helpers_done_line_not_at_its_exit(tmp_path):
+    """A helper that has said ``done`` has written everything; what it does after (its exit) is not waited for,
+    and a helper that ends without it is a failure with its error line."""
+    import subprocess
+    import time
+
+    from tlkit.errors import TlkitError
+    from tlkit.tracking.background import DONE, _Helper
+
+    def helper(script: str) -> _Helper:
+        h = _Helper.__new__(_Helper)
+        h.targets, h.mlflow_uri, h.done = ["mlflow"], None, False
+        h.proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdin.readline()\n" + script],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return h
+
+    lingering = helper(f"print('logged to MLflow: here', flush=True)\nprint({DONE!r}, end='', flush=True)\n"
+                       "time.sleep(60)")
+    said = []
+    t0 = time.monotonic()
+    lingering.log(tmp_path, said.append)
+    lingering.stop()
+    assert time.monotonic() - t0 < 20 and said == ["logged to MLflow: here"]
+    assert lingering.proc.poll() is None  # still in its (here: long) exit, and not waited for
+    lingering.proc.kill()
+    lingering.proc.wait()
+
+    failing = helper("print('error: the store is read-only', flush=True)\nsys.exit(1)")
+    with pytest.raises(TlkitError, match="^the store is read-only$"):
+        failing.log(tmp_path, said.append)
+    assert said == ["logged to MLflow: here"]
