@@ -23,7 +23,6 @@ tensorboard and mlflow are imported only when asked for (``pip install 'tlkit[tr
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import Future
 from pathlib import Path
 
 from tlkit.errors import TlkitError
@@ -88,15 +87,14 @@ class Tracker:
         rec = read_record(run_dir)
         extra = {f"sweep.{k}": v for k, v in (config or {}).items()}
         with figures_folder() as tmp:
-            drawing = Future()
-            if not (self.figures and self.targets):
-                drawing.set_result([])
-            elif self.draw is not None:  # the figure is most of the work: drawn meanwhile, on the other core
-                drawing = self.draw.submit(render_figures, rec, Path(tmp))
-            else:
-                drawing.set_result(render_figures(rec, Path(tmp)))
+            figures, drawing = [], None
+            if self.figures and self.targets and self.draw is not None:
+                drawing = self.draw.submit(render_figures, rec, Path(tmp))  # most of the work: on the other core
+            elif self.figures and self.targets:
+                figures = render_figures(rec, Path(tmp))
             run_id = self.mlflow.start(rec, extra, self._parent) if self.mlflow is not None else None
-            figures = drawing.result()
+            if drawing is not None:
+                figures = drawing.result()
             folder = Path(rec.name) if self.sweep is not None else Path(".")
             if self.tb is not None:
                 self.tb.log(rec, folder, extra, figures)
