@@ -53,7 +53,6 @@ class TlkitGroup(LazyGroup):
             click.echo(f"error: {exc.strerror or exc}{where}", err=True)
             sys.exit(1)
 
-
     def parse_args(self, ctx, args):
         try:  # the group's own options (`tlkit --no-such-option`) are parsed before invoke()
             return super().parse_args(ctx, args)
