@@ -27,6 +27,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from tlkit.errors import TlkitError
 
@@ -132,7 +133,8 @@ def _warm(targets: list[str], mlflow_uri: str | None) -> None:
     warm_figures()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> NoReturn:
+    """The helper; it never returns: it ends with :func:`tlkit.signals.end_process` or ``os._exit``."""
     import argparse
     import signal
 
@@ -188,5 +190,6 @@ def _drawer():
         return None
     return pool
 
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

@@ -97,7 +97,8 @@ def warm(scratch: Path) -> None:
 
 class MlflowLog:
     """One MLflow store. Its client, with the store's engine, is made on first use: opening a store checks
-    its schema against every migration file (0.1-0.2 s), which can then run while a figure is drawn."""
+    its schema (against every migration file, the first time in a process: 0.1-0.2 s), which can then run while
+    a figure is drawn."""
 
     def __init__(self, log_dir: Path, uri: str | None = None, experiment: str = EXPERIMENT):
         require("mlflow", "track", "--log-to mlflow")
