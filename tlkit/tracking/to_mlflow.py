@@ -58,9 +58,14 @@ def _new_store(uri: str) -> None:
     if path.exists() or not path.parent.is_dir():
         return
     try:
-        shutil.copyfile(_template_db(mlflow.__version__), path)
+        template = _template_db(mlflow.__version__)
     except OSError:  # no writable cache folder: MLflow migrates the new file itself
         return
+    from tlkit.atomic import atomic_path
+
+    # Whole or not at all: a copy cut short by a full disk left a store MLflow called "malformed".
+    with atomic_path(path) as tmp:
+        shutil.copyfile(template, tmp)
 
 
 def _schema_head_once() -> None:
