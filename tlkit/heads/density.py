@@ -235,15 +235,18 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     d_high, d_low = d**high, d ** (n - high)
     moves, final = _moves(program, batch, str(inputs.device))
     state = program.initial_state.to(inputs.device).expand(*outer, batch, -1).reshape(*outer, -1)
+    # Each layer's matrices by unbind, not by indexing: under autograd, indexing layer k of the stack has a
+    # backward that fills a zero copy of the whole stack, once per layer (a fifth of a noisy training step).
+    krons = {kind: (k_high.unbind(-3), k_low.unbind(-3)) for kind, (k_high, k_low) in krons.items()}
     for (kind, k, _), move in zip(program.order, moves):
         state = state.index_select(-1, move)
-        k_high, k_low = krons[kind]
+        k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         if kind == "shared":
-            psi = torch.matmul(k_high[..., k, :, :], state.view(*outer, d_high, batch * d_low))
-            state = torch.matmul(psi.view(*outer, d_high * batch, d_low), k_low[..., k, :, :].transpose(-1, -2))
+            psi = torch.matmul(k_high, state.view(*outer, d_high, batch * d_low))
+            state = torch.matmul(psi.view(*outer, d_high * batch, d_low), k_low.transpose(-1, -2))
         else:
             psi = state.view(*outer, batch, d_high, d_low)
-            state = torch.matmul(torch.matmul(k_high[..., k, :, :], psi), k_low[..., k, :, :].transpose(-1, -2))
+            state = torch.matmul(torch.matmul(k_high, psi), k_low.transpose(-1, -2))
         state = state.reshape(*outer, -1)
     state = state.index_select(-1, final).view(*outer, batch, d**n)
     amplitudes = state.index_select(-1, program.measure_index.to(state.device))
