@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,24 @@ def test_mlflow_run_equals_history_and_metrics(logged_run):
     figure = Path(client.download_artifacts(run.info.run_id, "figures/evaluation.png", str(logged_run.parent)))
     (image,) = _events(logged_run / "tb").Images("figures/evaluation")
     assert figure.read_bytes() == image.encoded_image_string and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_figure_drawn_onto_its_prepared_axes_is_the_whole_figure_drawn_anew(logged_run, tmp_path):
+    """Only the run's own artists are drawn onto the axes drawn ahead (blitting): every pixel must be what
+    drawing the whole figure gives."""
+    import io
+
+    from PIL import Image
+
+    from tlkit.tracking import record
+
+    record.warm_figures()
+    prepared = record._PREPARED[0]
+    blitted = np.asarray(Image.open(io.BytesIO(record.render_figures(record.read_record(logged_run), tmp_path)[0].png)))
+    prepared.canvas.draw()
+    whole = np.asarray(prepared.canvas.buffer_rgba())
+    assert blitted.shape == whole.shape and np.array_equal(blitted, whole)
+    assert len(np.unique(blitted.reshape(-1, 4), axis=0)) > 100  # curves, text and colours: not a blank canvas
 
 
 def test_a_figure_on_axes_made_ahead_is_the_figure_drawn_from_scratch(logged_run, tmp_path):
@@ -270,18 +289,72 @@ def test_the_trackers_are_imported_by_the_helper_not_by_the_command(cache, tmp_p
 
 
 def test_a_run_that_fails_logs_nothing_and_leaves_no_helper(cache, tmp_path):
+    import os
     import subprocess
 
     import launcher
 
     out = tmp_path / "run"
+    scratch = tmp_path / "tmp"  # the helper's scratch folders, its staged MLflow store among them
+    scratch.mkdir()
     missing = tmp_path / "nowhere.h5"  # found missing inside the run, after the helper started
     job = launcher.popen([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "linear", "--cache", str(missing),
-                          "--out", str(out), "--log-to", "mlflow"], stdout=launcher.PIPE, stderr=launcher.PIPE, text=True)
+                          "--out", str(out), "--log-to", "mlflow"], stdout=launcher.PIPE, stderr=launcher.PIPE, text=True,
+                         env={**os.environ, "TMPDIR": str(scratch)})
     stdout, stderr = job.communicate(timeout=120)
     assert_one_line_error(subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr), str(missing))
     assert not out.exists() and not list(tmp_path.rglob("mlruns.db"))
     assert not _helpers_of(job.pid)
+    assert list(scratch.iterdir()) == []  # stopped by SIGTERM, the helper took its scratch folders along
+
+
+def test_the_helper_logs_into_a_store_opened_ahead_and_leaves_nothing_in_scratch(cache, tmp_path):
+    """The run's new MLflow store is opened in the helper's scratch folder while the run trains, logged into,
+    and copied beside the run: the run folder gets the whole store, the scratch folder keeps nothing."""
+    import os
+
+    import launcher
+
+    out, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    proc = launcher.run([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "linear", "--cache", str(cache),
+                         "--out", str(out), "--epochs", "2", "--no-progress", "--log-to", "mlflow"],
+                        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(scratch)})
+    assert proc.returncode == 0, proc.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("tlkit")
+    assert experiment.artifact_location == (out.resolve() / "mlartifacts").as_uri()  # the run's, not scratch's
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["final/accuracy"] == _expected(out)[1]["final"]["accuracy"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "config.json", "figures", "history.json", "metrics.json"]
+    deadline = time.monotonic() + 10  # the helper removes its scratch folder after its last line
+    while list(scratch.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(scratch.iterdir()) == []
+
+
+def test_scratch_folders_of_killed_helpers_are_removed(tmp_path, monkeypatch):
+    """A helper killed with its command (SIGKILL) cannot remove its scratch folder (its staged store): the next
+    helper does."""
+    import os
+    import subprocess
+    import tempfile
+
+    from tlkit.tracking.background import SCRATCH_PREFIX, _remove_scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        (tmp_path / f"{SCRATCH_PREFIX}{pid}-x" / "staged").mkdir(parents=True)
+        (tmp_path / f"{SCRATCH_PREFIX}{pid}-x" / "staged" / "mlruns.db").write_text("")
+    _remove_scratch()
+    assert [p.name for p in tmp_path.iterdir()] == [f"{SCRATCH_PREFIX}{os.getpid()}-x"]  # a live helper's is kept
+    _remove_scratch(os.getpid())  # a helper on its way out removes its own
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_kill_9_of_the_command_takes_its_helper_along(cache, tmp_path):
@@ -305,6 +378,35 @@ def test_kill_9_of_the_command_takes_its_helper_along(cache, tmp_path):
     while _helpers_of(job.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _helpers_of(job.pid)
+
+
+def test_sigterm_mid_run_stops_the_helper_and_leaves_no_store_anywhere(cache, tmp_path):
+    """A scheduler's SIGTERM while the head trains, once the helper has opened the run's store ahead: the command
+    ends within seconds as interrupted, its helper with it, and no store is left, neither beside the run nor in
+    the helper's scratch folder."""
+    import os
+    import signal
+
+    import launcher
+
+    out, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    job = launcher.popen([sys.executable, "-m", "tlkit.cli", "fit-head", "--head", "quantum", "--cache", str(cache),
+                          "--out", str(out), "--epochs", "100000", "--no-progress", "--log-to", "mlflow"],
+                         stdout=launcher.DEVNULL, stderr=launcher.DEVNULL, env={**os.environ, "TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 120
+    while not list(scratch.glob("tlkit-helper-*/staged/mlruns.db")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(scratch.glob("tlkit-helper-*/staged/mlruns.db")), "the helper opened no store ahead"
+    assert job.poll() is None, "the run ended before it could be interrupted"
+    sent = time.monotonic()
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(20) == 128 + signal.SIGTERM and time.monotonic() - sent < 10
+    deadline = time.monotonic() + 5
+    while (_helpers_of(job.pid) or list(scratch.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _helpers_of(job.pid)
+    assert list(scratch.iterdir()) == [] and not list(tmp_path.rglob("mlruns.db"))
 
 
 def test_a_failure_to_log_is_one_line_and_the_run_is_kept(cache, tmp_path):

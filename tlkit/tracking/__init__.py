@@ -48,9 +48,10 @@ class Tracker:
     """Logs finished run folders to the chosen trackers; a context manager (closes a sweep's parent run)."""
 
     def __init__(self, targets, log_dir, mlflow_uri: str | None = None, *, sweep: str | None = None,
-                 sweep_params: dict | None = None, figures: bool = True, draw=None):
+                 sweep_params: dict | None = None, figures: bool = True, draw=None, staged=None):
         """``draw``: an executor (``concurrent.futures``) that draws the figures while this process logs the
-        rest, as the logging helper does (:mod:`tlkit.tracking.background`); None draws them here, first."""
+        rest, as the logging helper does (:mod:`tlkit.tracking.background`); None draws them here, first.
+        ``staged``: an MLflow store opened ahead (:class:`tlkit.tracking.to_mlflow.Staged`, the helper's)."""
         self.targets = check_targets(targets)
         self.log_dir = Path(log_dir)
         self.figures = figures
@@ -67,7 +68,7 @@ class Tracker:
         if "mlflow" in self.targets:
             from tlkit.tracking.to_mlflow import MlflowLog
 
-            self.mlflow = MlflowLog(self.log_dir, mlflow_uri)
+            self.mlflow = MlflowLog(self.log_dir, mlflow_uri, staged=staged)
             self.where.append(f"MLflow: mlflow ui --backend-store-uri {self.mlflow.uri}")
             if sweep is not None:
                 self._parent = self.mlflow.start_parent(sweep, sweep_params or {})
@@ -79,6 +80,8 @@ class Tracker:
         if self._parent is not None:
             self.mlflow.finish_parent(self._parent, "FINISHED" if exc_type is None else "KILLED")
             self._parent = None
+        if self.mlflow is not None and exc_type is None:
+            self.mlflow.publish()
 
     def log_run(self, run_dir, config: dict | None = None) -> None:
         """Log one finished run; inside a sweep (``sweep=``) it is a child run with ``config`` as parameters."""
@@ -86,20 +89,26 @@ class Tracker:
 
         rec = read_record(run_dir)
         extra = {f"sweep.{k}": v for k, v in (config or {}).items()}
+        folder = Path(rec.name) if self.sweep is not None else Path(".")
         with figures_folder() as tmp:
             figures, drawing = [], None
             if self.figures and self.targets and self.draw is not None:
                 drawing = self.draw.submit(render_figures, rec, Path(tmp))  # most of the work: on the other core
             elif self.figures and self.targets:
                 figures = render_figures(rec, Path(tmp))
+            # Everything but the figures is logged while they are drawn; they go in last, then each run is closed.
             run_id = self.mlflow.start(rec, extra, self._parent) if self.mlflow is not None else None
-            if drawing is not None:
-                figures = drawing.result()
-            folder = Path(rec.name) if self.sweep is not None else Path(".")
-            if self.tb is not None:
-                self.tb.log(rec, folder, extra, figures)
+            events = self.tb.start(rec, folder, extra) if self.tb is not None else None
+            try:
+                if self.mlflow is not None:
+                    self.mlflow.log_files(run_id, rec)
+                if drawing is not None:
+                    figures = drawing.result()
+            finally:
+                if events is not None:
+                    self.tb.finish(events, rec, figures)
             if self.mlflow is not None:
-                self.mlflow.finish(run_id, rec, figures)
+                self.mlflow.finish(run_id, figures)
         for child in search_children(rec):  # fit-head --grid: one child run per configuration
             if self.tb is not None:
                 self.tb.log_child(folder / "search" / child.name, child.params, child.scalars)
@@ -113,12 +122,12 @@ class Tracker:
         self.log_run(run_dir, config)
 
 
-def log_run(run_dir, targets, mlflow_uri: str | None = None, echo=lambda msg: None, draw=None) -> None:
+def log_run(run_dir, targets, mlflow_uri: str | None = None, echo=lambda msg: None, draw=None, staged=None) -> None:
     """Log the finished run in ``run_dir`` to ``targets``, beside it; ``echo`` says where to look; ``draw``
-    as for :class:`Tracker`."""
+    and ``staged`` as for :class:`Tracker`."""
     if not targets:
         return
-    with Tracker(targets, run_dir, mlflow_uri, draw=draw) as tracker:
+    with Tracker(targets, run_dir, mlflow_uri, draw=draw, staged=staged) as tracker:
         tracker.log_run(run_dir)
     for line in tracker.where:
         echo(f"logged to {line}")

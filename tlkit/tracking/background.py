@@ -9,8 +9,9 @@ after the training is the logging of the finished files (``bench/bench_tracking.
         run_dir = train(...)
         tracking.log(run_dir, echo)     # what log_run(run_dir, targets, mlflow_uri, echo) does, in the helper
 
-The helper is ``python -m tlkit.tracking.background TARGET... [--mlflow-uri URI]``. It imports the trackers and
-warms them on a scratch store, then reads one line, the finished run folder, logs it with
+The helper is ``python -m tlkit.tracking.background TARGET... [--mlflow-uri URI]``. It imports the trackers,
+warms them on a scratch store and opens the run's new MLflow store ahead (in its scratch folder, copied beside
+the run once logged: :class:`tlkit.tracking.to_mlflow.Staged`), then reads one line, the finished run folder, logs it with
 :func:`tlkit.tracking.log_run` (the figure drawn meanwhile in a forked worker), prints where to look and a last
 line, ``done``, at which the command goes on without waiting for the helper's exit. When
 the run fails or is interrupted, the command stops it (SIGTERM) without handing it anything, so nothing is
@@ -110,27 +111,68 @@ def background_logging(targets: list[str], mlflow_uri: str | None = None) -> Ite
 # -- the helper process --------------------------------------------------------------------------
 
 
-def _warm(targets: list[str], mlflow_uri: str | None) -> None:
+def _warm(targets: list[str], mlflow_uri: str | None, scratch: Path):
     """Pay the first-use costs now: every import the logging makes (the figure's scikit-learn metrics
     included), every MLflow store call once on a scratch store (only when the store is the default new
     sqlite file beside the run: a server is never written to), TensorBoard's event writer on a scratch
-    folder, and matplotlib's fonts. Nothing here imports torch (``python -X importtime`` shows it)."""
-    import tempfile
+    folder, and matplotlib's fonts. Nothing here imports torch (``python -X importtime`` shows it).
+
+    Returns the run's MLflow store opened ahead in ``scratch`` (:class:`tlkit.tracking.to_mlflow.Staged`), or None."""
+    import shutil
 
     from tlkit.tracking.record import warm_figures
 
-    with tempfile.TemporaryDirectory(prefix="tlkit-warm-") as scratch:
-        if "tensorboard" in targets:
-            from tlkit.tracking.to_tensorboard import warm
+    staged = None
+    warm_dir = scratch / "warm"
+    warm_dir.mkdir()
+    if "tensorboard" in targets:
+        from tlkit.tracking.to_tensorboard import warm
 
-            warm(Path(scratch))
-        if "mlflow" in targets and mlflow_uri is None:
-            from tlkit.tracking.to_mlflow import warm
+        warm(warm_dir)
+    if "mlflow" in targets and mlflow_uri is None:
+        from tlkit.tracking.to_mlflow import Staged, warm
 
-            warm(Path(scratch))
-        elif "mlflow" in targets:  # the import only: the store given by --mlflow-uri is never written to
-            from mlflow import MlflowClient  # noqa: F401
+        warm(warm_dir)
+        staged = Staged(scratch / "staged")
+    elif "mlflow" in targets:  # the import only: the store given by --mlflow-uri is never written to
+        from mlflow import MlflowClient  # noqa: F401
+    shutil.rmtree(warm_dir, ignore_errors=True)
     warm_figures()
+    return staged
+
+
+SCRATCH_PREFIX = "tlkit-helper-"  # + the helper's pid: the folder of a killed helper is found and removed
+
+
+def _scratch() -> Path:
+    """This helper's scratch folder, for its warm-up and its staged store; removed on every way out (and, when the
+    kernel killed the helper with its command, by the next helper: :func:`_remove_scratch`)."""
+    import tempfile
+
+    _remove_scratch()
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
+def _remove_scratch(pid: int | None = None) -> None:
+    """Remove the scratch folders of helper ``pid`` (itself, on its way out), or with None those of helpers that
+    are gone."""
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        owner = folder.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if owner.isdigit() and (int(owner) == pid if pid is not None else not _alive(int(owner))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def main(argv: list[str]) -> NoReturn:
@@ -146,30 +188,44 @@ def main(argv: list[str]) -> NoReturn:
     parser.add_argument("--parent", type=int, required=True, help="the command's pid: this process dies with it")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C reaches the whole group: the command says it, not us
+    # Ctrl-C reaches the whole group, and the command stops this helper with SIGTERM when its run did not
+    # finish: the command says it, not us. We leave at once, taking the staged store's scratch folder along.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _leave)
     # Background work: where the command needs both cores (its imports, its evaluation), it comes first.
     with contextlib.suppress(OSError):
         os.nice(10)
+    staged = None
     try:
-        _warm(args.targets, args.mlflow_uri)
+        staged = _warm(args.targets, args.mlflow_uri, _scratch())
     except Exception:  # noqa: BLE001 - warming is an optimisation; the logging below reports a real failure
         pass
     draw = _drawer()
     run_dir = sys.stdin.readline().rstrip("\n")
     if not run_dir:  # the run did not finish
+        _remove_scratch(os.getpid())
         end_process(0)
     from tlkit.tracking import log_run
 
     try:
-        log_run(run_dir, args.targets, args.mlflow_uri, echo=lambda line: print(line, flush=True), draw=draw)
+        log_run(run_dir, args.targets, args.mlflow_uri, echo=lambda line: print(line, flush=True), draw=draw,
+                staged=staged)
     except Exception as exc:  # noqa: BLE001 - one line for the command to raise as its own error
         print(f"error: logging {run_dir} to {' and '.join(args.targets)} failed: {exc}", flush=True)
+        _remove_scratch(os.getpid())
         end_process(1)
     # Everything is written and closed (the event files, MLflow's committed transactions, the artifacts): the
-    # command goes on at this line. Nothing is left to wind down: not the drawing worker (it dies with this
-    # process), nor the interpreter (whose teardown of MLflow, SQLAlchemy and matplotlib took 3.4 s here).
+    # command goes on at this line. Nothing is left to wind down but the staged store's scratch folder (after
+    # the line: the command does not wait for it): not the drawing worker (it dies with this process), nor the
+    # interpreter (whose teardown of MLflow, SQLAlchemy and matplotlib took 3.4 s here).
     print(DONE, end="", flush=True)
+    _remove_scratch(os.getpid())
     os._exit(0)
+
+
+def _leave(signum, frame) -> NoReturn:
+    _remove_scratch(os.getpid())
+    os._exit(128 + signum)
 
 
 def _drawer():

@@ -153,6 +153,7 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Figure]:
     import io
 
     import numpy as np
+    from PIL import Image
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
     run = rec.run
@@ -162,16 +163,18 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Figure]:
         targets, scores, what = labels, proba[:, 1], ""
     else:
         targets, scores, what = np.eye(proba.shape[1], dtype=np.int64)[labels].ravel(), proba.ravel(), " (micro-average)"
-    fig, canvas, (ax_roc, ax_pr, ax_cm) = _PREPARED.pop() if _PREPARED else _evaluation_axes()
+    prepared = _PREPARED.pop() if _PREPARED else _evaluation_axes()
+    fig, canvas, (ax_roc, ax_pr, ax_cm) = prepared.fig, prepared.canvas, prepared.axes
     roc_title, pr_title = f"ROC{what}", f"precision-recall{what}"
+    curves = []
     if len(np.unique(targets)) == 2:
         fpr, tpr, _ = roc_curve(targets, scores)
-        ax_roc.plot(fpr, tpr)
+        curves += ax_roc.plot(fpr, tpr)
         roc_title += f": AUC {auc(fpr, tpr):.3f}"
         precision, recall, _ = precision_recall_curve(targets, scores)
-        ax_pr.step(recall, precision, where="post")
+        curves += ax_pr.step(recall, precision, where="post")
         pr_title += f": AP {average_precision_score(targets, scores):.3f}"
-    ax_roc.plot([0, 1], [0, 1], ":", color="grey")
+    curves += ax_roc.plot([0, 1], [0, 1], ":", color="grey")
     ax_roc.set(title=roc_title)
     ax_pr.set(title=pr_title)
     block = run.metrics["final"]
@@ -182,22 +185,36 @@ def render_figures(rec: RunRecord, folder: Path) -> list[Figure]:
     names = run.config.class_names
     ax_cm.set(title=f"confusion, final: accuracy {block['accuracy']:.3f}",
               xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names)
+    ax_cm.set_visible(True)
     fig.suptitle(f"{rec.name} (first seed's curves)" if run.seeds and len(run.seeds) > 1 else rec.name)
+    # Onto the curve axes drawn ahead (frames, ticks, labels: the same for every run), only the run's own parts:
+    # matplotlib's blitting, as animations do it. The confusion axes (its classes are the run's) are drawn whole.
+    canvas.restore_region(prepared.background)
+    for artist in (*curves, ax_roc.title, ax_pr.title, ax_cm, fig._suptitle):
+        fig.draw_artist(artist)
     buf = io.BytesIO()
-    canvas.print_png(buf)
     width, height = canvas.get_width_height()
+    Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).save(buf, format="png")
     figure = Figure("evaluation", folder / "evaluation.png", buf.getvalue(), width, height)
     figure.path.write_bytes(figure.png)
     return [figure]
 
 
-# The axes of one evaluation figure, made ahead of the run by warm_figures: the logging helper's drawing worker
-# then only draws the run's own parts (making the three axes and their ticks was a quarter of the drawing).
+# The axes of one evaluation figure, made and drawn ahead of the run by warm_figures: the logging helper's drawing
+# worker then only draws the run's own parts (the axes, their ticks and labels were over a third of the drawing).
 _PREPARED: list = []
 
 
-def _evaluation_axes():
-    """(figure, canvas, (roc, precision-recall, confusion axes)) with everything that is the same for every run."""
+@dataclass
+class _Prepared:
+    fig: object  # matplotlib.figure.Figure
+    canvas: object  # its Agg canvas
+    axes: tuple  # (roc, precision-recall, confusion)
+    background: object  # the canvas as drawn with the confusion axes hidden (``copy_from_bbox``)
+
+
+def _evaluation_axes() -> _Prepared:
+    """The evaluation figure with everything that is the same for every run, drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
@@ -210,19 +227,24 @@ def _evaluation_axes():
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
     ax_cm.set(xlabel="predicted", ylabel="true")
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.82, wspace=0.3)
-    return fig, canvas, (ax_roc, ax_pr, ax_cm)
+    ax_cm.set_visible(False)  # its ticks are the run's classes: drawn with the run
+    canvas.draw()
+    return _Prepared(fig, canvas, (ax_roc, ax_pr, ax_cm), canvas.copy_from_bbox(fig.bbox))
 
 
 def warm_figures() -> None:
-    """What drawing a figure costs the first time: the imports, matplotlib's fonts; and the axes of the next
-    figure, made now (the logging helper)."""
+    """What drawing a figure costs the first time: the imports, matplotlib's fonts, PIL's PNG writer; and the
+    next figure's axes, drawn now (the logging helper)."""
     import io
 
+    from PIL import Image
     from sklearn.metrics import roc_curve  # noqa: F401
 
-    fig, canvas, (ax, _, _) = _evaluation_axes()
-    ax.set(title="0.5")
-    canvas.print_png(io.BytesIO())
+    prepared = _evaluation_axes()
+    prepared.axes[2].set(title="0.5", xticks=[0], xticklabels=["a"])
+    prepared.axes[2].set_visible(True)
+    prepared.fig.draw_artist(prepared.axes[2])
+    Image.new("RGBA", (8, 8)).save(io.BytesIO(), format="png")
     _PREPARED[:] = [_evaluation_axes()]
 
 

@@ -10,6 +10,7 @@ same events (``tlkit/tracking/background.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.extras import require
@@ -40,6 +41,12 @@ def _hparams(params: dict, metrics) -> list:
 
 def _write(where: Path, steps: dict[int, list]) -> None:
     """Each step's summaries as events, in step order, in a new event file in ``where``."""
+    writer = _open(where, steps)
+    writer.close()
+
+
+def _open(where: Path, steps: dict[int, list]):
+    """A new event file in ``where`` holding each step's summaries, in step order, left open for more."""
     import time
 
     from tensorboard.compat.proto.event_pb2 import Event
@@ -50,13 +57,23 @@ def _write(where: Path, steps: dict[int, list]) -> None:
         for step in sorted(steps):
             for summary in steps[step]:
                 writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
-    finally:
+    except BaseException:
         writer.close()
+        raise
+    return writer
 
 
 def warm(scratch: Path) -> None:
     """Import the writer and the protos and write one small event file in ``scratch`` (the logging helper)."""
     _write(Path(scratch) / TB_DIR, {0: _hparams({"warm": 1.0}, ["final/accuracy"])})
+
+
+@dataclass
+class _Events:
+    """One run's open event file."""
+
+    where: Path
+    writer: object  # tensorboard's EventFileWriter
 
 
 class TensorBoardLog:
@@ -65,28 +82,47 @@ class TensorBoardLog:
         self.root = Path(log_dir) / TB_DIR
 
     def log(self, rec: RunRecord, folder: Path, extra_params: dict | None = None, figures=()) -> Path:
-        """Write ``rec`` as one TensorBoard run in ``folder`` (relative to tb/).
+        """Write ``rec`` as one TensorBoard run in ``folder`` (relative to tb/): :meth:`start`, then :meth:`finish`."""
+        events = self.start(rec, folder, extra_params)
+        self.finish(events, rec, figures)
+        return events.where
 
-        One event per step carries all of that step's scalars, and the figures go in as the PNG bytes
-        already drawn (an image summary of the encoded file: nothing is decoded and encoded again).
+    def start(self, rec: RunRecord, folder: Path, extra_params: dict | None = None) -> _Events:
+        """The run's scalars and hyperparameters, in a new event file left open for the figures
+        (:meth:`finish`), so that they are written while the figures are still being drawn.
+
+        One event per step carries all of that step's scalars.
         """
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         steps: dict[int, list] = {}
         for tag, step, value in rec.epoch_scalars:
             steps.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=value))
-        final = steps.setdefault(rec.final_step, [])
-        final += [Summary.Value(tag=tag, simple_value=value) for tag, value in rec.final_scalars.items()]
-        final += [Summary.Value(tag=f"figures/{figure.name}", image=Summary.Image(
-            height=figure.height, width=figure.width, colorspace=4,  # RGBA, as Agg writes it
-            encoded_image_string=figure.png)) for figure in figures]
+        steps.setdefault(rec.final_step, []).extend(
+            Summary.Value(tag=tag, simple_value=value) for tag, value in rec.final_scalars.items())
         # Each value list becomes one summary: rebuild them so that a step's scalars share one event.
         steps = {step: [Summary(value=values)] for step, values in steps.items()}
         metrics = [tag for tag in rec.final_scalars if tag.startswith(("final/", "interval/"))]
         steps.setdefault(0, []).extend(_hparams({**rec.params, **(extra_params or {})}, metrics))
         where = self.root / folder
-        _write(where, steps)
-        return where
+        return _Events(where, _open(where, steps))
+
+    def finish(self, events: _Events, rec: RunRecord, figures=()) -> None:
+        """The figures, at the final step, as the PNG bytes already drawn (an image summary of the encoded file:
+        nothing is decoded and encoded again); then the event file is closed."""
+        import time
+
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        try:
+            if figures:
+                images = [Summary.Value(tag=f"figures/{figure.name}", image=Summary.Image(
+                    height=figure.height, width=figure.width, colorspace=4,  # RGBA, as Agg writes it
+                    encoded_image_string=figure.png)) for figure in figures]
+                events.writer.add_event(Event(wall_time=time.time(), step=rec.final_step, summary=Summary(value=images)))
+        finally:
+            events.writer.close()
 
     def log_child(self, folder: Path, params: dict, scalars: dict[str, float]) -> None:
         """One configuration of a sweep: its settings (HParams) and scores, at step 0."""
