@@ -92,6 +92,32 @@ def test_noisy_expectations_and_gradients_equal_default_mixed(spec, n):
         density.run(density.trace(dressed_circuit, n, tuple(w.shape)), x, w).detach().abs().max())) > 1e-4  # noise changes it
 
 
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("spec", [c for c in CHANNELS if c != "readout=0.03"])  # readout alone: state vectors
+def test_large_batches_read_observables_carried_back_equal_to_the_replay_and_default_mixed(spec, n, monkeypatch):
+    """From OBSERVABLES_BATCH samples on, <Z> comes from the measured observables carried back through the layers
+    after the inputs (the Heisenberg picture): values and gradients equal the forward replay's, also with a seed
+    axis, and PennyLane's default.mixed."""
+    taken = []
+    real = density._by_observables
+    monkeypatch.setattr(density, "_by_observables", lambda *a: taken.append(1) or real(*a))
+    g = torch.Generator().manual_seed(5)
+    batch = density.OBSERVABLES_BATCH + 3
+    x = (torch.rand(2, batch, n, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    w = (torch.rand(2, 2, n, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    program = density.trace(dressed_circuit, n, (2, n), spec)
+    ours = density.run(program, x, w)
+    assert taken, "the large batch did not take the observables' way"
+    replay = density.apply_readout(density.probabilities(program, x, w.reshape(2, 1, -1)), program.readout, n) @ program.z_signs
+    torch.testing.assert_close(ours, replay, atol=1e-12, rtol=0)
+    upstream = torch.rand(ours.shape, dtype=torch.float64, generator=g)
+    for mine, theirs in zip(torch.autograd.grad((ours * upstream).sum(), (x, w)),
+                            torch.autograd.grad((replay * upstream).sum(), (x, w))):
+        torch.testing.assert_close(mine, theirs, atol=1e-12, rtol=0)
+    reference = torch.stack([torch.stack(list(mixed_qnode(spec, n)(x[1, b], w[1]))) for b in range(4)])
+    torch.testing.assert_close(ours[1, :4], reference, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("mixed", [False, True])
 def test_noise_free_it_equals_the_state_vector_replay_also_with_a_seed_axis(mixed):
     g = torch.Generator().manual_seed(3)
