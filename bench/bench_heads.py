@@ -52,8 +52,9 @@ Prints, all measured side by side in this one run on this machine:
 8. shots and noise (``--shots 1000 --noise depolarizing=0.01``): seconds per training epoch of one seed
    against the analytic noise-free epoch (target <= 10x) and against the PennyLane QNode path with the
    same shots and noise on default.mixed (timed on --qnode-batches batches, extrapolated to an epoch;
-   target >= 100x); 10 seeds against one under noise and shots (target <= 2x); and ``tlkit evaluate``'s
-   scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise (target < 2 s of compute).
+   target >= 100x); 10 seeds against one under noise and shots, and under noise alone (exact <Z>; target <= 2x
+   each); and ``tlkit evaluate``'s scoring of 1,000 evaluation images x 10 seeds at 1,000 shots under noise
+   (target < 2 s of compute).
    Beside them, the bare batched kernels of one training step (the circuit's and its parameter-shifted
    copies' outcome probabilities, and the multinomial draws) at 1 and 10 seeds, and the floor that the
    arithmetic 9 more seeds add sets on the 10-seed ratio.
@@ -565,12 +566,14 @@ def report_noise(cache: Path, args) -> bool:
         return seconds / epochs
 
     # interleaved rounds, best of each: a busy machine weighs on all of them alike
-    times: dict[str, list[float]] = {"analytic": [], "noisy": [], "noisy10": []}
+    times: dict[str, list[float]] = {"analytic": [], "noisy": [], "noisy10": [], "exact": [], "exact10": []}
     for _ in range(max(1, args.repeat)):
         times["analytic"].append(per_epoch())
         times["noisy"].append(per_epoch(shots=SHOTS, noise=NOISE))
         times["noisy10"].append(per_epoch(seeds=10, shots=SHOTS, noise=NOISE))
-    analytic, noisy, noisy10 = (min(times[k]) for k in ("analytic", "noisy", "noisy10"))
+        times["exact"].append(per_epoch(noise=NOISE))  # noise alone: exact <Z> of the density matrix, autograd
+        times["exact10"].append(per_epoch(seeds=10, noise=NOISE))
+    analytic, noisy, noisy10, exact, exact10 = (min(times[k]) for k in ("analytic", "noisy", "noisy10", "exact", "exact10"))
 
     # The PennyLane QNode path with the same shots and noise (default.mixed, parameter shift): a few batches.
     torch.manual_seed(0)
@@ -602,12 +605,13 @@ def report_noise(cache: Path, args) -> bool:
         ("shots+noise epoch / analytic noise-free epoch", noisy / analytic, NOISE_TARGETS["vs_analytic"], "<="),
         ("QNode epoch (extrapolated) / shots+noise epoch", qnode_epoch / noisy, NOISE_TARGETS["vs_qnode"], ">="),
         ("10 seeds / 1 seed, training epoch under shots+noise", noisy10 / noisy, NOISE_TARGETS["seeds"], "<="),
+        ("10 seeds / 1 seed, training epoch under noise alone (exact <Z>)", exact10 / exact, NOISE_TARGETS["seeds"], "<="),
         ("evaluate 1,000 images x 10 seeds, seconds", evaluate10, NOISE_TARGETS["evaluate_s"], "<"),
     ]
     print(f"\n8. shots and noise (--shots {SHOTS} --noise {NOISE}); {len(y)} training rows, batch 4, "
           f"{len(val.labels)} evaluation rows; best of {max(1, args.repeat)} interleaved rounds")
     print(f"   seconds per epoch: analytic noise-free {analytic:.3f}, shots+noise {noisy:.3f}, "
-          f"10 seeds shots+noise {noisy10:.3f}, PennyLane QNode (default.mixed, parameter shift) {qnode_epoch:.1f} "
+          f"10 seeds shots+noise {noisy10:.3f}, noise alone (exact) {exact:.3f} and 10 seeds {exact10:.3f}, PennyLane QNode (default.mixed, parameter shift) {qnode_epoch:.1f} "
           f"(extrapolated from {args.qnode_batches} batches of 4: {step:.2f} s each, and 8 evaluation rows)")
     print(f"   evaluate at {SHOTS} shots under {NOISE}, 1,000 images: 10 seeds {evaluate10:.2f} s, 1 seed "
           f"{evaluate1:.2f} s ({evaluate10 / evaluate1:.1f}x)")
