@@ -224,9 +224,6 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     d_high, d_low = d**high, d ** (n - high)
     moves, final = _moves(program, batch, str(inputs.device))
     state = program.initial_state.to(inputs.device).expand(*outer, batch, -1).reshape(*outer, -1)
-    # Each layer's matrices by unbind, not by indexing: under autograd, indexing layer k of the stack has a
-    # backward that fills a zero copy of the whole stack, once per layer (a fifth of a noisy training step).
-    krons = {kind: (k_high.unbind(-3), k_low.unbind(-3)) for kind, (k_high, k_low) in krons.items()}
     for (kind, k, _), move in zip(program.order, moves):
         state = state.index_select(-1, move)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
@@ -244,16 +241,26 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
 
 def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, outer, batch: int) -> dict:
     """All layers of a kind at once: each wire's matrix post @ rotation @ pre, then the Kronecker products of
-    the high and of the low wires' matrices: kind -> (K_high, K_low), (*outer, L, dh, dh) for the shared layers
-    (one set per set of weights), (*outer, B, L, dh, dh) for the per-sample ones. ``inputs`` (*outer, B, I),
-    ``weights`` (*outer, P)."""
+    the high and of the low wires' matrices: kind -> (K_high per layer, K_low per layer), each (*outer, dh, dh)
+    for the shared layers (one per set of weights; (dh, dh) for a layer without rotations), (*outer, B, dh, dh)
+    for the per-sample ones. ``inputs`` (*outer, B, I), ``weights`` (*outer, P).
+
+    The layers come as lists (``unbind``), not stacks to index: under autograd, indexing layer k of a stack has
+    a backward that fills a zero copy of the whole stack, once per layer (a fifth of a noisy training step)."""
     n, d = program.n_qubits, program.local_dim
     eye = torch.eye(d, dtype=DTYPE, device=inputs.device)
     rot_w = _rotation(weights, d)  # (*outer, P, d, d)
     krons = {}
     if len(program.shared):
+        # Layers without a rotation (the channels after the CNOTs) are the same for every set of weights: their
+        # products are made once per program, and autograd has nothing to do for them.
+        rotated, fixed = _fixed_shared(program, str(inputs.device))
+        layers = Layers(program.shared.pre[rotated], program.shared.post[rotated], program.shared.slot[rotated])
         bank = torch.cat([eye.expand(*outer, 1, d, d), rot_w], dim=-3)
-        krons["shared"] = _krons(_wire_matrices(program.shared, bank), n)
+        made = [m.unbind(-3) for m in _krons(_wire_matrices(layers, bank), n)]
+        where = {int(k): i for i, k in enumerate(rotated)}
+        krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
+                                for side in (0, 1))
     if len(program.per_sample):
         rot_x = _rotation(inputs, d)
         slot = program.per_sample.slot
@@ -264,8 +271,23 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         else:
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_w.unsqueeze(-4).expand(*outer, batch, -1, d, d),
                               rot_x], dim=-3)
-        krons["per_sample"] = _krons(_wire_matrices(program.per_sample, bank, slot), n)
+        krons["per_sample"] = tuple(m.unbind(-3) for m in _krons(_wire_matrices(program.per_sample, bank, slot), n))
     return krons
+
+
+def _fixed_shared(program: Program, device: str) -> tuple[torch.Tensor, dict]:
+    """(the shared layers with a rotation, {k: (K_high, K_low)} of those without one), kept per program."""
+    cache = program.__dict__.setdefault("_fixed_shared", {})
+    if device not in cache:
+        layers = program.shared
+        rotated = torch.nonzero((layers.slot > 0).any(-1)).view(-1)
+        fixed = {}
+        for k in range(len(layers)):
+            if k not in set(rotated.tolist()):
+                k_high, k_low = _krons((layers.post[k] @ layers.pre[k]).to(device), program.n_qubits)
+                fixed[k] = (k_high, k_low)
+        cache[device] = (rotated, fixed)
+    return cache[device]
 
 
 def _moves(program: Program, batch: int, device: str) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -326,7 +348,7 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     for kind, k, perm in program.order[:last + 1]:  # forward, each sample, up to the last layer fed by inputs
         if perm is not None:
             state = state.index_select(-1, perm)
-        k_high, k_low = krons[kind][0][..., k, :, :], krons[kind][1][..., k, :, :]
+        k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         if kind == "shared":
             k_high, k_low = k_high.unsqueeze(-3), k_low.unsqueeze(-3)
         state = _layer(state, k_high, k_low, n, d)
@@ -335,7 +357,7 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     observables = observables.expand(*outer, dim, -1)
     d_high, d_low = d ** (n // 2), d ** (n - n // 2)
     for kind, k, perm in reversed(program.order[last + 1:]):  # back, once per set of weights: L^T O = K_h^T O K_l
-        k_high, k_low = krons[kind][0][..., k, :, :], krons[kind][1][..., k, :, :]
+        k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         columns = observables.shape[-1]
         x = torch.matmul(k_high.transpose(-1, -2), observables.reshape(*outer, d_high, d_low * columns))
         x = torch.matmul(x.view(*outer, d_high, d_low, columns).transpose(-1, -2), k_low.unsqueeze(-3))
