@@ -225,7 +225,8 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     moves, final = _moves(program, batch, str(inputs.device))
     state = program.initial_state.to(inputs.device).expand(*outer, batch, -1).reshape(*outer, -1)
     for (kind, k, _), move in zip(program.order, moves):
-        state = state.index_select(-1, move)
+        if move is not None:
+            state = state.index_select(-1, move)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         if kind == "shared":
             psi = torch.matmul(k_high, state.view(*outer, d_high, batch * d_low))
@@ -276,18 +277,41 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
 
 
 def _fixed_shared(program: Program, device: str) -> tuple[torch.Tensor, dict]:
-    """(the shared layers with a rotation, {k: (K_high, K_low)} of those without one), kept per program."""
+    """(the shared layers with a rotation, {k: (K_high, K_low)} of those without one), kept per program.
+
+    Where the CNOTs before such a layer act within the high wires and within the low wires apart (a permutation
+    ph x pl of the two halves' indices), they are folded into its matrices, K_high P_h and K_low P_l, and need
+    no index step of their own: :func:`folded_positions` names those layers."""
     cache = program.__dict__.setdefault("_fixed_shared", {})
     if device not in cache:
         layers = program.shared
         rotated = torch.nonzero((layers.slot > 0).any(-1)).view(-1)
+        perms = {k: perm for kind, k, perm in program.order if kind == "shared"}
         fixed = {}
         for k in range(len(layers)):
             if k not in set(rotated.tolist()):
                 k_high, k_low = _krons((layers.post[k] @ layers.pre[k]).to(device), program.n_qubits)
-                fixed[k] = (k_high, k_low)
+                halves = _halves(perms[k], k_low.shape[-1])
+                if halves is not None:  # (P s)[i] = s[perm[i]]: K P has K's columns moved
+                    k_high, k_low = k_high[:, _inverse(halves[0])], k_low[:, _inverse(halves[1])]
+                fixed[k] = (k_high, k_low, halves is not None)
         cache[device] = (rotated, fixed)
     return cache[device]
+
+
+def folded_positions(program: Program) -> set[int]:
+    """The positions in ``program.order`` whose CNOTs are folded into the layer's matrices (:func:`_fixed_shared`)."""
+    _, fixed = _fixed_shared(program, "cpu")
+    return {p for p, (kind, k, perm) in enumerate(program.order) if kind == "shared" and k in fixed and fixed[k][2]}
+
+
+def _halves(perm: torch.Tensor | None, d_low: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(ph, pl) with perm[h * dl + l] = ph[h] * dl + pl[l], if ``perm`` is such a product; else None."""
+    if perm is None:
+        return None
+    grid = perm.view(-1, d_low)
+    ph, pl = grid[:, 0] // d_low, grid[0, :] % d_low
+    return (ph, pl) if bool((ph[:, None] * d_low + pl[None, :] == grid).all()) else None
 
 
 def _moves(program: Program, batch: int, device: str) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -295,9 +319,11 @@ def _moves(program: Program, batch: int, device: str) -> tuple[list[torch.Tensor
     cache = program.__dict__.setdefault("_moves", {})
     key = (batch, device)
     if key not in cache:
-        layers = [(kind == "per_sample", perm) for kind, _, perm in program.order]
+        folded = folded_positions(program)
+        layers = [(kind == "per_sample", None if p in folded else perm) for p, (kind, _, perm) in enumerate(program.order)]
         moves, final = layout_moves(layers, program.n_qubits, program.local_dim, batch)
-        cache[key] = ([m.to(device) for m in moves], final.to(device))
+        # None where nothing moves (a folded layer's CNOTs, in the layout the layer before left)
+        cache[key] = ([None if is_identity(m.numpy()) else m.to(device) for m in moves], final.to(device))
     return cache[key]
 
 
@@ -345,8 +371,9 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     krons = _layer_krons(program, inputs, weights, outer, batch)
     last = max((p for p, (kind, _, _) in enumerate(program.order) if kind == "per_sample"), default=-1)
     state = program.initial_state.to(inputs.device).expand(*outer, batch, dim)
-    for kind, k, perm in program.order[:last + 1]:  # forward, each sample, up to the last layer fed by inputs
-        if perm is not None:
+    folded = folded_positions(program)
+    for position, (kind, k, perm) in enumerate(program.order[:last + 1]):  # forward, each sample, to the last input layer
+        if perm is not None and position not in folded:
             state = state.index_select(-1, perm)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         if kind == "shared":
@@ -356,13 +383,14 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     observables[program.measure_index] = program.z_signs * (1 - 2 * program.readout)
     observables = observables.expand(*outer, dim, -1)
     d_high, d_low = d ** (n // 2), d ** (n - n // 2)
-    for kind, k, perm in reversed(program.order[last + 1:]):  # back, once per set of weights: L^T O = K_h^T O K_l
+    for position in reversed(range(last + 1, len(program.order))):  # back, once per set of weights: L^T O = K_h^T O K_l
+        kind, k, perm = program.order[position]
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         columns = observables.shape[-1]
         x = torch.matmul(k_high.transpose(-1, -2), observables.reshape(*outer, d_high, d_low * columns))
         x = torch.matmul(x.view(*outer, d_high, d_low, columns).transpose(-1, -2), k_low.unsqueeze(-3))
         observables = x.transpose(-1, -2).reshape(*outer, dim, columns)
-        if perm is not None:  # the CNOTs before the layer, undone: O[perm[i]] <- O[i]
+        if perm is not None and position not in folded:  # the CNOTs before the layer, undone: O[perm[i]] <- O[i]
             observables = observables.index_select(-2, _inverse(perm))
     return torch.matmul(state, observables)
 
