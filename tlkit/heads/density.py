@@ -224,10 +224,14 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     d_high, d_low = d**high, d ** (n - high)
     moves, final = _moves(program, batch, str(inputs.device))
     state = program.initial_state.to(inputs.device).expand(*outer, batch, -1).reshape(*outer, -1)
-    for (kind, k, _), move in zip(program.order, moves):
+    for (position, absorbed), move in zip(_merged(program), moves):
+        kind, k, _ = program.order[position]
         if move is not None:
             state = state.index_select(-1, move)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
+        for later in absorbed:  # constant layers right after this one, their CNOTs folded: one layer with it
+            fixed_high, fixed_low, _ = _fixed_shared(program, str(inputs.device))[1][program.order[later][1]]
+            k_high, k_low = torch.matmul(fixed_high, k_high), torch.matmul(fixed_low, k_low)
         if kind == "shared":
             psi = torch.matmul(k_high, state.view(*outer, d_high, batch * d_low))
             state = torch.matmul(psi.view(*outer, d_high * batch, d_low), k_low.transpose(-1, -2))
@@ -314,13 +318,33 @@ def _halves(perm: torch.Tensor | None, d_low: int) -> tuple[torch.Tensor, torch.
     return (ph, pl) if bool((ph[:, None] * d_low + pl[None, :] == grid).all()) else None
 
 
+def _merged(program: Program) -> list[tuple[int, list[int]]]:
+    """The layers :func:`probabilities` applies: (position in ``program.order``, the positions of the constant
+    layers that follow it with nothing between, folded into it), kept per program.
+
+    Why: a layer without rotations whose CNOTs are folded into its matrices (:func:`_fixed_shared`) follows
+    the layer before it directly, and (A x B)(C x D) = AC x BD: its matrices multiply the previous layer's
+    (16 x 16 products per set of weights, or per sample) instead of being applied to every state. In a noisy
+    circuit that is every other layer."""
+    if "_merged" not in program.__dict__:
+        folded = folded_positions(program)
+        merged: list[tuple[int, list[int]]] = []
+        for position in range(len(program.order)):
+            if position in folded and merged:
+                merged[-1][1].append(position)
+            else:
+                merged.append((position, []))
+        program.__dict__["_merged"] = merged
+    return program.__dict__["_merged"]
+
+
 def _moves(program: Program, batch: int, device: str) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """:func:`tlkit.heads.statevector.layout_moves` for this program (kept per batch size and device)."""
+    """:func:`tlkit.heads.statevector.layout_moves` for the layers of :func:`_merged` (kept per batch size and
+    device)."""
     cache = program.__dict__.setdefault("_moves", {})
     key = (batch, device)
     if key not in cache:
-        folded = folded_positions(program)
-        layers = [(kind == "per_sample", None if p in folded else perm) for p, (kind, _, perm) in enumerate(program.order)]
+        layers = [(program.order[p][0] == "per_sample", program.order[p][2]) for p, _ in _merged(program)]
         moves, final = layout_moves(layers, program.n_qubits, program.local_dim, batch)
         # None where nothing moves (a folded layer's CNOTs, in the layout the layer before left)
         cache[key] = ([None if is_identity(m.numpy()) else m.to(device) for m in moves], final.to(device))
