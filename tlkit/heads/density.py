@@ -261,16 +261,21 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         # products are made once per program, and autograd has nothing to do for them.
         rotated, fixed = _fixed_shared(program, str(inputs.device))
         layers = Layers(program.shared.pre[rotated], program.shared.post[rotated], program.shared.slot[rotated])
-        bank = torch.cat([eye.expand(*outer, 1, d, d), rot_w], dim=-3)
-        made = [m.unbind(-3) for m in _krons(_wire_matrices(layers, bank), n)]
+        if bool((layers.slot > 0).all()):  # a rotation on every wire: the weights' rotations are the whole bank
+            matrices = _wire_matrices(layers, rot_w, layers.slot - 1)
+        else:
+            matrices = _wire_matrices(layers, torch.cat([eye.expand(*outer, 1, d, d), rot_w], dim=-3))
+        made = [m.unbind(-3) for m in _krons(matrices, n)]
         where = {int(k): i for i, k in enumerate(rotated)}
         krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
                                 for side in (0, 1))
     if len(program.per_sample):
         rot_x = _rotation(inputs, d)
         slot = program.per_sample.slot
-        if bool(((slot == 0) | (slot > program.n_weights)).all()):  # inputs only (the usual encoding layer): a
-            # bank without every weight's rotation copied for every sample, a third of a large batch's time
+        if bool((slot > program.n_weights).all()):  # an input's rotation on every wire (the usual encoding layer)
+            bank, slot = rot_x, slot - program.n_weights - 1
+        elif bool(((slot == 0) | (slot > program.n_weights)).all()):  # inputs only: a bank without every weight's
+            # rotation copied for every sample, a third of a large batch's time
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_x], dim=-3)
             slot = (slot - program.n_weights).clamp(min=0)
         else:
