@@ -261,20 +261,26 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         # products are made once per program, and autograd has nothing to do for them.
         rotated, fixed = _fixed_shared(program, str(inputs.device))
         layers = Layers(program.shared.pre[rotated], program.shared.post[rotated], program.shared.slot[rotated])
-        if bool((layers.slot > 0).all()):  # a rotation on every wire: the weights' rotations are the whole bank
-            matrices = _wire_matrices(layers, rot_w, layers.slot - 1)
+        if _by_angles(program, layers):
+            angles = weights.index_select(-1, (layers.slot - 1).clamp(min=0).reshape(-1).to(weights.device))
+            made = [m.unbind(-3) for m in _krons_by_angles(program, ("shared", tuple(rotated.tolist())), layers,
+                                                           angles.view(*outer, *layers.slot.shape))]
         else:
-            matrices = _wire_matrices(layers, torch.cat([eye.expand(*outer, 1, d, d), rot_w], dim=-3))
-        made = [m.unbind(-3) for m in _krons(matrices, n)]
+            made = [m.unbind(-3) for m in _krons(_wire_matrices(
+                layers, torch.cat([eye.expand(*outer, 1, d, d), rot_w], dim=-3)), n)]
         where = {int(k): i for i, k in enumerate(rotated)}
         krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
                                 for side in (0, 1))
     if len(program.per_sample):
-        rot_x = _rotation(inputs, d)
         slot = program.per_sample.slot
-        if bool((slot > program.n_weights).all()):  # an input's rotation on every wire (the usual encoding layer)
-            bank, slot = rot_x, slot - program.n_weights - 1
-        elif bool(((slot == 0) | (slot > program.n_weights)).all()):  # inputs only: a bank without every weight's
+        if bool(((slot == 0) | (slot > program.n_weights)).all()) and _by_angles(program, program.per_sample):
+            index = (slot - program.n_weights - 1).clamp(min=0).reshape(-1).to(inputs.device)
+            angles = inputs.index_select(-1, index).view(*outer, batch, *slot.shape)
+            krons["per_sample"] = tuple(m.unbind(-3) for m in _krons_by_angles(
+                program, ("per_sample",), program.per_sample, angles))
+            return krons
+        rot_x = _rotation(inputs, d)
+        if bool(((slot == 0) | (slot > program.n_weights)).all()):  # inputs only: a bank without every weight's
             # rotation copied for every sample, a third of a large batch's time
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_x], dim=-3)
             slot = (slot - program.n_weights).clamp(min=0)
@@ -449,6 +455,73 @@ def _wire_matrices(layers: Layers, bank: torch.Tensor, slot: torch.Tensor | None
     rotations = bank.index_select(-3, slot.to(device).reshape(-1))
     rotations = rotations.reshape(*bank.shape[:-3], *slot.shape, *bank.shape[-2:])
     return layers.post.to(device) @ rotations @ layers.pre.to(device)
+
+
+BY_ANGLES_ENTRIES = 1 << 14  # the most entries of one half's constant basis per layer for _krons_by_angles
+
+
+def _by_angles(program: Program, layers: Layers) -> bool:
+    """Whether :func:`_krons_by_angles` takes these layers: its constant bases stay small (up to 6 qubits)."""
+    n, d = program.n_qubits, program.local_dim
+    terms = 3 if d == 4 else 2
+    return len(layers) > 0 and all(terms**k * d ** (2 * k) <= BY_ANGLES_ENTRIES for k in (n // 2, n - n // 2))
+
+
+def _krons_by_angles(program: Program, key: tuple, layers: Layers, angles: torch.Tensor):
+    """:func:`_krons` of ``layers``' wire matrices post @ RY(angle) @ pre, from the angles (..., L, n) (those of
+    wires without a rotation are ignored), as one small product per half and layer.
+
+    Why: RY(t) = c I + s J (c, s = cos, sin t/2), so a wire's superoperator RY x RY is c^2 I x I + cs (I x J + J x I)
+    + s^2 J x J, and post @ it @ pre is linear in (c^2, cs, s^2); a state vector's wire matrix in (c, s). The
+    Kronecker product of a half's wires is then linear in the products of their monomials, with constant
+    matrices made once per program: a few numbers per wire and one product, instead of building every wire's
+    matrix and their Kronecker products (and autograd's way back through them), which cost in proportion to
+    the seeds."""
+    n, d = program.n_qubits, program.local_dim
+    high = n // 2
+    bases = _angle_bases(program, key, layers, str(angles.device))
+    c, s = torch.cos(angles / 2), torch.sin(angles / 2)
+    mono = torch.stack([c * c, c * s, s * s], -1) if d == 4 else torch.stack([c, s], -1)  # (..., L, n, T)
+    rotated = (layers.slot > 0).to(angles.device)[..., None]
+    fixed = torch.zeros(mono.shape[-1], dtype=DTYPE, device=angles.device)
+    fixed[0] = 1.0  # a wire without a rotation: its constant matrix is the first term's
+    mono = torch.where(rotated, mono, fixed)
+    out = []
+    for wires, basis in zip((range(high), range(high, n)), bases):
+        coeff = mono[..., wires.start, :]
+        for w in wires[1:]:
+            coeff = (coeff[..., :, None] * mono[..., w, None, :]).flatten(-2)  # (..., L, T**k)
+        lead = coeff.shape[:-2]
+        flat = coeff.reshape(-1, *coeff.shape[-2:]).transpose(0, 1)  # (L, rows, T**k)
+        k = torch.bmm(flat, basis)  # (L, rows, dk * dk)
+        side = int(round(basis.shape[-1] ** 0.5))
+        out.append(k.transpose(0, 1).reshape(*lead, len(layers), side, side))
+    return out
+
+
+def _angle_bases(program: Program, key: tuple, layers: Layers, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constant matrices of :func:`_krons_by_angles`, (L, T**k, dk * dk) per half, kept per program."""
+    cache = program.__dict__.setdefault("_angle_bases", {})
+    if (key, device) not in cache:
+        n, d = program.n_qubits, program.local_dim
+        eye2, j2 = torch.eye(2, dtype=DTYPE), torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=DTYPE)
+        terms = ([kron(eye2, eye2), kron(eye2, j2) + kron(j2, eye2), kron(j2, j2)] if d == 4 else [eye2, j2])
+        per_wire = torch.zeros(len(layers), n, len(terms), d, d, dtype=DTYPE)
+        for l in range(len(layers)):
+            for w in range(n):
+                if layers.slot[l, w] > 0:
+                    for t, term in enumerate(terms):
+                        per_wire[l, w, t] = layers.post[l, w] @ term @ layers.pre[l, w]
+                else:
+                    per_wire[l, w, 0] = layers.post[l, w] @ layers.pre[l, w]
+        bases = []
+        for wires in (range(n // 2), range(n // 2, n)):
+            basis = per_wire[:, wires.start]  # (L, T, d, d)
+            for w in wires[1:]:
+                basis = kron(basis[:, :, None], per_wire[:, w, None]).flatten(1, 2)  # (L, T**k, ., .)
+            bases.append(basis.reshape(len(layers), basis.shape[1], -1).to(device))
+        cache[(key, device)] = tuple(bases)
+    return cache[(key, device)]
 
 
 def _krons(matrices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
