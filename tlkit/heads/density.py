@@ -254,7 +254,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
     a backward that fills a zero copy of the whole stack, once per layer (a fifth of a noisy training step)."""
     n, d = program.n_qubits, program.local_dim
     eye = torch.eye(d, dtype=DTYPE, device=inputs.device)
-    rot_w = _rotation(weights, d)  # (*outer, P, d, d)
+    rot_w = None  # the weights' rotations (*outer, P, d, d), made only where the layers need them whole
     krons = {}
     if len(program.shared):
         # Layers without a rotation (the channels after the CNOTs) are the same for every set of weights: their
@@ -266,6 +266,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
             made = [m.unbind(-3) for m in _krons_by_angles(program, ("shared", tuple(rotated.tolist())), layers,
                                                            angles.view(*outer, *layers.slot.shape))]
         else:
+            rot_w = _rotation(weights, d)
             made = [m.unbind(-3) for m in _krons(_wire_matrices(
                 layers, torch.cat([eye.expand(*outer, 1, d, d), rot_w], dim=-3)), n)]
         where = {int(k): i for i, k in enumerate(rotated)}
@@ -285,6 +286,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_x], dim=-3)
             slot = (slot - program.n_weights).clamp(min=0)
         else:
+            rot_w = _rotation(weights, d) if rot_w is None else rot_w
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_w.unsqueeze(-4).expand(*outer, batch, -1, d, d),
                               rot_x], dim=-3)
         krons["per_sample"] = tuple(m.unbind(-3) for m in _krons(_wire_matrices(program.per_sample, bank, slot), n))
