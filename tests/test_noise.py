@@ -108,6 +108,7 @@ def test_large_batches_read_observables_carried_back_equal_to_the_replay_and_def
     program = density.trace(dressed_circuit, n, (2, n), spec)
     ours = density.run(program, x, w)
     assert taken, "the large batch did not take the observables' way"
+    assert density._encoded_terms(program, "cpu") is not None  # one encoding layer: samples are its coefficients
     replay = density.apply_readout(density.probabilities(program, x, w.reshape(2, 1, -1)), program.readout, n) @ program.z_signs
     torch.testing.assert_close(ours, replay, atol=1e-12, rtol=0)
     upstream = torch.rand(ours.shape, dtype=torch.float64, generator=g)

@@ -216,15 +216,23 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     batch = inputs.shape[-2]
     inputs = inputs.expand(*outer, batch, -1)
     weights = weights.expand(*outer, 1, -1).squeeze(-2)  # (*outer, P)
-    krons = _layer_krons(program, inputs, weights, outer, batch)
+    device = str(inputs.device)
+    terms = _encoded_terms(program, device, merged=True)
+    krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None)
     # The state, (*outer, B * d**n), is held "by sample" (B, dh, dl) for per-sample layers and "by weights"
     # (dh, B, dl) for shared ones, where one matrix product on each side serves all B samples. Each layer starts
     # with one index that applies its CNOTs and moves the state into its layout.
     high = n // 2
     d_high, d_low = d**high, d ** (n - high)
-    moves, final = _moves(program, batch, str(inputs.device))
-    state = program.initial_state.to(inputs.device).expand(*outer, batch, -1).reshape(*outer, -1)
-    for (position, absorbed), move in zip(_merged(program), moves):
+    moves, final = _moves(program, batch, device)
+    layers = list(zip(_merged(program), moves))
+    if terms is None:
+        state = program.initial_state.to(inputs.device).expand(*outer, batch, -1).reshape(*outer, -1)
+    else:  # an encoding layer first: each sample's state after it (and the constant layers it absorbed) is
+        # its coefficients times the constant states of _encoded_terms, one product for the batch
+        state = torch.matmul(_encoding_coefficients(program, inputs, outer, batch), terms).reshape(*outer, -1)
+        layers = layers[1:]
+    for (position, absorbed), move in layers:
         kind, k, _ = program.order[position]
         if move is not None:
             state = state.index_select(-1, move)
@@ -244,7 +252,8 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     return amplitudes if program.mixed else amplitudes * amplitudes  # real amplitudes: p = a**2
 
 
-def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, outer, batch: int) -> dict:
+def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, outer, batch: int,
+                 per_sample: bool = True) -> dict:
     """All layers of a kind at once: each wire's matrix post @ rotation @ pre, then the Kronecker products of
     the high and of the low wires' matrices: kind -> (K_high per layer, K_low per layer), each (*outer, dh, dh)
     for the shared layers (one per set of weights; (dh, dh) for a layer without rotations), (*outer, B, dh, dh)
@@ -272,7 +281,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         where = {int(k): i for i, k in enumerate(rotated)}
         krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
                                 for side in (0, 1))
-    if len(program.per_sample):
+    if len(program.per_sample) and per_sample:
         slot = program.per_sample.slot
         if bool(((slot == 0) | (slot > program.n_weights)).all()) and _by_angles(program, program.per_sample):
             index = (slot - program.n_weights - 1).clamp(min=0).reshape(-1).to(inputs.device)
@@ -405,11 +414,13 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     outer = torch.broadcast_shapes(inputs.shape[:-2], weights.shape[:-1])
     batch, dim = inputs.shape[-2], d**n
     inputs, weights = inputs.expand(*outer, batch, -1), weights.expand(*outer, -1)
-    krons = _layer_krons(program, inputs, weights, outer, batch)
+    terms = _encoded_terms(program, str(inputs.device))
+    krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None)
     last = max((p for p, (kind, _, _) in enumerate(program.order) if kind == "per_sample"), default=-1)
     state = program.initial_state.to(inputs.device).expand(*outer, batch, dim)
     folded = folded_positions(program)
-    for position, (kind, k, perm) in enumerate(program.order[:last + 1]):  # forward, each sample, to the last input layer
+    for position, (kind, k, perm) in enumerate(program.order[:last + 1 if terms is None else 0]):  # forward, each
+        # sample, to the last layer fed by inputs
         if perm is not None and position not in folded:
             state = state.index_select(-1, perm)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
@@ -429,7 +440,60 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
         observables = x.transpose(-1, -2).reshape(*outer, dim, columns)
         if perm is not None and position not in folded:  # the CNOTs before the layer, undone: O[perm[i]] <- O[i]
             observables = observables.index_select(-2, _inverse(perm))
-    return torch.matmul(state, observables)
+    if terms is None:
+        return torch.matmul(state, observables)
+    # <O_j, rho_b> = sum_tu a_t(b) b_u(b) <O_j, V_tu>: each sample is its encoding layer's coefficients
+    return torch.matmul(_encoding_coefficients(program, inputs, outer, batch), torch.matmul(terms, observables))
+
+
+def _encoding_coefficients(program: Program, inputs: torch.Tensor, outer, batch: int) -> torch.Tensor:
+    """(*outer, B, T_h * T_l): each sample's coefficients a_t b_u of :func:`_encoded_terms`."""
+    slot = program.per_sample.slot
+    index = (slot - program.n_weights - 1).clamp(min=0).reshape(-1).to(inputs.device)
+    angles = inputs.index_select(-1, index).view(*outer, batch, *slot.shape)
+    high, low = (coeff[..., 0, :] for coeff in _angle_coefficients(program, program.per_sample, angles))
+    return (high[..., :, None] * low[..., None, :]).flatten(-2)
+
+
+def _encoded_terms(program: Program, device: str, merged: bool = False) -> torch.Tensor | None:
+    """For a circuit whose inputs feed one first layer only (an encoding layer), the states V_tu = (H_t x L_u)
+    rho_0 that its :func:`_angle_bases` matrices make of the start state, (T_h * T_l, dim): every sample's state
+    after it is sum_tu a_t b_u V_tu with its coefficients a, b (:func:`_encoding_coefficients`). None otherwise.
+    ``merged``: with the constant layers :func:`_merged` folds into the encoding layer applied too.
+
+    Why: a sample's state after the encoding layer is then a few coefficients and one product for the whole
+    batch, not its own Kronecker products and matrix products (:func:`_by_observables` needs no per-sample
+    state at all: 153 evaluation rows x 10 seeds 11 -> 2 ms)."""
+    if merged:
+        cache = program.__dict__.setdefault("_encoded_merged", {})
+        if device not in cache:
+            terms = _encoded_terms(program, device)
+            if terms is not None:
+                n, d = program.n_qubits, program.local_dim
+                d_high, d_low = d ** (n // 2), d ** (n - n // 2)
+                terms = terms.view(-1, d_high, d_low)
+                for later in _merged(program)[0][1]:
+                    fixed_high, fixed_low, _ = _fixed_shared(program, device)[1][program.order[later][1]]
+                    terms = fixed_high @ terms @ fixed_low.T
+                terms = terms.reshape(terms.shape[0], -1)
+            cache[device] = terms
+        return cache[device]
+    cache = program.__dict__.setdefault("_encoded_terms", {})
+    if device not in cache:
+        slot, order = program.per_sample.slot, program.order
+        encoding = (len(program.per_sample) == 1 and order[0][:2] == ("per_sample", 0) and order[0][2] is None
+                    and all(kind != "per_sample" for kind, _, _ in order[1:])
+                    and bool(((slot == 0) | (slot > program.n_weights)).all()) and _by_angles(program, program.per_sample))
+        terms = None
+        if encoding:
+            n, d = program.n_qubits, program.local_dim
+            d_high, d_low = d ** (n // 2), d ** (n - n // 2)
+            high, low = (b[0].view(-1, side, side) for b, side in
+                         zip(_angle_bases(program, ("per_sample",), program.per_sample, device), (d_high, d_low)))
+            start = program.initial_state.to(device).view(d_high, d_low)
+            terms = torch.einsum("tij,jk,ulk->tuil", high, start, low).reshape(high.shape[0] * low.shape[0], -1)
+        cache[device] = terms
+    return cache[device]
 
 
 @functools.lru_cache(maxsize=256)
@@ -479,9 +543,21 @@ def _krons_by_angles(program: Program, key: tuple, layers: Layers, angles: torch
     matrices made once per program: a few numbers per wire and one product, instead of building every wire's
     matrix and their Kronecker products (and autograd's way back through them), which cost in proportion to
     the seeds."""
-    n, d = program.n_qubits, program.local_dim
-    high = n // 2
     bases = _angle_bases(program, key, layers, str(angles.device))
+    out = []
+    for coeff, basis in zip(_angle_coefficients(program, layers, angles), bases):
+        lead = coeff.shape[:-2]
+        flat = coeff.reshape(-1, *coeff.shape[-2:]).transpose(0, 1)  # (L, rows, T**k)
+        k = torch.bmm(flat, basis)  # (L, rows, dk * dk)
+        side = int(round(basis.shape[-1] ** 0.5))
+        out.append(k.transpose(0, 1).reshape(*lead, len(layers), side, side))
+    return out
+
+
+def _angle_coefficients(program: Program, layers: Layers, angles: torch.Tensor) -> list[torch.Tensor]:
+    """The coefficients of :func:`_angle_bases`' matrices, (..., L, T**k) for each half: the products of the
+    half's wires' monomials (c^2, cs, s^2), or (c, s) for state vectors; (1, 0, ...) for a wire without a rotation."""
+    n, d = program.n_qubits, program.local_dim
     c, s = torch.cos(angles / 2), torch.sin(angles / 2)
     mono = torch.stack([c * c, c * s, s * s], -1) if d == 4 else torch.stack([c, s], -1)  # (..., L, n, T)
     rotated = (layers.slot > 0).to(angles.device)[..., None]
@@ -489,15 +565,11 @@ def _krons_by_angles(program: Program, key: tuple, layers: Layers, angles: torch
     fixed[0] = 1.0  # a wire without a rotation: its constant matrix is the first term's
     mono = torch.where(rotated, mono, fixed)
     out = []
-    for wires, basis in zip((range(high), range(high, n)), bases):
+    for wires in (range(n // 2), range(n // 2, n)):
         coeff = mono[..., wires.start, :]
         for w in wires[1:]:
             coeff = (coeff[..., :, None] * mono[..., w, None, :]).flatten(-2)  # (..., L, T**k)
-        lead = coeff.shape[:-2]
-        flat = coeff.reshape(-1, *coeff.shape[-2:]).transpose(0, 1)  # (L, rows, T**k)
-        k = torch.bmm(flat, basis)  # (L, rows, dk * dk)
-        side = int(round(basis.shape[-1] ** 0.5))
-        out.append(k.transpose(0, 1).reshape(*lead, len(layers), side, side))
+        out.append(coeff)
     return out
 
 
