@@ -232,13 +232,14 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
         # its coefficients times the constant states of _encoded_terms, one product for the batch
         state = torch.matmul(_encoding_coefficients(program, inputs, outer, batch), terms).reshape(*outer, -1)
         layers = layers[1:]
+    fixed = _fixed_shared(program, device)[1]
     for (position, absorbed), move in layers:
         kind, k, _ = program.order[position]
         if move is not None:
             state = state.index_select(-1, move)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         for later in absorbed:  # constant layers right after this one, their CNOTs folded: one layer with it
-            fixed_high, fixed_low, _ = _fixed_shared(program, str(inputs.device))[1][program.order[later][1]]
+            fixed_high, fixed_low, _ = fixed[program.order[later][1]]
             k_high, k_low = torch.matmul(fixed_high, k_high), torch.matmul(fixed_low, k_low)
         if kind == "shared":
             psi = torch.matmul(k_high, state.view(*outer, d_high, batch * d_low))
@@ -283,14 +284,13 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
                                 for side in (0, 1))
     if len(program.per_sample) and per_sample:
         slot = program.per_sample.slot
-        if bool(((slot == 0) | (slot > program.n_weights)).all()) and _by_angles(program, program.per_sample):
-            index = (slot - program.n_weights - 1).clamp(min=0).reshape(-1).to(inputs.device)
-            angles = inputs.index_select(-1, index).view(*outer, batch, *slot.shape)
+        inputs_only = bool(((slot == 0) | (slot > program.n_weights)).all())
+        if inputs_only and _by_angles(program, program.per_sample):
             krons["per_sample"] = tuple(m.unbind(-3) for m in _krons_by_angles(
-                program, ("per_sample",), program.per_sample, angles))
+                program, ("per_sample",), program.per_sample, _input_angles(program, inputs, outer, batch)))
             return krons
         rot_x = _rotation(inputs, d)
-        if bool(((slot == 0) | (slot > program.n_weights)).all()):  # inputs only: a bank without every weight's
+        if inputs_only:  # a bank without every weight's
             # rotation copied for every sample, a third of a large batch's time
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_x], dim=-3)
             slot = (slot - program.n_weights).clamp(min=0)
@@ -307,7 +307,7 @@ def _fixed_shared(program: Program, device: str) -> tuple[torch.Tensor, dict]:
 
     Where the CNOTs before such a layer act within the high wires and within the low wires apart (a permutation
     ph x pl of the two halves' indices), they are folded into its matrices, K_high P_h and K_low P_l, and need
-    no index step of their own: :func:`folded_positions` names those layers."""
+    no index step of their own: :func:`_folded_positions` names those layers."""
     cache = program.__dict__.setdefault("_fixed_shared", {})
     if device not in cache:
         layers = program.shared
@@ -325,7 +325,7 @@ def _fixed_shared(program: Program, device: str) -> tuple[torch.Tensor, dict]:
     return cache[device]
 
 
-def folded_positions(program: Program) -> set[int]:
+def _folded_positions(program: Program) -> set[int]:
     """The positions in ``program.order`` whose CNOTs are folded into the layer's matrices (:func:`_fixed_shared`)."""
     _, fixed = _fixed_shared(program, "cpu")
     return {p for p, (kind, k, perm) in enumerate(program.order) if kind == "shared" and k in fixed and fixed[k][2]}
@@ -349,7 +349,7 @@ def _merged(program: Program) -> list[tuple[int, list[int]]]:
     (16 x 16 products per set of weights, or per sample) instead of being applied to every state. In a noisy
     circuit that is every other layer."""
     if "_merged" not in program.__dict__:
-        folded = folded_positions(program)
+        folded = _folded_positions(program)
         merged: list[tuple[int, list[int]]] = []
         for position in range(len(program.order)):
             if position in folded and merged:
@@ -418,7 +418,7 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None)
     last = max((p for p, (kind, _, _) in enumerate(program.order) if kind == "per_sample"), default=-1)
     state = program.initial_state.to(inputs.device).expand(*outer, batch, dim)
-    folded = folded_positions(program)
+    folded = _folded_positions(program)
     for position, (kind, k, perm) in enumerate(program.order[:last + 1 if terms is None else 0]):  # forward, each
         # sample, to the last layer fed by inputs
         if perm is not None and position not in folded:
@@ -448,11 +448,17 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
 
 def _encoding_coefficients(program: Program, inputs: torch.Tensor, outer, batch: int) -> torch.Tensor:
     """(*outer, B, T_h * T_l): each sample's coefficients a_t b_u of :func:`_encoded_terms`."""
-    slot = program.per_sample.slot
-    index = (slot - program.n_weights - 1).clamp(min=0).reshape(-1).to(inputs.device)
-    angles = inputs.index_select(-1, index).view(*outer, batch, *slot.shape)
+    angles = _input_angles(program, inputs, outer, batch)
     high, low = (coeff[..., 0, :] for coeff in _angle_coefficients(program, program.per_sample, angles))
     return (high[..., :, None] * low[..., None, :]).flatten(-2)
+
+
+def _input_angles(program: Program, inputs: torch.Tensor, outer, batch: int) -> torch.Tensor:
+    """(*outer, B, L, n): the input angle of each per-sample layer's wire (layers fed by inputs only; a wire
+    without a rotation gets input 0, which :func:`_angle_coefficients` ignores)."""
+    slot = program.per_sample.slot
+    index = (slot - program.n_weights - 1).clamp(min=0).reshape(-1).to(inputs.device)
+    return inputs.index_select(-1, index).view(*outer, batch, *slot.shape)
 
 
 def _encoded_terms(program: Program, device: str, merged: bool = False) -> torch.Tensor | None:

@@ -98,7 +98,7 @@ class Tracker:
                 figures = render_figures(rec, Path(tmp))
             # Everything but the figures is logged while they are drawn; they go in last, then each run is closed.
             run_id = self.mlflow.start(rec, extra, self._parent) if self.mlflow is not None else None
-            events = self.tb.start(rec, folder, extra) if self.tb is not None else None
+            events = self.tb.start(rec, folder, extra) if self.tb is not None else None  # its open event file
             try:
                 if self.mlflow is not None:
                     self.mlflow.log_files(run_id, rec)

@@ -10,7 +10,6 @@ same events (``tlkit/tracking/background.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.extras import require
@@ -68,28 +67,15 @@ def warm(scratch: Path) -> None:
     _write(Path(scratch) / TB_DIR, {0: _hparams({"warm": 1.0}, ["final/accuracy"])})
 
 
-@dataclass
-class _Events:
-    """One run's open event file."""
-
-    where: Path
-    writer: object  # tensorboard's EventFileWriter
-
-
 class TensorBoardLog:
     def __init__(self, log_dir: Path):
         require("tensorboard", "track", "--log-to tensorboard")
         self.root = Path(log_dir) / TB_DIR
 
-    def log(self, rec: RunRecord, folder: Path, extra_params: dict | None = None, figures=()) -> Path:
-        """Write ``rec`` as one TensorBoard run in ``folder`` (relative to tb/): :meth:`start`, then :meth:`finish`."""
-        events = self.start(rec, folder, extra_params)
-        self.finish(events, rec, figures)
-        return events.where
-
-    def start(self, rec: RunRecord, folder: Path, extra_params: dict | None = None) -> _Events:
-        """The run's scalars and hyperparameters, in a new event file left open for the figures
-        (:meth:`finish`), so that they are written while the figures are still being drawn.
+    def start(self, rec: RunRecord, folder: Path, extra_params: dict | None = None):
+        """``rec`` as one TensorBoard run in ``folder`` (relative to tb/): its scalars and hyperparameters, in a
+        new event file (the writer returned) left open for the figures (:meth:`finish`), so that they are
+        written while the figures are still being drawn.
 
         One event per step carries all of that step's scalars.
         """
@@ -104,10 +90,9 @@ class TensorBoardLog:
         steps = {step: [Summary(value=values)] for step, values in steps.items()}
         metrics = [tag for tag in rec.final_scalars if tag.startswith(("final/", "interval/"))]
         steps.setdefault(0, []).extend(_hparams({**rec.params, **(extra_params or {})}, metrics))
-        where = self.root / folder
-        return _Events(where, _open(where, steps))
+        return _open(self.root / folder, steps)
 
-    def finish(self, events: _Events, rec: RunRecord, figures=()) -> None:
+    def finish(self, writer, rec: RunRecord, figures=()) -> None:
         """The figures, at the final step, as the PNG bytes already drawn (an image summary of the encoded file:
         nothing is decoded and encoded again); then the event file is closed."""
         import time
@@ -120,9 +105,9 @@ class TensorBoardLog:
                 images = [Summary.Value(tag=f"figures/{figure.name}", image=Summary.Image(
                     height=figure.height, width=figure.width, colorspace=4,  # RGBA, as Agg writes it
                     encoded_image_string=figure.png)) for figure in figures]
-                events.writer.add_event(Event(wall_time=time.time(), step=rec.final_step, summary=Summary(value=images)))
+                writer.add_event(Event(wall_time=time.time(), step=rec.final_step, summary=Summary(value=images)))
         finally:
-            events.writer.close()
+            writer.close()
 
     def log_child(self, folder: Path, params: dict, scalars: dict[str, float]) -> None:
         """One configuration of a sweep: its settings (HParams) and scores, at step 0."""
