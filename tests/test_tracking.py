@@ -348,10 +348,16 @@ def test_scratch_folders_of_killed_helpers_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for pid in (dead.pid, os.getpid()):
+    # A killed helper stays a zombie until it is reaped, which a container's first process may do late.
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while ") Z" not in Path(f"/proc/{zombie.pid}/stat").read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in (dead.pid, zombie.pid, os.getpid()):
         (tmp_path / f"{SCRATCH_PREFIX}{pid}-x" / "staged").mkdir(parents=True)
         (tmp_path / f"{SCRATCH_PREFIX}{pid}-x" / "staged" / "mlruns.db").write_text("")
     _remove_scratch()
+    zombie.wait()
     assert [p.name for p in tmp_path.iterdir()] == [f"{SCRATCH_PREFIX}{os.getpid()}-x"]  # a live helper's is kept
     _remove_scratch(os.getpid())  # a helper on its way out removes its own
     assert list(tmp_path.iterdir()) == []

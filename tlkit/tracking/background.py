@@ -166,13 +166,19 @@ def _remove_scratch(pid: int | None = None) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie does not (a helper the kernel killed stays one until it is reaped,
+    which a container's first process may do late)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2:][:1] != "Z"  # the state follows the command name in parentheses
 
 
 def main(argv: list[str]) -> NoReturn:
