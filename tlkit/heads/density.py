@@ -218,7 +218,7 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     weights = weights.expand(*outer, 1, -1).squeeze(-2)  # (*outer, P)
     device = str(inputs.device)
     terms = _encoded_terms(program, device, merged=True)
-    krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None)
+    krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None, merged=True)
     # The state, (*outer, B * d**n), is held "by sample" (B, dh, dl) for per-sample layers and "by weights"
     # (dh, B, dl) for shared ones, where one matrix product on each side serves all B samples. Each layer starts
     # with one index that applies its CNOTs and moves the state into its layout.
@@ -232,15 +232,11 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
         # its coefficients times the constant states of _encoded_terms, one product for the batch
         state = torch.matmul(_encoding_coefficients(program, inputs, outer, batch), terms).reshape(*outer, -1)
         layers = layers[1:]
-    fixed = _fixed_shared(program, device)[1]
-    for (position, absorbed), move in layers:
+    for (position, _), move in layers:
         kind, k, _ = program.order[position]
         if move is not None:
             state = state.index_select(-1, move)
-        k_high, k_low = krons[kind][0][k], krons[kind][1][k]
-        for later in absorbed:  # constant layers right after this one, their CNOTs folded: one layer with it
-            fixed_high, fixed_low, _ = fixed[program.order[later][1]]
-            k_high, k_low = torch.matmul(fixed_high, k_high), torch.matmul(fixed_low, k_low)
+        k_high, k_low = krons[kind][0][k], krons[kind][1][k]  # the constant layers it absorbs included
         if kind == "shared":
             psi = torch.matmul(k_high, state.view(*outer, d_high, batch * d_low))
             state = torch.matmul(psi.view(*outer, d_high * batch, d_low), k_low.transpose(-1, -2))
@@ -248,17 +244,28 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
             psi = state.view(*outer, batch, d_high, d_low)
             state = torch.matmul(torch.matmul(k_high, psi), k_low.transpose(-1, -2))
         state = state.reshape(*outer, -1)
-    state = state.index_select(-1, final).view(*outer, batch, d**n)
-    amplitudes = state.index_select(-1, program.measure_index.to(state.device))
+    amplitudes = state.index_select(-1, _measured(program, final)).view(*outer, batch, -1)
     return amplitudes if program.mixed else amplitudes * amplitudes  # real amplitudes: p = a**2
 
 
+def _measured(program: Program, final: torch.Tensor) -> torch.Tensor:
+    """The entries read at the end of :func:`probabilities`, (B * 2**n,): the last layout move and the measured
+    basis states as one index, so that the whole state is not moved only to be read in part."""
+    cache = program.__dict__.setdefault("_measured", {})
+    key = (final.shape[0], str(final.device))
+    if key not in cache:
+        cache[key] = final.view(-1, program.local_dim**program.n_qubits)[:, program.measure_index.to(final.device)].reshape(-1)
+    return cache[key]
+
+
 def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, outer, batch: int,
-                 per_sample: bool = True) -> dict:
+                 per_sample: bool = True, merged: bool = False) -> dict:
     """All layers of a kind at once: each wire's matrix post @ rotation @ pre, then the Kronecker products of
     the high and of the low wires' matrices: kind -> (K_high per layer, K_low per layer), each (*outer, dh, dh)
     for the shared layers (one per set of weights; (dh, dh) for a layer without rotations), (*outer, B, dh, dh)
-    for the per-sample ones. ``inputs`` (*outer, B, I), ``weights`` (*outer, P).
+    for the per-sample ones. ``inputs`` (*outer, B, I), ``weights`` (*outer, P). ``merged``: each layer that
+    heads a group of :func:`_merged` has the constant layers it absorbs multiplied in (by weight-fed layers'
+    constant bases, made once per program, where they go by angles: no product per call and none for autograd).
 
     The layers come as lists (``unbind``), not stacks to index: under autograd, indexing layer k of a stack has
     a backward that fills a zero copy of the whole stack, once per layer (a fifth of a noisy training step)."""
@@ -271,10 +278,11 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         # products are made once per program, and autograd has nothing to do for them.
         rotated, fixed = _fixed_shared(program, str(inputs.device))
         layers = Layers(program.shared.pre[rotated], program.shared.post[rotated], program.shared.slot[rotated])
-        if _by_angles(program, layers):
+        by_angles = _by_angles(program, layers)
+        if by_angles:
             angles = weights.index_select(-1, (layers.slot - 1).clamp(min=0).reshape(-1).to(weights.device))
-            made = [m.unbind(-3) for m in _krons_by_angles(program, ("shared", tuple(rotated.tolist())), layers,
-                                                           angles.view(*outer, *layers.slot.shape))]
+            key = ("shared", tuple(rotated.tolist())) + (("merged",) if merged else ())
+            made = [m.unbind(-3) for m in _krons_by_angles(program, key, layers, angles.view(*outer, *layers.slot.shape))]
         else:
             rot_w = _rotation(weights, d)
             made = [m.unbind(-3) for m in _krons(_wire_matrices(
@@ -282,12 +290,16 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         where = {int(k): i for i, k in enumerate(rotated)}
         krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
                                 for side in (0, 1))
+        if merged:
+            _absorb(program, krons, skip=set(where) if by_angles else set())
     if len(program.per_sample) and per_sample:
         slot = program.per_sample.slot
         inputs_only = bool(((slot == 0) | (slot > program.n_weights)).all())
         if inputs_only and _by_angles(program, program.per_sample):
             krons["per_sample"] = tuple(m.unbind(-3) for m in _krons_by_angles(
                 program, ("per_sample",), program.per_sample, _input_angles(program, inputs, outer, batch)))
+            if merged:
+                _absorb(program, krons, kinds=("per_sample",))
             return krons
         rot_x = _rotation(inputs, d)
         if inputs_only:  # a bank without every weight's
@@ -299,7 +311,27 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_w.unsqueeze(-4).expand(*outer, batch, -1, d, d),
                               rot_x], dim=-3)
         krons["per_sample"] = tuple(m.unbind(-3) for m in _krons(_wire_matrices(program.per_sample, bank, slot), n))
+        if merged:
+            _absorb(program, krons, kinds=("per_sample",))
     return krons
+
+
+def _absorb(program: Program, krons: dict, skip: set = frozenset(), kinds=("shared",)) -> None:
+    """Multiply into each layer of ``kinds`` that heads a group of :func:`_merged` the constant layers it absorbs
+    (in place in ``krons``), except the shared layers in ``skip`` (whose constant bases hold them already)."""
+    fixed = _fixed_shared(program, "cpu")[1]
+    for position, absorbed in _merged(program):
+        kind, k, _ = program.order[position]
+        if not absorbed or kind not in kinds or kind not in krons or (kind == "shared" and k in skip):
+            continue
+        sides = [list(krons[kind][0]), list(krons[kind][1])]
+        k_high, k_low = sides[0][k], sides[1][k]
+        for later in absorbed:  # constant layers right after this one, their CNOTs folded: one layer with it
+            fixed_high, fixed_low, _ = fixed[program.order[later][1]]
+            k_high = torch.matmul(fixed_high.to(k_high.device), k_high)
+            k_low = torch.matmul(fixed_low.to(k_low.device), k_low)
+        sides[0][k], sides[1][k] = k_high, k_low
+        krons[kind] = (tuple(sides[0]), tuple(sides[1]))
 
 
 def _fixed_shared(program: Program, device: str) -> tuple[torch.Tensor, dict]:
@@ -582,6 +614,18 @@ def _angle_coefficients(program: Program, layers: Layers, angles: torch.Tensor) 
 def _angle_bases(program: Program, key: tuple, layers: Layers, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The constant matrices of :func:`_krons_by_angles`, (L, T**k, dk * dk) per half, kept per program."""
     cache = program.__dict__.setdefault("_angle_bases", {})
+    if key[-1] == "merged" and (key, device) not in cache:  # shared layers' bases times the constant layers they
+        # absorb (:func:`_merged`): (F B_t) are the bases of F K = sum_t a_t F B_t
+        bases = [b.clone() for b in _angle_bases(program, key[:-1], layers, device)]
+        fixed = _fixed_shared(program, device)[1]
+        heads = {program.order[p][1]: absorbed for p, absorbed in _merged(program) if program.order[p][0] == "shared"}
+        for i, k in enumerate(key[1]):
+            for later in heads.get(k, []):
+                for side, basis in enumerate(bases):
+                    width = int(round(basis.shape[-1] ** 0.5))
+                    layer = basis[i].view(-1, width, width)
+                    basis[i] = (fixed[program.order[later][1]][side] @ layer).reshape(layer.shape[0], -1)
+        cache[(key, device)] = tuple(bases)
     if (key, device) not in cache:
         n, d = program.n_qubits, program.local_dim
         eye2, j2 = torch.eye(2, dtype=DTYPE), torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=DTYPE)
