@@ -713,9 +713,13 @@ def forward_pass(program: Program, inputs: torch.Tensor, weights: torch.Tensor) 
         matrices["per_sample"] = _wire_matrices(program.per_sample, bank)
     for kind, m in matrices.items():
         krons[kind] = _krons(m, n)
-    # The state entering each layer, its CNOTs applied, (S, B, dim).
+        absorbed = _absorbed_stacks(program, kind)
+        if absorbed is not None:  # each group head of _merged with the constant layers it absorbs
+            krons[kind] = tuple(torch.matmul(f, k) for f, k in zip(absorbed, krons[kind]))
+    # The state entering each group of _merged (its head's CNOTs applied), (S, B, dim).
     entering, state = [], program.initial_state.expand(seeds, batch, dim)
-    for kind, k, perm in program.order:
+    for position, _ in _merged(program):
+        kind, k, perm = program.order[position]
         if perm is not None:
             state = state.index_select(-1, perm)
         entering.append(state)
@@ -723,6 +727,27 @@ def forward_pass(program: Program, inputs: torch.Tensor, weights: torch.Tensor) 
     amplitudes = state.index_select(-1, program.measure_index)
     probs = amplitudes if program.mixed else amplitudes * amplitudes
     return {"matrices": matrices, "krons": krons, "entering": entering, "probs": probs}
+
+
+def _absorbed_stacks(program: Program, kind: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(F_high, F_low), (L, dh, dh) each: for every layer of ``kind`` the product of the constant layers that
+    :func:`_merged` folds into it (the identity where none); None where no layer of the kind absorbs any.
+    Kept per program (on the cpu: the simulator's shot path runs there)."""
+    cache = program.__dict__.setdefault("_absorbed_stacks", {})
+    if kind not in cache:
+        n, d = program.n_qubits, program.local_dim
+        layers = program.shared if kind == "shared" else program.per_sample
+        sides = [torch.eye(d ** (n // 2), dtype=DTYPE).repeat(len(layers), 1, 1),
+                 torch.eye(d ** (n - n // 2), dtype=DTYPE).repeat(len(layers), 1, 1)]
+        fixed, any_absorbed = _fixed_shared(program, "cpu")[1], False
+        for position, absorbed in _merged(program):
+            head_kind, k, _ = program.order[position]
+            for later in absorbed if head_kind == kind else ():
+                any_absorbed = True
+                for side in (0, 1):
+                    sides[side][k] = fixed[program.order[later][1]][side] @ sides[side][k]
+        cache[kind] = tuple(sides) if any_absorbed else None
+    return cache[kind]
 
 
 def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor, shift: float,
@@ -734,8 +759,8 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
     ``params[t // 2]`` = ("weight" | "input", index) names the angle that rotation is fed by.
 
     Computed in the Heisenberg picture rather than by running T circuits: for the layer L holding the
-    rotation, p_k = <O_k, L_shifted(rho)> with rho the state entering L and O_k the outcome k's projector
-    carried back through the layers after L (adjoint; for a state vector, the amplitude <e_k| U_after, squared).
+    rotation (with the constant layers :func:`_merged` folds into it), p_k = <O_k, L_shifted(rho)> with rho the
+    state entering L and O_k the outcome k's projector carried back through the layers after L (adjoint; for a state vector, the amplitude <e_k| U_after, squared).
     So each shifted rotation costs one layer on the B states and one product with the O_k, not a whole
     circuit. Within a layer K_high . psi . K_low^T a rotation on a high wire changes K_high only, so
     psi . K_low^T is computed once for all of them (and K_high . psi once for the low wires').
@@ -756,13 +781,16 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
     forward = forward_pass(program, inputs, weights) if forward is None else forward
     matrices, krons, entering = forward["matrices"], forward["krons"], forward["entering"]
     tables = _shift_tables(program)
-    # Backward: the outcome projectors after each layer, transposed: (S, 1 or B, dim, outcomes), rows (high, low).
+    # Backward: the outcome projectors after each group of _merged (a layer with the constant layers it absorbs),
+    # transposed: (S, 1 or B, dim, outcomes), rows (high, low).
+    groups = _merged(program)
     observable = tables["selector"].expand(seeds, 1, dim, outcomes)
-    after = [None] * len(program.order)
-    for position in reversed(range(len(program.order))):
-        after[position] = observable
-        if position == 0:
+    after = [None] * len(groups)
+    for group in reversed(range(len(groups))):
+        after[group] = observable
+        if group == 0:
             break
+        position = groups[group][0]
         kind, k, _ = program.order[position]
         k_high, k_low = krons[kind][0][:, :, k], krons[kind][1][:, :, k]  # (S, b, dh, dh)
         x = torch.matmul(k_high.transpose(-1, -2), observable.reshape(seeds, -1, d_high, d_low * outcomes))
@@ -788,8 +816,9 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
         angles = pool[..., (slot - 1).clamp(min=0).view(-1)].view(seeds, -1, n_layers, n)
         rotated = post[:, :, None] @ _rotation(angles[..., None] + shift * signs, d) @ pre[:, :, None]
         base = matrices[kind][:, :, chosen]  # (S, b, L, n, d, d); rotated (S, b', L, n, 2, d, d)
+        absorbed = _absorbed_stacks(program, kind)  # the constant layers each absorbs, applied after it
         width = max(base.shape[1], rotated.shape[1])
-        positions = tables["positions"][kind]
+        positions = tables["groups"][kind]
         rho = torch.stack([entering[p] for p in positions], 1).view(seeds, n_layers, batch, d_high, d_low)
         observables = torch.stack([after[p] for p in positions], 1)  # (S, L, 1 or B, dim, outcomes)
         k_high, k_low = krons[kind][0][:, :, chosen], krons[kind][1][:, :, chosen]  # (S, b, L, dh, dh), (.., dl, dl)
@@ -803,6 +832,8 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
                 .expand(seeds, width, n_layers, h, 2, d, d).permute(3, 0, 1, 2, 4, 5, 6)
             factor = kron_factor(variant.flatten(3, 4))  # (S, b, L, V = 2h, ., .): the half's product per variant
             in_high = wires.start == 0
+            if absorbed is not None:
+                factor = torch.matmul(absorbed[0 if in_high else 1][chosen][:, None], factor)
             if width == 1:  # one matrix per seed, layer and variant: one product serves all variants and samples
                 factor = factor[:, 0]  # (S, L, V, ., .)
                 if in_high:  # [K'_high; ...] . (psi . K_low^T), psi . K_low^T held (S, L, dh, B * dl)
@@ -849,9 +880,9 @@ def _shift_tables(program: Program) -> dict:
             selector=selector, back=back,
             rotated_layers={kind: torch.nonzero((layers.slot > 0).any(-1)).view(-1) for kind, layers in kinds.items()},
             rotations={kind: torch.nonzero(layers.slot[(layers.slot > 0).any(-1)] > 0) for kind, layers in kinds.items()},
-            positions={kind: [next(p for p, (kd, kk, _) in enumerate(program.order) if kd == kind and kk == k)
-                              for k in torch.nonzero((layers.slot > 0).any(-1)).view(-1).tolist()]
-                       for kind, layers in kinds.items()},
+            groups={kind: [next(g for g, (p, _) in enumerate(_merged(program)) if program.order[p][:2] == (kind, k))
+                           for k in torch.nonzero((layers.slot > 0).any(-1)).view(-1).tolist()]
+                    for kind, layers in kinds.items()},  # the group of _merged each rotated layer heads
         )
     return cache
 
