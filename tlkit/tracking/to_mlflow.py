@@ -201,26 +201,25 @@ class MlflowLog:
         self._batch(run_id, params={**rec.params, **(extra_params or {})}, metrics=metrics)
         return run_id
 
-    def log_files(self, run_id: str, rec: RunRecord) -> None:
-        """The run's files (config.json, history.json, metrics.json) in one artifact upload: each
-        ``log_artifact`` call looks the run and its store up again."""
-        self._upload(run_id, rec.files)
-
-    def finish(self, run_id: str, figures=()) -> None:
-        """The figures (under ``figures/``) in one upload, then the run is marked finished."""
-        self._upload(run_id, [figure.path for figure in figures], "figures")
+    def finish(self, run_id: str, files=(), figures=()) -> None:
+        """The run's files (config.json, history.json, metrics.json) and its figures (under ``figures/``) in one
+        artifact upload (each ``log_artifact`` call looks the run and its store up again: 9 ms on the logging's
+        critical path), then the run is marked finished."""
+        self._upload(run_id, {"": list(files), "figures": [figure.path for figure in figures]})
         self.client.set_terminated(run_id, "FINISHED")
 
-    def _upload(self, run_id: str, paths, folder: str | None = None) -> None:
+    def _upload(self, run_id: str, folders: dict[str, list]) -> None:
         import shutil
         import tempfile
 
-        if not paths:
+        if not any(folders.values()):
             return
         with tempfile.TemporaryDirectory(prefix="tlkit-mlflow-") as stage:
-            for path in paths:
-                shutil.copyfile(path, Path(stage) / Path(path).name)
-            self.client.log_artifacts(run_id, stage, folder)
+            for folder, paths in folders.items():
+                for path in paths:
+                    (Path(stage) / folder).mkdir(exist_ok=True)
+                    shutil.copyfile(path, Path(stage) / folder / Path(path).name)
+            self.client.log_artifacts(run_id, stage)
 
     def log_child(self, name: str, params: dict, scalars: dict[str, float], parent: str) -> str:
         """One configuration of a sweep as a child run of ``parent``: its settings and scores."""
