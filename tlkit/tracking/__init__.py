@@ -96,18 +96,21 @@ class Tracker:
                 drawing = self.draw.submit(render_figures, rec, Path(tmp))  # most of the work: on the other core
             elif self.figures and self.targets:
                 figures = render_figures(rec, Path(tmp))
-            # Everything but the figures (and MLflow's artifacts, uploaded with them) is logged while they are
-            # drawn; they go in last, then each run is closed.
+            # Everything but the figures is logged while they are drawn (the MLflow run is even closed: its
+            # figures are files added after); they go in last. What follows the drawing is the command's wait.
             run_id = self.mlflow.start(rec, extra, self._parent) if self.mlflow is not None else None
             events = self.tb.start(rec, folder, extra) if self.tb is not None else None  # its open event file
             try:
+                if self.mlflow is not None:
+                    self.mlflow.log_files(run_id, rec)
+                    self.mlflow.finish(run_id)
                 if drawing is not None:
                     figures = drawing.result()
             finally:
                 if events is not None:
                     self.tb.finish(events, rec, figures)
             if self.mlflow is not None:
-                self.mlflow.finish(run_id, rec.files, figures)
+                self.mlflow.log_figures(run_id, figures)
         for child in search_children(rec):  # fit-head --grid: one child run per configuration
             if self.tb is not None:
                 self.tb.log_child(folder / "search" / child.name, child.params, child.scalars)

@@ -201,25 +201,29 @@ class MlflowLog:
         self._batch(run_id, params={**rec.params, **(extra_params or {})}, metrics=metrics)
         return run_id
 
-    def finish(self, run_id: str, files=(), figures=()) -> None:
-        """The run's files (config.json, history.json, metrics.json) and its figures (under ``figures/``) in one
-        artifact upload (each ``log_artifact`` call looks the run and its store up again: 9 ms on the logging's
-        critical path), then the run is marked finished."""
-        self._upload(run_id, {"": list(files), "figures": [figure.path for figure in figures]})
+    def log_files(self, run_id: str, rec: RunRecord) -> None:
+        """The run's files (config.json, history.json, metrics.json) in one artifact upload: each
+        ``log_artifact`` call looks the run and its store up again."""
+        self._upload(run_id, rec.files)
+
+    def finish(self, run_id: str) -> None:
+        """The run is marked finished; its figures may follow (:meth:`log_figures`): artifacts need no open run."""
         self.client.set_terminated(run_id, "FINISHED")
 
-    def _upload(self, run_id: str, folders: dict[str, list]) -> None:
+    def log_figures(self, run_id: str, figures) -> None:
+        """The figures, under ``figures/``, in one upload."""
+        self._upload(run_id, [figure.path for figure in figures], "figures")
+
+    def _upload(self, run_id: str, paths, folder: str | None = None) -> None:
         import shutil
         import tempfile
 
-        if not any(folders.values()):
+        if not paths:
             return
         with tempfile.TemporaryDirectory(prefix="tlkit-mlflow-") as stage:
-            for folder, paths in folders.items():
-                for path in paths:
-                    (Path(stage) / folder).mkdir(exist_ok=True)
-                    shutil.copyfile(path, Path(stage) / folder / Path(path).name)
-            self.client.log_artifacts(run_id, stage)
+            for path in paths:
+                shutil.copyfile(path, Path(stage) / Path(path).name)
+            self.client.log_artifacts(run_id, stage, folder)
 
     def log_child(self, name: str, params: dict, scalars: dict[str, float], parent: str) -> str:
         """One configuration of a sweep as a child run of ``parent``: its settings and scores."""
