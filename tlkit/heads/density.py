@@ -291,7 +291,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
                                 for side in (0, 1))
         if merged:
-            _absorb(program, krons, skip=set(where) if by_angles else set())
+            _absorb(program, krons, "shared", skip=set(where) if by_angles else set())
     if len(program.per_sample) and per_sample:
         slot = program.per_sample.slot
         inputs_only = bool(((slot == 0) | (slot > program.n_weights)).all())
@@ -299,7 +299,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
             krons["per_sample"] = tuple(m.unbind(-3) for m in _krons_by_angles(
                 program, ("per_sample",), program.per_sample, _input_angles(program, inputs, outer, batch)))
             if merged:
-                _absorb(program, krons, kinds=("per_sample",))
+                _absorb(program, krons, "per_sample")
             return krons
         rot_x = _rotation(inputs, d)
         if inputs_only:  # a bank without every weight's
@@ -312,26 +312,24 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
                               rot_x], dim=-3)
         krons["per_sample"] = tuple(m.unbind(-3) for m in _krons(_wire_matrices(program.per_sample, bank, slot), n))
         if merged:
-            _absorb(program, krons, kinds=("per_sample",))
+            _absorb(program, krons, "per_sample")
     return krons
 
 
-def _absorb(program: Program, krons: dict, skip: set = frozenset(), kinds=("shared",)) -> None:
-    """Multiply into each layer of ``kinds`` that heads a group of :func:`_merged` the constant layers it absorbs
-    (in place in ``krons``), except the shared layers in ``skip`` (whose constant bases hold them already)."""
-    fixed = _fixed_shared(program, "cpu")[1]
-    for position, absorbed in _merged(program):
-        kind, k, _ = program.order[position]
-        if not absorbed or kind not in kinds or kind not in krons or (kind == "shared" and k in skip):
-            continue
-        sides = [list(krons[kind][0]), list(krons[kind][1])]
-        k_high, k_low = sides[0][k], sides[1][k]
-        for later in absorbed:  # constant layers right after this one, their CNOTs folded: one layer with it
-            fixed_high, fixed_low, _ = fixed[program.order[later][1]]
-            k_high = torch.matmul(fixed_high.to(k_high.device), k_high)
-            k_low = torch.matmul(fixed_low.to(k_low.device), k_low)
-        sides[0][k], sides[1][k] = k_high, k_low
-        krons[kind] = (tuple(sides[0]), tuple(sides[1]))
+def _absorb(program: Program, krons: dict, kind: str, skip: set = frozenset()) -> None:
+    """Multiply into each layer of ``kind`` that heads a group of :func:`_merged` the constant layers it absorbs
+    (in place in ``krons``), except the layers in ``skip`` (whose constant bases hold them already)."""
+    heads = [program.order[p][1] for p, absorbed in _merged(program) if absorbed and program.order[p][0] == kind]
+    heads = [k for k in heads if k not in skip]
+    if not heads:
+        return
+    device = str(krons[kind][0][0].device)
+    absorbed = _absorbed_stacks(program, kind, device)
+    sides = [list(krons[kind][0]), list(krons[kind][1])]
+    for k in heads:
+        for side in (0, 1):
+            sides[side][k] = torch.matmul(absorbed[side][k], sides[side][k])
+    krons[kind] = (tuple(sides[0]), tuple(sides[1]))
 
 
 def _fixed_shared(program: Program, device: str) -> tuple[torch.Tensor, dict]:
@@ -506,14 +504,10 @@ def _encoded_terms(program: Program, device: str, merged: bool = False) -> torch
         cache = program.__dict__.setdefault("_encoded_merged", {})
         if device not in cache:
             terms = _encoded_terms(program, device)
-            if terms is not None:
-                n, d = program.n_qubits, program.local_dim
-                d_high, d_low = d ** (n // 2), d ** (n - n // 2)
-                terms = terms.view(-1, d_high, d_low)
-                for later in _merged(program)[0][1]:
-                    fixed_high, fixed_low, _ = _fixed_shared(program, device)[1][program.order[later][1]]
-                    terms = fixed_high @ terms @ fixed_low.T
-                terms = terms.reshape(terms.shape[0], -1)
+            absorbed = _absorbed_stacks(program, "per_sample", device)
+            if terms is not None and absorbed is not None:  # the encoding layer is per-sample layer 0
+                f_high, f_low = absorbed[0][0], absorbed[1][0]
+                terms = (f_high @ terms.view(-1, f_high.shape[0], f_low.shape[0]) @ f_low.T).reshape(terms.shape[0], -1)
             cache[device] = terms
         return cache[device]
     cache = program.__dict__.setdefault("_encoded_terms", {})
@@ -617,14 +611,11 @@ def _angle_bases(program: Program, key: tuple, layers: Layers, device: str) -> t
     if key[-1] == "merged" and (key, device) not in cache:  # shared layers' bases times the constant layers they
         # absorb (:func:`_merged`): (F B_t) are the bases of F K = sum_t a_t F B_t
         bases = [b.clone() for b in _angle_bases(program, key[:-1], layers, device)]
-        fixed = _fixed_shared(program, device)[1]
-        heads = {program.order[p][1]: absorbed for p, absorbed in _merged(program) if program.order[p][0] == "shared"}
+        absorbed = _absorbed_stacks(program, "shared", device)
         for i, k in enumerate(key[1]):
-            for later in heads.get(k, []):
-                for side, basis in enumerate(bases):
-                    width = int(round(basis.shape[-1] ** 0.5))
-                    layer = basis[i].view(-1, width, width)
-                    basis[i] = (fixed[program.order[later][1]][side] @ layer).reshape(layer.shape[0], -1)
+            for side, basis in enumerate(bases if absorbed is not None else ()):
+                width = absorbed[side].shape[-1]
+                basis[i] = (absorbed[side][k] @ basis[i].view(-1, width, width)).reshape(basis.shape[1], -1)
         cache[(key, device)] = tuple(bases)
     if (key, device) not in cache:
         n, d = program.n_qubits, program.local_dim
@@ -713,7 +704,7 @@ def forward_pass(program: Program, inputs: torch.Tensor, weights: torch.Tensor) 
         matrices["per_sample"] = _wire_matrices(program.per_sample, bank)
     for kind, m in matrices.items():
         krons[kind] = _krons(m, n)
-        absorbed = _absorbed_stacks(program, kind)
+        absorbed = _absorbed_stacks(program, kind, str(inputs.device))
         if absorbed is not None:  # each group head of _merged with the constant layers it absorbs
             krons[kind] = tuple(torch.matmul(f, k) for f, k in zip(absorbed, krons[kind]))
     # The state entering each group of _merged (its head's CNOTs applied), (S, B, dim).
@@ -729,25 +720,25 @@ def forward_pass(program: Program, inputs: torch.Tensor, weights: torch.Tensor) 
     return {"matrices": matrices, "krons": krons, "entering": entering, "probs": probs}
 
 
-def _absorbed_stacks(program: Program, kind: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _absorbed_stacks(program: Program, kind: str, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
     """(F_high, F_low), (L, dh, dh) each: for every layer of ``kind`` the product of the constant layers that
-    :func:`_merged` folds into it (the identity where none); None where no layer of the kind absorbs any.
-    Kept per program (on the cpu: the simulator's shot path runs there)."""
+    :func:`_merged` folds into it, their CNOTs folded (the identity where none); None where no layer of the kind
+    absorbs any. The one place that composes them; kept per program."""
     cache = program.__dict__.setdefault("_absorbed_stacks", {})
-    if kind not in cache:
+    if (kind, device) not in cache:
         n, d = program.n_qubits, program.local_dim
         layers = program.shared if kind == "shared" else program.per_sample
-        sides = [torch.eye(d ** (n // 2), dtype=DTYPE).repeat(len(layers), 1, 1),
-                 torch.eye(d ** (n - n // 2), dtype=DTYPE).repeat(len(layers), 1, 1)]
-        fixed, any_absorbed = _fixed_shared(program, "cpu")[1], False
+        sides = [torch.eye(d ** (n // 2), dtype=DTYPE, device=device).repeat(len(layers), 1, 1),
+                 torch.eye(d ** (n - n // 2), dtype=DTYPE, device=device).repeat(len(layers), 1, 1)]
+        fixed, any_absorbed = _fixed_shared(program, device)[1], False
         for position, absorbed in _merged(program):
             head_kind, k, _ = program.order[position]
-            for later in absorbed if head_kind == kind else ():
+            for later in absorbed if head_kind == kind else ():  # in circuit order: the later ones on the left
                 any_absorbed = True
                 for side in (0, 1):
                     sides[side][k] = fixed[program.order[later][1]][side] @ sides[side][k]
-        cache[kind] = tuple(sides) if any_absorbed else None
-    return cache[kind]
+        cache[(kind, device)] = tuple(sides) if any_absorbed else None
+    return cache[(kind, device)]
 
 
 def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor, shift: float,
@@ -760,7 +751,8 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
 
     Computed in the Heisenberg picture rather than by running T circuits: for the layer L holding the
     rotation (with the constant layers :func:`_merged` folds into it), p_k = <O_k, L_shifted(rho)> with rho the
-    state entering L and O_k the outcome k's projector carried back through the layers after L (adjoint; for a state vector, the amplitude <e_k| U_after, squared).
+    state entering L and O_k the outcome k's projector carried back through the layers after L (adjoint; for a
+    state vector, the amplitude <e_k| U_after, squared).
     So each shifted rotation costs one layer on the B states and one product with the O_k, not a whole
     circuit. Within a layer K_high . psi . K_low^T a rotation on a high wire changes K_high only, so
     psi . K_low^T is computed once for all of them (and K_high . psi once for the low wires').
@@ -816,7 +808,7 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
         angles = pool[..., (slot - 1).clamp(min=0).view(-1)].view(seeds, -1, n_layers, n)
         rotated = post[:, :, None] @ _rotation(angles[..., None] + shift * signs, d) @ pre[:, :, None]
         base = matrices[kind][:, :, chosen]  # (S, b, L, n, d, d); rotated (S, b', L, n, 2, d, d)
-        absorbed = _absorbed_stacks(program, kind)  # the constant layers each absorbs, applied after it
+        absorbed = _absorbed_stacks(program, kind, str(inputs.device))  # the constant layers each absorbs, after it
         width = max(base.shape[1], rotated.shape[1])
         positions = tables["groups"][kind]
         rho = torch.stack([entering[p] for p in positions], 1).view(seeds, n_layers, batch, d_high, d_low)

@@ -238,17 +238,15 @@ def _drawer():
     """One worker process, forked now that everything is imported and warm, that draws the figure while this
     process writes to MLflow: the two took 0.3 s each one after the other, on a machine whose other core
     waits. It dies with this process."""
+    import gc
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from tlkit.signals import die_with_parent
+    from tlkit.tracking.record import warm_figures
 
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent,
                                initargs=(os.getpid(),))
-    import gc
-
-    from tlkit.tracking.record import warm_figures
-
     # Everything imported so far is moved out of the collector's sight, in both processes: a full collection in
     # the worker would otherwise write to every object it inherited and have all those pages copied (a run's
     # figure then took 0.3 s instead of 0.04 s). Python's documented recipe for fork without exec.
