@@ -82,6 +82,8 @@ class Tracker:
             self._parent = None
         if self.mlflow is not None and exc_type is None:
             self.mlflow.publish()
+        elif self.mlflow is not None:
+            self.mlflow.discard()
 
     def log_run(self, run_dir, config: dict | None = None) -> None:
         """Log one finished run; inside a sweep (``sweep=``) it is a child run with ``config`` as parameters."""

@@ -170,8 +170,22 @@ class MlflowLog:
 
         from tlkit.atomic import atomic_path
 
-        with atomic_path(self.log_dir / DB) as tmp:
-            shutil.copyfile(self._staged.path, tmp)
+        try:
+            with atomic_path(self.log_dir / DB) as tmp:
+                shutil.copyfile(self._staged.path, tmp)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """A staged store that is not published leaves nothing beside the run: the artifacts its runs wrote
+        there (``mlartifacts/``) are removed, since no store would name them. TensorBoard's files stay: they are
+        whole without it."""
+        if self._staged is None or self._client is None:
+            return
+        import shutil
+
+        shutil.rmtree(self.log_dir / ARTIFACTS, ignore_errors=True)
 
     @property
     def experiment_id(self) -> str:
