@@ -23,6 +23,7 @@ tensorboard and mlflow are imported only when asked for (``pip install 'tlkit[tr
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 from tlkit.errors import TlkitError
@@ -87,30 +88,25 @@ class Tracker:
 
     def log_run(self, run_dir, config: dict | None = None) -> None:
         """Log one finished run; inside a sweep (``sweep=``) it is a child run with ``config`` as parameters."""
-        from tlkit.tracking.record import figures_folder, read_record, render_figures, search_children
+        from tlkit.tracking.record import figures_folder, read_record, search_children
 
         rec = read_record(run_dir)
         extra = {f"sweep.{k}": v for k, v in (config or {}).items()}
         folder = Path(rec.name) if self.sweep is not None else Path(".")
         with figures_folder() as tmp:
-            figures, drawing = [], None
-            if self.figures and self.targets and self.draw is not None:
-                drawing = self.draw.submit(render_figures, rec, Path(tmp))  # most of the work: on the other core
-            elif self.figures and self.targets:
-                figures = render_figures(rec, Path(tmp))
-            # Everything but the figures is logged while they are drawn (the MLflow run is even closed: its
-            # figures are files added after); they go in last. What follows the drawing is the command's wait.
-            run_id = self.mlflow.start(rec, extra, self._parent) if self.mlflow is not None else None
-            events = self.tb.start(rec, folder, extra) if self.tb is not None else None  # its open event file
-            try:
-                if self.mlflow is not None:
-                    self.mlflow.log_files(run_id, rec)
-                    self.mlflow.finish(run_id)
-                if drawing is not None:
-                    figures = drawing.result()
-            finally:
-                if events is not None:
-                    self.tb.finish(events, rec, figures)
+            # The figures, and TensorBoard's events that hold them, in the drawing worker where there is one (the
+            # helper's), while this process writes to MLflow: the two take about as long. The MLflow run is even
+            # closed meanwhile: its figures are files added after. What follows is the command's wait.
+            work = partial(_figures_and_events, rec, Path(tmp), self.figures and bool(self.targets), self.tb, folder,
+                           extra)
+            pending = self.draw.submit(work) if self.draw is not None else None
+            figures = work() if pending is None else []
+            if self.mlflow is not None:
+                run_id = self.mlflow.start(rec, extra, self._parent)
+                self.mlflow.log_files(run_id, rec)
+                self.mlflow.finish(run_id)
+            if pending is not None:
+                figures = pending.result()
             if self.mlflow is not None:
                 self.mlflow.log_figures(run_id, figures)
         for child in search_children(rec):  # fit-head --grid: one child run per configuration
@@ -124,6 +120,17 @@ class Tracker:
         if self.sweep is None:
             raise ValueError("child_run() needs a Tracker(..., sweep=NAME)")
         self.log_run(run_dir, config)
+
+
+def _figures_and_events(rec, folder: Path, draw: bool, tb, tb_folder: Path, extra: dict) -> list:
+    """The run's figures (drawn if ``draw``) and, with a TensorBoard log, its event file (scalars, hyperparameters
+    and those figures); returns the figures."""
+    from tlkit.tracking.record import render_figures
+
+    figures = render_figures(rec, folder) if draw else []
+    if tb is not None:
+        tb.log(rec, tb_folder, extra, figures)
+    return figures
 
 
 def log_run(run_dir, targets, mlflow_uri: str | None = None, echo=lambda msg: None, draw=None, staged=None) -> None:

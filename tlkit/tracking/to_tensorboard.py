@@ -40,12 +40,6 @@ def _hparams(params: dict, metrics) -> list:
 
 def _write(where: Path, steps: dict[int, list]) -> None:
     """Each step's summaries as events, in step order, in a new event file in ``where``."""
-    writer = _open(where, steps)
-    writer.close()
-
-
-def _open(where: Path, steps: dict[int, list]):
-    """A new event file in ``where`` holding each step's summaries, in step order, left open for more."""
     import time
 
     from tensorboard.compat.proto.event_pb2 import Event
@@ -56,10 +50,8 @@ def _open(where: Path, steps: dict[int, list]):
         for step in sorted(steps):
             for summary in steps[step]:
                 writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
-    except BaseException:
+    finally:
         writer.close()
-        raise
-    return writer
 
 
 def warm(scratch: Path) -> None:
@@ -72,13 +64,11 @@ class TensorBoardLog:
         require("tensorboard", "track", "--log-to tensorboard")
         self.root = Path(log_dir) / TB_DIR
 
-    def start(self, rec: RunRecord, folder: Path, extra_params: dict | None = None):
-        """``rec`` as one TensorBoard run in ``folder`` (relative to tb/): its scalars and hyperparameters, in a
-        new event file (the writer returned) left open for the figures (:meth:`finish`), so that they are
-        written while the figures are still being drawn.
-
-        One event per step carries all of that step's scalars.
-        """
+    def log(self, rec: RunRecord, folder: Path, extra_params: dict | None = None, figures=()) -> None:
+        """``rec`` as one TensorBoard run in ``folder`` (relative to tb/), in a new event file: its scalars and
+        hyperparameters, and the figures at the final step as the PNG bytes already drawn (an image summary of
+        the encoded file: nothing is decoded and encoded again). One event per step carries all of that step's
+        scalars."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         steps: dict[int, list] = {}
@@ -90,24 +80,12 @@ class TensorBoardLog:
         steps = {step: [Summary(value=values)] for step, values in steps.items()}
         metrics = [tag for tag in rec.final_scalars if tag.startswith(("final/", "interval/"))]
         steps.setdefault(0, []).extend(_hparams({**rec.params, **(extra_params or {})}, metrics))
-        return _open(self.root / folder, steps)
-
-    def finish(self, writer, rec: RunRecord, figures=()) -> None:
-        """The figures, at the final step, as the PNG bytes already drawn (an image summary of the encoded file:
-        nothing is decoded and encoded again); then the event file is closed."""
-        import time
-
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        try:
-            if figures:
-                images = [Summary.Value(tag=f"figures/{figure.name}", image=Summary.Image(
+        if figures:
+            steps[rec.final_step].append(Summary(value=[Summary.Value(
+                tag=f"figures/{figure.name}", image=Summary.Image(
                     height=figure.height, width=figure.width, colorspace=4,  # RGBA, as Agg writes it
-                    encoded_image_string=figure.png)) for figure in figures]
-                writer.add_event(Event(wall_time=time.time(), step=rec.final_step, summary=Summary(value=images)))
-        finally:
-            writer.close()
+                    encoded_image_string=figure.png)) for figure in figures]))
+        _write(self.root / folder, steps)
 
     def log_child(self, folder: Path, params: dict, scalars: dict[str, float]) -> None:
         """One configuration of a sweep: its settings (HParams) and scores, at step 0."""
