@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -334,6 +335,24 @@ def test_the_helper_logs_into_a_store_opened_ahead_and_leaves_nothing_in_scratch
     while list(scratch.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(scratch.iterdir()) == []
+
+
+def test_a_command_whose_helper_is_gone_logs_itself_and_fails_with_the_helpers_line(logged_run, tmp_path):
+    """Without a helper (it could not start, or died before the run finished) the command logs the run itself;
+    a failure there (here MLflow refusing an unknown store) is the same one line the helper gives, not a
+    traceback."""
+    import shutil
+
+    from tlkit.errors import TlkitError
+    from tlkit.tracking.background import _Helper
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(logged_run, run_dir, ignore=shutil.ignore_patterns("tb", "mlruns.db", "mlartifacts"))
+    gone = _Helper.__new__(_Helper)
+    gone.targets, gone.mlflow_uri, gone.proc, gone.done = ["mlflow"], "bogus://nowhere", None, False
+    with pytest.raises(TlkitError, match=rf"^logging {re.escape(str(run_dir))} to mlflow failed: \S.*'bogus://nowhere'"):
+        gone.log(run_dir, lambda line: None)
+    assert (run_dir / "metrics.json").is_file()
 
 
 def test_scratch_folders_of_killed_helpers_are_removed(tmp_path, monkeypatch):

@@ -49,10 +49,8 @@ class _Helper:
 
     def log(self, run_dir: Path, echo: Callable[[str], None]) -> None:
         """Log the finished ``run_dir`` in the helper; in this process when the helper is gone."""
-        from tlkit.tracking import log_run
-
         if self.proc is None or self.proc.poll() is not None:
-            return log_run(run_dir, self.targets, self.mlflow_uri, echo)
+            return self._log_here(run_dir, echo)
         try:
             self.proc.stdin.write(f"{run_dir}\n")  # the helper works in this folder too
             self.proc.stdin.close()
@@ -60,7 +58,7 @@ class _Helper:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
             self.proc.wait()
-            return log_run(run_dir, self.targets, self.mlflow_uri, echo)
+            return self._log_here(run_dir, echo)
         lines = []
         for line in self.proc.stdout:
             if line == DONE:  # all is written: the helper's own exit (0.04 s of unmapping) is not waited for
@@ -75,6 +73,15 @@ class _Helper:
         for line in lines:
             echo(line)
 
+    def _log_here(self, run_dir: Path, echo: Callable[[str], None]) -> None:
+        """The logging the helper would have done, in this process, failing with the helper's one line."""
+        from tlkit.tracking import log_run
+
+        try:
+            log_run(run_dir, self.targets, self.mlflow_uri, echo)
+        except Exception as exc:  # noqa: BLE001 - what the helper reports as one line (an MLflow error, too)
+            raise TlkitError(failure(run_dir, self.targets, exc)) from exc
+
     def stop(self) -> None:
         if self.proc is None or self.done or self.proc.poll() is not None:
             return  # done: it is leaving by itself, and dies with this process at the latest
@@ -88,6 +95,11 @@ class _Helper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def failure(run_dir, targets: list[str], exc: BaseException) -> str:
+    """The one line of a failed logging, from the helper or from the command itself."""
+    return f"logging {run_dir} to {' and '.join(targets)} failed: {str(exc).strip()}"
 
 
 class _Nothing:
@@ -217,7 +229,7 @@ def main(argv: list[str]) -> NoReturn:
         log_run(run_dir, args.targets, args.mlflow_uri, echo=lambda line: print(line, flush=True), draw=draw,
                 staged=staged)
     except Exception as exc:  # noqa: BLE001 - one line for the command to raise as its own error
-        print(f"error: logging {run_dir} to {' and '.join(args.targets)} failed: {exc}", flush=True)
+        print(f"error: {failure(run_dir, args.targets, exc)}", flush=True)
         _remove_scratch(os.getpid())
         end_process(1)
     # Everything is written and closed (the event files, MLflow's committed transactions, the artifacts): the
