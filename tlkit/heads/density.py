@@ -218,7 +218,7 @@ def probabilities(program: Program, inputs: torch.Tensor, weights: torch.Tensor)
     weights = weights.expand(*outer, 1, -1).squeeze(-2)  # (*outer, P)
     device = str(inputs.device)
     terms = _encoded_terms(program, device, merged=True)
-    krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None, merged=True)
+    krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None)
     # The state, (*outer, B * d**n), is held "by sample" (B, dh, dl) for per-sample layers and "by weights"
     # (dh, B, dl) for shared ones, where one matrix product on each side serves all B samples. Each layer starts
     # with one index that applies its CNOTs and moves the state into its layout.
@@ -259,13 +259,13 @@ def _measured(program: Program, final: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, outer, batch: int,
-                 per_sample: bool = True, merged: bool = False) -> dict:
+                 per_sample: bool = True) -> dict:
     """All layers of a kind at once: each wire's matrix post @ rotation @ pre, then the Kronecker products of
     the high and of the low wires' matrices: kind -> (K_high per layer, K_low per layer), each (*outer, dh, dh)
     for the shared layers (one per set of weights; (dh, dh) for a layer without rotations), (*outer, B, dh, dh)
-    for the per-sample ones. ``inputs`` (*outer, B, I), ``weights`` (*outer, P). ``merged``: each layer that
-    heads a group of :func:`_merged` has the constant layers it absorbs multiplied in (by weight-fed layers'
-    constant bases, made once per program, where they go by angles: no product per call and none for autograd).
+    for the per-sample ones. ``inputs`` (*outer, B, I), ``weights`` (*outer, P). Each layer that heads a group of
+    :func:`_merged` has the constant layers it absorbs multiplied in (by weight-fed layers' constant bases, made
+    once per program, where they go by angles: no product per call and none for autograd).
 
     The layers come as lists (``unbind``), not stacks to index: under autograd, indexing layer k of a stack has
     a backward that fills a zero copy of the whole stack, once per layer (a fifth of a noisy training step)."""
@@ -281,7 +281,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         by_angles = _by_angles(program, layers)
         if by_angles:
             angles = weights.index_select(-1, (layers.slot - 1).clamp(min=0).reshape(-1).to(weights.device))
-            key = ("shared", tuple(rotated.tolist())) + (("merged",) if merged else ())
+            key = ("shared", tuple(rotated.tolist()), "merged")
             made = [m.unbind(-3) for m in _krons_by_angles(program, key, layers, angles.view(*outer, *layers.slot.shape))]
         else:
             rot_w = _rotation(weights, d)
@@ -290,16 +290,14 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
         where = {int(k): i for i, k in enumerate(rotated)}
         krons["shared"] = tuple([made[side][where[k]] if k in where else fixed[k][side] for k in range(len(program.shared))]
                                 for side in (0, 1))
-        if merged:
-            _absorb(program, krons, "shared", skip=set(where) if by_angles else set())
+        _absorb(program, krons, "shared", skip=set(where) if by_angles else set())
     if len(program.per_sample) and per_sample:
         slot = program.per_sample.slot
         inputs_only = bool(((slot == 0) | (slot > program.n_weights)).all())
         if inputs_only and _by_angles(program, program.per_sample):
             krons["per_sample"] = tuple(m.unbind(-3) for m in _krons_by_angles(
                 program, ("per_sample",), program.per_sample, _input_angles(program, inputs, outer, batch)))
-            if merged:
-                _absorb(program, krons, "per_sample")
+            _absorb(program, krons, "per_sample")
             return krons
         rot_x = _rotation(inputs, d)
         if inputs_only:  # a bank without every weight's
@@ -311,8 +309,7 @@ def _layer_krons(program: Program, inputs: torch.Tensor, weights: torch.Tensor, 
             bank = torch.cat([eye.expand(*outer, batch, 1, d, d), rot_w.unsqueeze(-4).expand(*outer, batch, -1, d, d),
                               rot_x], dim=-3)
         krons["per_sample"] = tuple(m.unbind(-3) for m in _krons(_wire_matrices(program.per_sample, bank, slot), n))
-        if merged:
-            _absorb(program, krons, "per_sample")
+        _absorb(program, krons, "per_sample")
     return krons
 
 
@@ -444,13 +441,17 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     outer = torch.broadcast_shapes(inputs.shape[:-2], weights.shape[:-1])
     batch, dim = inputs.shape[-2], d**n
     inputs, weights = inputs.expand(*outer, batch, -1), weights.expand(*outer, -1)
-    terms = _encoded_terms(program, str(inputs.device))
+    terms = _encoded_terms(program, str(inputs.device), merged=True)
     krons = _layer_krons(program, inputs, weights, outer, batch, per_sample=terms is None)
-    last = max((p for p, (kind, _, _) in enumerate(program.order) if kind == "per_sample"), default=-1)
-    state = program.initial_state.to(inputs.device).expand(*outer, batch, dim)
+    # Layer by layer as :func:`probabilities` goes: the groups of _merged, each head with the constant layers it
+    # absorbs (an absorbed layer's CNOTs are in its matrices; a head's, unless folded, are an index step).
+    groups = _merged(program)
     folded = _folded_positions(program)
-    for position, (kind, k, perm) in enumerate(program.order[:last + 1 if terms is None else 0]):  # forward, each
-        # sample, to the last layer fed by inputs
+    last = max((g for g, (p, _) in enumerate(groups) if program.order[p][0] == "per_sample"), default=-1)
+    state = program.initial_state.to(inputs.device).expand(*outer, batch, dim)
+    for position, _ in groups[:last + 1 if terms is None else 0]:  # forward, each sample, to the last group
+        # fed by inputs
+        kind, k, perm = program.order[position]
         if perm is not None and position not in folded:
             state = state.index_select(-1, perm)
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
@@ -461,7 +462,7 @@ def _by_observables(program: Program, inputs: torch.Tensor, weights: torch.Tenso
     observables[program.measure_index] = program.z_signs * (1 - 2 * program.readout)
     observables = observables.expand(*outer, dim, -1)
     d_high, d_low = d ** (n // 2), d ** (n - n // 2)
-    for position in reversed(range(last + 1, len(program.order))):  # back, once per set of weights: L^T O = K_h^T O K_l
+    for position, _ in reversed(groups[last + 1:]):  # back, once per set of weights: L^T O = K_h^T O K_l
         kind, k, perm = program.order[position]
         k_high, k_low = krons[kind][0][k], krons[kind][1][k]
         columns = observables.shape[-1]
