@@ -124,15 +124,14 @@ def background_logging(targets: list[str], mlflow_uri: str | None = None) -> Ite
 
 
 def _warm(targets: list[str], mlflow_uri: str | None, scratch: Path):
-    """Pay the first-use costs now: every import the logging makes (the figure's scikit-learn metrics
-    included), every MLflow store call once on a scratch store (only when the store is the default new
-    sqlite file beside the run: a server is never written to), TensorBoard's event writer on a scratch
-    folder, and matplotlib's fonts. Nothing here imports torch (``python -X importtime`` shows it).
+    """Pay the first-use costs now: every import the trackers make, every MLflow store call once on a scratch
+    store (only when the store is the default new sqlite file beside the run: a server is never written to),
+    and TensorBoard's event writer on a scratch folder. The figure's costs (matplotlib, its fonts,
+    scikit-learn's metrics) are paid where it is drawn: the drawing worker (:func:`_drawer`). Nothing here
+    imports torch (``python -X importtime`` shows it).
 
     Returns the run's MLflow store opened ahead in ``scratch`` (:class:`tlkit.tracking.to_mlflow.Staged`), or None."""
     import shutil
-
-    from tlkit.tracking.record import warm_figures
 
     staged = None
     warm_dir = scratch / "warm"
@@ -149,7 +148,6 @@ def _warm(targets: list[str], mlflow_uri: str | None, scratch: Path):
     elif "mlflow" in targets:  # the import only: the store given by --mlflow-uri is never written to
         from mlflow import MlflowClient  # noqa: F401
     shutil.rmtree(warm_dir, ignore_errors=True)
-    warm_figures()
     return staged
 
 
@@ -247,9 +245,10 @@ def _leave(signum, frame) -> NoReturn:
 
 
 def _drawer():
-    """One worker process, forked now that everything is imported and warm, that draws the figure while this
-    process writes to MLflow: the two took 0.3 s each one after the other, on a machine whose other core
-    waits. It dies with this process."""
+    """One worker process, forked now that the trackers are imported and warm, that draws the figure (and writes
+    TensorBoard's events) while this process writes to MLflow: the two took 0.3 s each one after the other, on
+    a machine whose other core waits. It warms the drawing itself, once forked; without a worker this process
+    does. It dies with this process."""
     import gc
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -270,6 +269,7 @@ def _drawer():
         pool.submit(warm_figures).result()
     except Exception:  # noqa: BLE001 - no worker (no memory, no fork): the figure is drawn in this process
         pool.shutdown(wait=False)
+        warm_figures()
         return None
     return pool
 
