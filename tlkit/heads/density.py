@@ -811,9 +811,9 @@ def shifted_probabilities(program: Program, inputs: torch.Tensor, weights: torch
         base = matrices[kind][:, :, chosen]  # (S, b, L, n, d, d); rotated (S, b', L, n, 2, d, d)
         absorbed = _absorbed_stacks(program, kind, str(inputs.device))  # the constant layers each absorbs, after it
         width = max(base.shape[1], rotated.shape[1])
-        positions = tables["groups"][kind]
-        rho = torch.stack([entering[p] for p in positions], 1).view(seeds, n_layers, batch, d_high, d_low)
-        observables = torch.stack([after[p] for p in positions], 1)  # (S, L, 1 or B, dim, outcomes)
+        headed = tables["groups"][kind]  # the group of _merged each of these layers heads
+        rho = torch.stack([entering[g] for g in headed], 1).view(seeds, n_layers, batch, d_high, d_low)
+        observables = torch.stack([after[g] for g in headed], 1)  # (S, L, 1 or B, dim, outcomes)
         k_high, k_low = krons[kind][0][:, :, chosen], krons[kind][1][:, :, chosen]  # (S, b, L, dh, dh), (.., dl, dl)
         values = []
         for wires in (range(high), range(high, n)):  # the high wires' shifts, then the low wires'
